@@ -1,0 +1,1 @@
+"""Thin Dagster assets: read inputs, call ``ops``, write through ``resources``, return metadata."""

@@ -1,0 +1,6 @@
+"""Partitions shared by assets and the code location."""
+
+import dagster as dg
+
+# One partition per whole-slide image, keyed by the sanitized file stem (see ops.slide_registry).
+slide_partitions = dg.DynamicPartitionsDefinition(name="slides")

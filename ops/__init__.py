@@ -1,0 +1,1 @@
+"""The science: tiling, tissue masks, generators, features, classifiers, export. No Dagster here."""

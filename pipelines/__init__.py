@@ -1,0 +1,5 @@
+"""Dagster code location ``pipelines`` (``dagster ... -m pipelines``) and the ``histofactory`` CLI."""
+
+from pipelines.definitions import defs
+
+__all__ = ["defs"]

@@ -1,0 +1,61 @@
+"""The data root and its layout.
+
+Everything the factory writes lives under one folder, ``$HISTOFACTORY_HOME`` (default ``./data``)::
+
+    slides/                 the inbox: one file per slide (the partition key is the sanitized file stem)
+    registry/slides.json    partition key -> file, content hash, opaque slide id (never leaves the factory)
+    tiling/<key>/grid/      tissue mask + candidate grid (asset ``tile_grid``)
+    tiling/<key>/tiles/     kept tiles (zarr), tile table and QC table (asset ``tissue_tiles``)
+    dagster/                Dagster storage used by the ``histofactory`` CLI when DAGSTER_HOME is unset
+"""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from ops.slide_registry import SlideEntry, SlideRegistry
+
+
+def default_home() -> Path:
+    """``$HISTOFACTORY_HOME`` or ``./data``, made absolute so runs in other processes agree on it."""
+    return Path(os.environ.get("HISTOFACTORY_HOME") or "data").expanduser().resolve()
+
+
+class FactoryStorage(dg.ConfigurableResource):
+    """Local file-system layout of the factory's data root."""
+
+    home: str = Field(description="Data root; defaults to $HISTOFACTORY_HOME or ./data.")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "slides"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.root / "registry" / "slides.json"
+
+    def registry(self) -> SlideRegistry:
+        return SlideRegistry(self.registry_path)
+
+    def slide(self, key: str) -> tuple[SlideEntry, Path]:
+        """The registry entry and file of a slide partition; a clear error if it is unknown or gone."""
+        entry = self.registry().get(key)
+        path = self.inbox / entry.file
+        if not path.exists():
+            raise FileNotFoundError(
+                f"slide partition {key!r}: its file {path} has vanished from the inbox. Put it back, or let the "
+                "inbox sensor (or `histofactory slides list`) remove the partition."
+            )
+        return entry, path
+
+    def grid_dir(self, key: str) -> Path:
+        return self.root / "tiling" / key / "grid"
+
+    def tiles_dir(self, key: str) -> Path:
+        return self.root / "tiling" / key / "tiles"
