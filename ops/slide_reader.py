@@ -90,6 +90,7 @@ class SlideReader:
                         raise SlideError(f"{self.path}: expected an RGB image, found shape {series.shape}.")
                     self._levels = [zarr.open(series.aszarr(level=0), mode="r")]
                     return
+            _check_not_truncated(self.path, pages)
             self._levels = [zarr.open(p.aszarr(), mode="r") for p in pages]
         except SlideError:
             raise
@@ -199,6 +200,18 @@ def _check_file(path: str) -> None:
         raise SlideError(f"{path}: no such slide file. Check the path, or re-run `histofactory slides list`.")
     if p.stat().st_size == 0:
         raise SlideError(f"{path}: the file is empty (0 bytes); the copy or upload probably failed. Copy it again.")
+
+
+def _check_not_truncated(path: str, pages: list) -> None:
+    """A copy cut short points past the end of the file; say so instead of failing tile by tile later."""
+    size = os.path.getsize(path)
+    for page in pages:
+        end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=True) if c), default=0)
+        if end > size:
+            raise SlideError(
+                f"{path}: the file is truncated (its tiles need {end} bytes, the file has {size}). The copy or "
+                "upload was cut short; copy the slide again."
+            )
 
 
 def _float(value: str | None) -> float | None:

@@ -253,7 +253,8 @@ def run_filter(slide_path: str, plan: GridPlan, params: TilingParams, store_path
     cands = plan.grid[plan.grid["candidate"]].reset_index(drop=True)
     cands["slot"] = np.arange(len(cands))
     if cands.empty:
-        return cands.assign(status=pd.Series(dtype=str), error=pd.Series(dtype=str))
+        return cands.assign(status=pd.Series(dtype=str), error=pd.Series(dtype=str),
+                            **{c: pd.Series(dtype=np.float64) for c in ("whitespace_fraction", "blur", "pen_fraction")})
     n_tasks = min(len(cands), max(1, parallel.workers * parallel.tasks_per_worker))
     chunks = [cands.iloc[i::n_tasks] for i in range(n_tasks)]  # interleaved: tissue is spread evenly
     tasks = [dask.delayed(filter_tiles)(slide_path, c[["slot", "x", "y"]], params, plan.read_level,

@@ -27,6 +27,8 @@ class TissueMaskParams:
         saturation_threshold: Fixed HSV-saturation threshold in [0, 1]; ``None`` uses Otsu, floored at
             ``min_saturation``.
         min_saturation: Lowest threshold Otsu may pick (glass noise sits below ~0.03; CLAM's sthresh 8/255).
+        max_saturation: Highest threshold Otsu may pick: on strongly stained tissue Otsu splits dark from pale
+            tissue instead of tissue from glass; the per-tile whitespace check removes what this lets through.
         median_size: Median-filter edge in mask pixels (removes JPEG speckle and dust).
         close_radius: Radius in mask pixels of the morphological closing that joins nearby tissue fragments.
         min_tissue_area_um2: Tissue pieces smaller than this (square microns) are dropped; smaller holes filled.
@@ -35,6 +37,7 @@ class TissueMaskParams:
     mask_downsample: float = 32.0
     saturation_threshold: float | None = None
     min_saturation: float = 0.05
+    max_saturation: float = 0.12
     median_size: int = 7
     close_radius: int = 2
     min_tissue_area_um2: float = 20_000.0
@@ -65,7 +68,7 @@ def tissue_mask(rgb: np.ndarray, mask_mpp: float | None, params: TissueMaskParam
         threshold = float(params.saturation_threshold)
     else:
         otsu = filters.threshold_otsu(sat) if np.ptp(sat) > 0 else 1.0
-        threshold = max(float(otsu), params.min_saturation)
+        threshold = float(np.clip(otsu, params.min_saturation, params.max_saturation))
     mask = sat > threshold
     if params.close_radius > 0:
         mask = ndimage.binary_closing(mask, structure=morphology.disk(params.close_radius), border_value=0)
