@@ -5,14 +5,14 @@ import dagster as dg
 from assets.tiling import tile_grid, tissue_tiles
 from pipelines.jobs import tiling_job
 from pipelines.sensors import slide_inbox_sensor
-from resources import DaskResource, FactoryStorage, default_home
+from resources import DaskResource, FactoryStorage
 
 defs = dg.Definitions(
     assets=[tile_grid, tissue_tiles],
     jobs=[tiling_job],
     sensors=[slide_inbox_sensor],
     resources={
-        "storage": FactoryStorage(home=str(default_home())),
+        "storage": FactoryStorage(),
         "dask": DaskResource(),
     },
 )

@@ -2,11 +2,8 @@
 
 import dagster as dg
 
-from assets.partitions import slide_partitions
-
 tiling_job = dg.define_asset_job(
     "tiling",
     selection=dg.AssetSelection.assets("tile_grid", "tissue_tiles"),
-    partitions_def=slide_partitions,
     description="Tissue mask, candidate grid, decoding and filtering of one slide partition.",
 )

@@ -26,11 +26,13 @@ def default_home() -> Path:
 class FactoryStorage(dg.ConfigurableResource):
     """Local file-system layout of the factory's data root."""
 
-    home: str = Field(description="Data root; defaults to $HISTOFACTORY_HOME or ./data.")
+    home: str | None = Field(
+        default=None, description="Data root; unset = $HISTOFACTORY_HOME (read when used) or ./data."
+    )
 
     @property
     def root(self) -> Path:
-        return Path(self.home).expanduser().resolve()
+        return Path(self.home).expanduser().resolve() if self.home else default_home()
 
     @property
     def inbox(self) -> Path:
