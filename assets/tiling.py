@@ -29,7 +29,7 @@ class TissueMaskConfig(dg.Config):
         default=None, description="Fixed HSV-saturation threshold in [0, 1]; unset = Otsu floored at min_saturation."
     )
     min_saturation: float = Field(default=0.05, description="Lowest threshold Otsu may choose.")
-    max_saturation: float = Field(default=0.12, description="Highest threshold Otsu may choose.")
+    max_saturation: float = Field(default=0.07, description="Highest threshold Otsu may choose.")
     median_size: int = Field(default=7, description="Median filter edge, mask pixels.")
     close_radius: int = Field(default=2, description="Morphological closing radius, mask pixels.")
     min_tissue_area_um2: float = Field(default=20_000.0, description="Smaller tissue pieces and holes are removed.")
@@ -48,7 +48,7 @@ class TileGridConfig(dg.Config):
         default=None, description="Microns per level-0 pixel for slides that record none (0.25 at 40x, 0.5 at 20x)."
     )
     min_candidate_tissue: float = Field(
-        default=0.05, description="Low-res tissue share a grid tile needs to be decoded at all."
+        default=0.2, description="Low-res tissue share a grid tile needs to be decoded at all."
     )
     mask: TissueMaskConfig = TissueMaskConfig()
 

@@ -48,7 +48,7 @@ class SlideReader:
         _check_file(self.path)
         self._osr = None
         self._tiff = None
-        self._levels: list = []  # zarr arrays of the tiled TIFF pages, by level, for direct decoding
+        self._levels: list = []  # tiled TIFF pages by level (or a zarr view of a stripped image), for direct decoding
         try:
             import openslide
 
@@ -91,7 +91,7 @@ class SlideReader:
                     self._levels = [zarr.open(series.aszarr(level=0), mode="r")]
                     return
             _check_not_truncated(self.path, pages)
-            self._levels = [zarr.open(p.aszarr(), mode="r") for p in pages]
+            self._levels = pages
         except SlideError:
             raise
         except Exception as exc:
@@ -146,14 +146,32 @@ class SlideReader:
         return (rgb.astype(np.uint16) + (255 - alpha.astype(np.uint16))).clip(0, 255).astype(np.uint8)
 
     def _read_tiff(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
-        arr = self._levels[level]
+        src = self._levels[level]
         ds = self.info.level_downsamples[level]
         lx, ly = int(round(x / ds)), int(round(y / ds))
         out = np.full((height, width, 3), 255, np.uint8)
-        h, w = arr.shape[:2]
+        h, w = src.shape[:2]
         x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + width, w), min(ly + height, h)
-        if x1 > x0 and y1 > y0:
-            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = arr[y0:y1, x0:x1, :3]
+        if x1 <= x0 or y1 <= y0:
+            return out
+        if not hasattr(src, "dataoffsets"):  # a zarr view of a stripped image
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = src[y0:y1, x0:x1, :3]
+            return out
+        # Tiled page: decode exactly the TIFF tiles the region touches, straight from their bytes.
+        th, tw = src.tilelength, src.tilewidth
+        across = -(-w // tw)
+        fh, decode = self._tiff.filehandle, src.decode
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                index = ty * across + tx
+                if not src.databytecounts[index]:
+                    continue  # a sparse (empty) tile stays white
+                fh.seek(src.dataoffsets[index])
+                tile = decode(fh.read(src.databytecounts[index]), index, jpegtables=src.jpegtables)[0][0]
+                sy0, sx0 = max(y0, ty * th), max(x0, tx * tw)
+                sy1, sx1 = min(y1, (ty + 1) * th), min(x1, (tx + 1) * tw)
+                out[sy0 - ly : sy1 - ly, sx0 - lx : sx1 - lx] = tile[sy0 - ty * th : sy1 - ty * th,
+                                                                     sx0 - tx * tw : sx1 - tx * tw, :3]
         return out
 
     def read_level(self, level: int) -> np.ndarray:
