@@ -32,7 +32,7 @@ def test_mask_finds_the_tissue():
     stained = truth & (saturation(img) > 0.3)
     assert mask[stained].mean() > 0.95, "strongly stained pixels are tissue"
     assert not mask[~truth].any(), "glass is never tissue"
-    assert 0.05 <= threshold <= 0.07
+    assert 0.05 <= threshold <= 0.07 + 1e-6
 
 
 def test_all_glass_finds_nothing():
