@@ -72,9 +72,8 @@ def test_missing_file(tmp_path):
 def test_truncated_file(tmp_path, slide_a):
     path = tmp_path / "cut.svs"
     path.write_bytes(slide_a.read_bytes()[:5000])
-    with pytest.raises(SlideError, match=r"cut\.svs"):
-        with open_slide(path) as reader:
-            reader.read_region(0, 0, 0, 512, 512)
+    with pytest.raises(SlideError, match=r"cut\.svs"), open_slide(path) as reader:
+        reader.read_region(0, 0, 0, 512, 512)
 
 
 def test_non_slide_file(tmp_path):

@@ -107,7 +107,7 @@ def test_background_is_never_decoded(tmp_path, slide_a, monkeypatch):
     monkeypatch.setattr(SlideReader, "read_region", counting)
     extract_tiles(str(slide_a), plan, params, SYNC, tmp_path / "out", "case_a", "sl-x")
     level0 = {(x, y) for x, y, level in reads if level == 0}
-    candidates = set(zip(plan.grid.loc[plan.grid.candidate, "x"], plan.grid.loc[plan.grid.candidate, "y"]))
+    candidates = set(zip(plan.grid.loc[plan.grid.candidate, "x"], plan.grid.loc[plan.grid.candidate, "y"], strict=True))
     assert level0 == candidates and len(level0) < len(plan.grid)
 
 
@@ -136,7 +136,7 @@ def test_decoders_and_schedulers_keep_the_same_tiles(tmp_path, slide_b):
         with open_slide(slide_b) as reader:
             plan = plan_grid(reader, params)
         table = extract_tiles(str(slide_b), plan, params, par, tmp_path / name, "b", "sl-b").table
-        kept[name] = set(zip(table.x, table.y))
+        kept[name] = set(zip(table.x, table.y, strict=True))
     assert kept["ts"] == kept["op"] and len(kept["ts"]) > 3
 
 
