@@ -7,8 +7,8 @@ between steps by the IO manager.
 import time
 
 import dagster as dg
-from pydantic import Field
 import numpy as np
+from pydantic import Field
 
 from assets.lineage import package_versions, png_markdown
 from assets.partitions import slide_partitions
