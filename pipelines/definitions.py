@@ -2,17 +2,20 @@
 
 import dagster as dg
 
+from assets.generative import gan_model, generated_samples, training_tiles
 from assets.tiling import tile_grid, tissue_tiles
 from pipelines.jobs import tiling_job
 from pipelines.sensors import slide_inbox_sensor
-from resources import DaskResource, FactoryStorage
+from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
 
 defs = dg.Definitions(
-    assets=[tile_grid, tissue_tiles],
+    assets=[tile_grid, tissue_tiles, training_tiles, gan_model, generated_samples],
     jobs=[tiling_job],
     sensors=[slide_inbox_sensor],
     resources={
         "storage": FactoryStorage(),
         "dask": DaskResource(),
+        "mlflow_tracking": MlflowTracking(),
+        "torch_device": TorchDevice(),
     },
 )

@@ -2,5 +2,7 @@
 
 from resources.compute import DaskResource
 from resources.storage import FactoryStorage, default_home
+from resources.torch_device import TorchDevice
+from resources.tracking import MlflowTracking
 
-__all__ = ["DaskResource", "FactoryStorage", "default_home"]
+__all__ = ["DaskResource", "FactoryStorage", "MlflowTracking", "TorchDevice", "default_home"]

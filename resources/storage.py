@@ -6,6 +6,10 @@ Everything the factory writes lives under one folder, ``$HISTOFACTORY_HOME`` (de
     registry/slides.json    partition key -> file, content hash, opaque slide id (never leaves the factory)
     tiling/<key>/grid/      tissue mask + candidate grid (asset ``tile_grid``)
     tiling/<key>/tiles/     kept tiles (zarr), tile table and QC table (asset ``tissue_tiles``)
+    training/               the union of kept tiles with the slide-level fold split (asset ``training_tiles``)
+    gan/<run>/              GAN checkpoints of one training configuration (asset ``gan_model``); gan/current.json
+    samples/                generated images, latents and seeds in zarr (asset ``generated_samples``)
+    mlflow.db, mlartifacts/ the local MLflow tracking store
     dagster/                Dagster storage used by the ``histofactory`` CLI when DAGSTER_HOME is unset
 """
 
@@ -61,3 +65,20 @@ class FactoryStorage(dg.ConfigurableResource):
 
     def tiles_dir(self, key: str) -> Path:
         return self.root / "tiling" / key / "tiles"
+
+    @property
+    def training_dir(self) -> Path:
+        return self.root / "training"
+
+    @property
+    def gan_root(self) -> Path:
+        return self.root / "gan"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    @staticmethod
+    def pretrained(name: str) -> Path:
+        """A checkpoint shipped with the package (``resources/pretrained/<name>``)."""
+        return Path(__file__).resolve().parent / "pretrained" / name

@@ -1,0 +1,129 @@
+"""GAN assets end to end: split, training with MLflow, kill + resume, sampling into zarr."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from assets.generative import gan_model, generated_samples, training_tiles
+from assets.tiling import tile_grid, tissue_tiles
+from ops.gan_loop import generate
+from ops.gan_training import load_generator, read_checkpoint
+from pipelines.cli import get_instance, sync_slides
+from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
+
+pytestmark = pytest.mark.integration
+
+TINY = {"kimg": 0.048, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "swd_images": 16,
+        "from_scratch": True}
+
+
+def _resources(home: Path) -> dict:
+    return {"storage": FactoryStorage(home=str(home)), "dask": DaskResource(), "torch_device": TorchDevice(threads=2),
+            "mlflow_tracking": MlflowTracking()}
+
+
+@pytest.fixture()
+def tiled_home(factory_home, slide_a, slide_b):
+    """Two tiled slides in a fresh data root and Dagster instance."""
+    inbox = factory_home / "slides"
+    inbox.mkdir()
+    shutil.copy(slide_a, inbox / "case_a.svs")
+    shutil.copy(slide_b, inbox / "case_b.svs")
+    instance = get_instance()
+    for key in sync_slides(instance):
+        assert dg.materialize([tile_grid, tissue_tiles], partition_key=key, instance=instance,
+                              resources=_resources(factory_home)).success
+    return factory_home, instance
+
+
+def _config(**gan) -> dg.RunConfig:
+    return dg.RunConfig(ops={"gan_model": {"config": {**TINY, **gan}},
+                             "generated_samples": {"config": {"n": 12, "export_for_annotation": [1, 5]}}})
+
+
+def test_split_train_sample_and_lineage(tiled_home):
+    home, instance = tiled_home
+    result = dg.materialize([training_tiles, gan_model, generated_samples], instance=instance,
+                            resources=_resources(home), run_config=_config())
+    assert result.success
+    split = pd.read_parquet(home / "training" / "tiles.parquet")
+    by_slide = split.groupby("slide")["split"].agg(set)
+    assert all(len(s) == 1 for s in by_slide), "a slide is never split between train and hold-out"
+    assert set(split["split"]) == {"train", "holdout"}
+
+    meta = result.asset_materializations_for_node("gan_model")[0].metadata
+    run_id = meta["mlflow_run_id"].value
+    assert meta["step"].value == 12 and meta["resumed_from_step"].value == 0
+    assert meta["sample_grid"].value.startswith("![generated samples](data:image/png;base64,")
+    assert meta["untrained_floor_ratio"].value > 1
+
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.data.tags["dagster_run_id"] == result.run_id
+    assert {"loss_G", "loss_D", "ada_p", "swd_avg", "swd_floor_avg", "swd_untrained_avg"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run_id, "loss_G")][-1] == 12
+    artifacts = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    assert {"checkpoint/checkpoint.pt", "checkpoint/gan_config.json"} <= artifacts
+    versions = client.search_model_versions("name='histofactory-stylegan2'")
+    assert [v.run_id for v in versions] == [run_id]
+
+    samples = zarr.open_group(str(home / "samples" / "samples.zarr"), mode="r")
+    images, seeds, w = samples["images"][:], samples["seeds"][:], samples["w"][:]
+    assert images.shape == (12, 64, 64, 3) and images.dtype == np.uint8
+    assert list(seeds) == list(range(12))
+    # Any sample regenerates bit for bit from its stored seed (and its stored w).
+    current = json.loads((home / "gan" / "current.json").read_text())
+    G = load_generator(current["checkpoint"])
+    z, w_again, again = generate(G, seeds[[3]], psi=samples.attrs["psi"])
+    np.testing.assert_array_equal(again[0], images[3])
+    np.testing.assert_array_equal(w_again[0], w[3])
+    assert sorted(p.name for p in (home / "samples" / "for_annotation").iterdir()) == [
+        "sample_00001.png", "sample_00005.png"]
+
+
+def test_interrupted_training_resumes_from_checkpoint(tiled_home, tmp_path):
+    home, instance = tiled_home
+    assert dg.materialize([training_tiles], instance=instance, resources=_resources(home)).success
+    config = {"ops": {"gan_model": {"config": {**TINY, "kimg": 0.2}}}}
+    env = {**os.environ, "HISTOFACTORY_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipelines", "--select",
+         "gan_model", "--config-json", json.dumps(config)],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        checkpoints = []
+        while time.monotonic() < deadline and not checkpoints:
+            checkpoints = list((home / "gan").glob("*/checkpoint.pt"))
+            time.sleep(0.2)
+        assert checkpoints, "no checkpoint appeared"
+        time.sleep(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # an abrupt kill, as a crash or a pre-empted node would
+        proc.wait()
+    state = json.loads((checkpoints[0].parent / "state.json").read_text())
+    step_at_kill = int(read_checkpoint(checkpoints[0])["step"])
+    assert 0 < step_at_kill < 50
+
+    result = dg.materialize([gan_model], instance=instance, resources=_resources(home),
+                            run_config=dg.RunConfig(ops=config["ops"]))
+    assert result.success
+    meta = result.asset_materializations_for_node("gan_model")[0].metadata
+    assert meta["resumed_from_step"].value == step_at_kill
+    assert meta["step"].value == 50
+    assert meta["mlflow_run_id"].value == state["mlflow_run_id"], "the resumed run continues the same MLflow run"
