@@ -3,13 +3,15 @@
 import dagster as dg
 
 from assets.generative import gan_model, generated_samples, training_tiles
+from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
 from assets.tiling import tile_grid, tissue_tiles
 from pipelines.jobs import tiling_job
 from pipelines.sensors import slide_inbox_sensor
 from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
 
 defs = dg.Definitions(
-    assets=[tile_grid, tissue_tiles, training_tiles, gan_model, generated_samples],
+    assets=[tile_grid, tissue_tiles, training_tiles, gan_model, generated_samples, annotations,
+            generated_features, pixel_classifier, classifier_eval],
     jobs=[tiling_job],
     sensors=[slide_inbox_sensor],
     resources={

@@ -1,5 +1,6 @@
 """Where parallel work runs: local dask schedulers, or a dask distributed cluster when an address is set."""
 
+import os
 from typing import Literal
 
 import dagster as dg
@@ -20,10 +21,13 @@ class DaskResource(dg.ConfigurableResource):
         default="threads", description="Local dask scheduler (ignored when scheduler_address is set)."
     )
     scheduler_address: str | None = Field(
-        default=None, description="dask distributed scheduler, e.g. tcp://10.0.0.5:8786; runs tasks on that cluster."
+        default=None,
+        description="dask distributed scheduler, e.g. tcp://dask-scheduler:8786, where tasks run; unset = "
+        "$HISTOFACTORY_DASK_SCHEDULER, else local.",
     )
 
     def spec(self) -> ParallelSpec:
         if self.workers < 1:
             raise ValueError(f"DaskResource.workers must be >= 1, received {self.workers}")
-        return ParallelSpec(workers=self.workers, scheduler=self.scheduler, address=self.scheduler_address)
+        address = self.scheduler_address or os.environ.get("HISTOFACTORY_DASK_SCHEDULER") or None
+        return ParallelSpec(workers=self.workers, scheduler=self.scheduler, address=address)

@@ -9,6 +9,9 @@ Everything the factory writes lives under one folder, ``$HISTOFACTORY_HOME`` (de
     training/               the union of kept tiles with the slide-level fold split (asset ``training_tiles``)
     gan/<run>/              GAN checkpoints of one training configuration (asset ``gan_model``); gan/current.json
     samples/                generated images, latents and seeds in zarr (asset ``generated_samples``)
+    annotations/inbox/      masks of generated images from annotators; annotations/current/ the imported set
+    features/               generator features of the annotated images, native resolution (zarr)
+    classifier/             the pixel-classifier ensemble
     mlflow.db, mlartifacts/ the local MLflow tracking store
     dagster/                Dagster storage used by the ``histofactory`` CLI when DAGSTER_HOME is unset
 """
@@ -77,6 +80,23 @@ class FactoryStorage(dg.ConfigurableResource):
     @property
     def samples_dir(self) -> Path:
         return self.root / "samples"
+
+    @property
+    def annotation_inbox(self) -> Path:
+        """Where annotators drop masks of generated images (``sample_00012.png`` / ``.geojson``)."""
+        return self.root / "annotations" / "inbox"
+
+    @property
+    def annotations_dir(self) -> Path:
+        return self.root / "annotations" / "current"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def classifier_dir(self) -> Path:
+        return self.root / "classifier"
 
     @staticmethod
     def pretrained(name: str) -> Path:

@@ -20,7 +20,8 @@ class MlflowTracking(dg.ConfigurableResource):
     """Where training runs are logged."""
 
     tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking URI; unset = sqlite:///$HISTOFACTORY_HOME/mlflow.db."
+        default=None,
+        description="MLflow tracking URI; unset = $MLFLOW_TRACKING_URI, else sqlite:///$HISTOFACTORY_HOME/mlflow.db.",
     )
     artifact_root: str | None = Field(
         default=None, description="Artifact folder for new experiments; unset = $HISTOFACTORY_HOME/mlartifacts."
@@ -28,7 +29,7 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment: str = Field(default="histofactory", description="MLflow experiment name.")
 
     def uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{default_home() / 'mlflow.db'}"
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_home() / 'mlflow.db'}"
 
     def client(self):
         import mlflow

@@ -1,0 +1,308 @@
+"""DatasetGAN/HDGAN labelling assets: annotations of generated images, their generator features (zarr, native
+resolution), the pixel-classifier ensemble, and its evaluation on the test split.
+"""
+
+import json
+import time
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from pydantic import Field
+
+from assets.generative import gan_model, generated_samples
+from assets.lineage import png_markdown
+from ops.annotations import (
+    MASK_SUFFIXES,
+    AnnotationError,
+    annotation_set_version,
+    get_class_map,
+    load_mask,
+    match_annotations,
+    split_indices,
+)
+from ops.demo_annotator import write_demo_annotation
+from ops.feature_store import BatchStream, FeatureSampler, FeatureStoreWriter, write_upsampled_features
+from ops.gan_training import load_generator
+from ops.metrics import confusion_matrix, confusion_matrix_png, overlay_png, segmentation_report
+from ops.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble
+from ops.pixel_classifier import TrainConfig as MlpTrainConfig
+from ops.tile_store import replace_dir, temp_dir_beside
+from resources import FactoryStorage, MlflowTracking, TorchDevice
+
+LABELLING_CODE_VERSION = "labelling-1"
+
+
+class AnnotationConfig(dg.Config):
+    """Where expert masks come from and how the annotated images are split."""
+
+    class_map: str = Field(default="demo", description="Class map: demo (IHC demo classes) or paper (HDGAN kidney).")
+    demo_annotator: bool = Field(
+        default=False,
+        description="DEMO ONLY: when the annotation inbox is empty, label generated samples with the rule-based "
+        "stand-in annotator (PNG and QuPath GeoJSON, like an expert's delivery).",
+    )
+    demo_count: int = Field(default=36, description="Samples the demo annotator labels.")
+    n_train: int = Field(default=16, description="Annotated images for training (paper: 16).")
+    n_val: int = Field(default=4, description="... for validation / early stopping (paper: 4).")
+    n_test: int = Field(default=16, description="... for the test split (paper: 16).")
+    seed: int = Field(default=0, description="Seeds the split.")
+
+
+@dg.asset(group_name="labelling", deps=[generated_samples], code_version=LABELLING_CODE_VERSION,
+          kinds={"python", "zarr"},
+          description="Expert masks (indexed PNG or QuPath GeoJSON) of generated images, validated and versioned.")
+def annotations(context: dg.AssetExecutionContext, config: AnnotationConfig,
+                storage: FactoryStorage) -> dg.MaterializeResult:
+    class_map = get_class_map(config.class_map)
+    samples = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")
+    images = samples["images"]
+    image_ids = [f"sample_{i:05d}" for i in range(images.shape[0])]
+    inbox = storage.annotation_inbox
+    inbox.mkdir(parents=True, exist_ok=True)
+    files = [p for p in inbox.iterdir() if p.suffix.lower() in MASK_SUFFIXES and not p.name.startswith(".")]
+    if not files and config.demo_annotator:
+        count = min(config.demo_count, len(image_ids))
+        context.log.warning(f"DEMO: labelling {count} generated samples with the rule-based stand-in annotator")
+        for i in range(count):
+            write_demo_annotation(images[i], inbox, image_ids[i], formats=("png",) if i % 2 == 0 else ("geojson",))
+        files = sorted(inbox.iterdir())
+    if not files:
+        raise AnnotationError(
+            f"{inbox}: no annotation files. Export images with generated_samples.export_for_annotation, annotate "
+            "them (QuPath), and put masks named like the images (sample_00012.png / .geojson) here; or set "
+            "demo_annotator=true for the demo."
+        )
+    matched = match_annotations(files, image_ids)
+    ids = sorted(matched)
+    shape = tuple(images.shape[1:3])
+    masks = np.stack([load_mask(matched[i], shape, class_map) for i in ids])
+    train, val, test = split_indices(len(ids), config.n_train, config.n_val, config.n_test, config.seed)
+    split = np.full(len(ids), "unused", dtype=object)
+    split[train], split[val], split[test] = "train", "val", "test"
+    version = annotation_set_version(matched.values())
+    index = pd.DataFrame({"image_id": ids, "sample_index": [int(i.split("_")[1]) for i in ids],
+                          "file": [matched[i].name for i in ids], "split": split})
+    tmp = temp_dir_beside(storage.annotations_dir)
+    group = zarr.open_group(str(tmp / "labels.zarr"), mode="w", zarr_format=3)
+    group.create_array("labels", data=masks, chunks=(1, *shape))
+    group.attrs.update({"class_map": config.class_map, "classes": list(class_map.classes), "version": version})
+    index.to_parquet(tmp / "index.parquet", index=False)
+    (tmp / "version.json").write_text(json.dumps({"version": version, "class_map": config.class_map}))
+    replace_dir(tmp, storage.annotations_dir)
+    shares = np.bincount(masks.ravel(), minlength=class_map.n_classes)[: class_map.n_classes] / masks.size
+    return dg.MaterializeResult(
+        metadata={
+            "annotation_version": version,
+            "images": len(ids),
+            "split": dg.MetadataValue.json({s: int((split == s).sum()) for s in ("train", "val", "test", "unused")}),
+            "class_shares": dg.MetadataValue.json({c: round(float(v), 4) for c, v in zip(class_map.classes, shares,
+                                                                                          strict=True)}),
+            "overlay": png_markdown(overlay_png(images[index.sample_index[0]], masks[0], class_map.colours),
+                                    "first annotated image"),
+            "path": dg.MetadataValue.path(str(storage.annotations_dir)),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+class FeatureConfig(dg.Config):
+    """Which generator blocks become pixel features, and how they are stored."""
+
+    blocks: int = Field(default=5, description="Last K synthesis blocks captured (HDGAN: 5).")
+    layout: str = Field(
+        default="native",
+        description="native (each block at its own resolution, upsampled on the fly) or both (also write HDGAN's "
+        "fully upsampled memmap layout, for comparison).",
+    )
+
+
+@dg.asset(group_name="labelling", deps=[annotations, gan_model], code_version=LABELLING_CODE_VERSION,
+          kinds={"pytorch", "zarr"},
+          description="Features of the last K synthesis blocks of the annotated images, native resolution, zarr.")
+def generated_features(context: dg.AssetExecutionContext, config: FeatureConfig, storage: FactoryStorage,
+                       torch_device: TorchDevice) -> dg.MaterializeResult:
+    if config.layout not in ("native", "both"):
+        raise ValueError(f"layout must be 'native' or 'both', received {config.layout!r}")
+    device = torch_device.device()
+    current = json.loads((storage.gan_root / "current.json").read_text())
+    G = load_generator(current["checkpoint"], device)
+    if not 1 <= config.blocks <= len(G.block_resolutions):
+        raise ValueError(f"blocks must be in 1..{len(G.block_resolutions)} for this generator, got {config.blocks}")
+    index = pd.read_parquet(storage.annotations_dir / "index.parquet")
+    ws = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")["w"]
+    chans = G.block_channels[-config.blocks:]
+    resolutions = G.block_resolutions[-config.blocks:]
+    start = time.perf_counter()
+    out = storage.features_dir / "native.zarr"
+    with FeatureStoreWriter(out, len(index), [(c, r, r) for c, r in zip(chans, resolutions, strict=True)],
+                            overwrite=True, attrs={"image_ids": index["image_id"].tolist(),
+                                                   "checkpoint": current["checkpoint"]}) as writer:
+        for row, sample in enumerate(index["sample_index"]):
+            with torch.no_grad():
+                w = torch.from_numpy(np.asarray(ws[int(sample)])[None]).to(device)
+                _, feats = G.synthesis(w, noise_mode="const", return_features=True)
+            blocks = [f[0].float().cpu().numpy() for f in feats[-config.blocks:]]
+            writer.write(row, blocks)
+            if config.layout == "both":
+                write_upsampled_features(storage.features_dir / "upsampled" / f"{row:05d}.npy", blocks)
+    store_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    res = G.block_resolutions[-1]
+    full_bytes = len(index) * res * res * sum(chans) * 4
+    return dg.MaterializeResult(
+        metadata={
+            "images": len(index),
+            "features_per_pixel": int(sum(chans)),
+            "block_resolutions": dg.MetadataValue.json(resolutions),
+            "store_bytes": store_bytes,
+            "upsampled_fp32_bytes": full_bytes,
+            "disk_ratio_vs_upsampled_fp32": round(full_bytes / max(store_bytes, 1), 2),
+            "seconds": round(time.perf_counter() - start, 2),
+            "store": dg.MetadataValue.path(str(out)),
+        },
+    )
+
+
+class ClassifierConfig(dg.Config):
+    """The DatasetGAN/HDGAN ensemble of small MLPs over per-pixel features."""
+
+    members: int = Field(default=10, description="Ensemble size (DatasetGAN: 10).")
+    hidden: list[int] = Field(default=[128, 32], description="Hidden widths (HDGAN: 128, 32).")
+    dropout: float = Field(default=0.3, description="Dropout after each hidden layer.")
+    optimizer: str = Field(default="adam", description="adam (DatasetGAN, lr 1e-3) or sgd (HDGAN, lr 1e-4).")
+    lr: float | None = Field(default=None, description="Learning rate; unset = the optimizer's paper default.")
+    label_smoothing: float = Field(default=0.0, description="Cross-entropy label smoothing (HDGAN: 0.1).")
+    class_balance: float = Field(default=0.5, description="0 natural frequencies .. 1 every class equally often.")
+    batch_size: int = Field(default=4096, description="Pixels per batch (HDGAN: 65536).")
+    batches_per_epoch: int = Field(default=40, description="Batches per epoch.")
+    max_epochs: int = Field(default=10, description="Epochs (HDGAN: 25).")
+    patience: int = Field(default=3, description="Early-stopping patience on the validation split.")
+    seed: int = Field(default=0, description="Seeds members and pixel sampling.")
+
+
+def _labels(storage: FactoryStorage) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    group = zarr.open_group(str(storage.annotations_dir / "labels.zarr"), mode="r")
+    return (pd.read_parquet(storage.annotations_dir / "index.parquet"), group["labels"],
+            list(group.attrs["classes"]))
+
+
+@dg.asset(group_name="labelling", deps=[generated_features, annotations], code_version=LABELLING_CODE_VERSION,
+          kinds={"pytorch", "mlflow"}, op_tags={"histofactory/heavy": "training"},
+          description="Ensemble of MLP pixel classifiers trained on features streamed from zarr.")
+def pixel_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: FactoryStorage,
+                     mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:
+    device = torch_device.device()
+    index, labels, classes = _labels(storage)
+    sampler = FeatureSampler(storage.features_dir / "native.zarr")
+    rows = {s: np.flatnonzero(index["split"].to_numpy() == s) for s in ("train", "val")}
+
+    def stream(split: str, fixed: bool, batches: int) -> BatchStream:
+        return BatchStream(sampler, [labels[i] for i in rows[split]], rows[split], config.batch_size, batches,
+                           len(classes), config.class_balance, seed=config.seed, fixed=fixed)
+
+    ensemble = PixelEnsemble(EnsembleConfig(MLPConfig(sampler.n_features, len(classes), tuple(config.hidden),
+                                                      config.dropout), config.members), seed=config.seed)
+    train_cfg = MlpTrainConfig(optimizer=config.optimizer, lr=config.lr, label_smoothing=config.label_smoothing,
+                               max_epochs=config.max_epochs, patience=config.patience, seed=config.seed,
+                               device=str(device))
+    annotation_version = json.loads((storage.annotations_dir / "version.json").read_text())["version"]
+    tags = {"dagster_run_id": context.run_id, "dagster_asset": "pixel_classifier",
+            "annotation_version": annotation_version}
+    start = time.perf_counter()
+    with mlflow_tracking.start_run("pixel-classifier", tags) as run:
+        import mlflow
+
+        mlflow.log_params({**config.model_dump(), "n_features": sampler.n_features, "classes": ",".join(classes)})
+
+        def on_progress(event) -> None:
+            if event.stage == "epoch":
+                metrics = {"train_loss": float(np.nanmean(event.train_loss)), "active_members": event.active_members}
+                if event.val_loss is not None:
+                    metrics["val_loss"] = float(np.nanmean(event.val_loss))
+                mlflow.log_metrics(metrics, step=event.epoch)
+                context.log.info(f"epoch {event.epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+        val = stream("val", True, max(2, config.batches_per_epoch // 4)) if len(rows["val"]) else None
+        result = ensemble.fit(stream("train", False, config.batches_per_epoch), val, train_cfg, on_progress)
+        tmp = temp_dir_beside(storage.classifier_dir)
+        ensemble.save(tmp / "ensemble.pt", train_cfg)
+        (tmp / "lineage.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id,
+                                                     "annotation_version": annotation_version}))
+        replace_dir(tmp, storage.classifier_dir)
+        mlflow.log_artifact(str(storage.classifier_dir / "ensemble.pt"), "classifier")
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": run.info.run_id,
+            "annotation_version": annotation_version,
+            "epochs": result.epochs,
+            "best_val_loss": float(np.nanmean(result.best_val_loss)) if result.best_val_loss else float("nan"),
+            "members": config.members,
+            "train_images": len(rows["train"]),
+            "seconds": round(time.perf_counter() - start, 2),
+            "checkpoint": dg.MetadataValue.path(str(storage.classifier_dir / "ensemble.pt")),
+        },
+    )
+
+
+def predict_image(ensemble: PixelEnsemble, sampler: FeatureSampler, row: int) -> np.ndarray:
+    """Class probabilities ``[M, H, W, K]`` of one stored image, band by band (bounded memory)."""
+    h, w = sampler.output_shape
+    bands = []
+    for _y0, band in sampler.iter_row_bands(row, band_rows=64):
+        rows = band.shape[0]
+        bands.append(ensemble.predict_proba(band.reshape(rows * w, -1)).reshape(ensemble.config.n_members, rows, w, -1))
+    return np.concatenate(bands, axis=1)
+
+
+@dg.asset(group_name="labelling", deps=[pixel_classifier], code_version=LABELLING_CODE_VERSION,
+          kinds={"python", "mlflow"},
+          description="Pixel accuracy per class, Dice, confusion matrix and overlays on the test split.")
+def classifier_eval(context: dg.AssetExecutionContext, storage: FactoryStorage,
+                    mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    index, labels, classes = _labels(storage)
+    ensemble = PixelEnsemble.load(storage.classifier_dir / "ensemble.pt")
+    sampler = FeatureSampler(storage.features_dir / "native.zarr")
+    images = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")["images"]
+    test = np.flatnonzero(index["split"].to_numpy() == "test")
+    if len(test) == 0:
+        raise ValueError("the annotation split has no test images; set n_test > 0 on `annotations`")
+    cm = np.zeros((len(classes), len(classes)), np.int64)
+    overlays = []
+    from ops.annotations import get_class_map
+    from ops.pixel_classifier import predict_from_proba
+
+    colours = get_class_map(json.loads((storage.annotations_dir / "version.json").read_text())["class_map"]).colours
+    for n, row in enumerate(test):
+        pred = predict_from_proba(predict_image(ensemble, sampler, int(row)))
+        cm += confusion_matrix(np.asarray(labels[int(row)]), pred, len(classes))
+        if n < 4:
+            overlays.append(overlay_png(images[int(index["sample_index"].iloc[row])], pred, colours))
+    report = segmentation_report(cm, classes)
+    cm_png = confusion_matrix_png(cm, classes)
+    run_id = json.loads((storage.classifier_dir / "lineage.json").read_text())["mlflow_run_id"]
+    with mlflow_tracking.start_run("pixel-classifier", run_id=run_id):
+        import mlflow
+
+        mlflow.log_metrics({f"test_{k}": v for k, v in report.items() if np.isfinite(v)})
+        mlflow.log_image(_png(cm_png), artifact_file="eval/confusion_matrix.png")
+    return dg.MaterializeResult(
+        metadata={
+            "mean_dice": report.get("mean_dice", float("nan")),
+            "pixel_accuracy": report.get("pixel_accuracy", float("nan")),
+            "report": dg.MetadataValue.json({k: round(float(v), 4) for k, v in report.items()}),
+            "test_images": len(test),
+            "confusion_matrix": png_markdown(cm_png, "confusion matrix"),
+            "overlay": png_markdown(overlays[0], "prediction overlay"),
+            "mlflow_run_id": run_id,
+        },
+    )
+
+
+def _png(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
