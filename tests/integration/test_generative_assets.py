@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,38 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from conftest import TINY_GAN as TINY
+from conftest import resources_for as _resources
 
 from assets.generative import gan_model, generated_samples, training_tiles
-from assets.tiling import tile_grid, tissue_tiles
 from ops.gan_loop import generate
 from ops.gan_training import load_generator, read_checkpoint
-from pipelines.cli import get_instance, sync_slides
-from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
 
 pytestmark = pytest.mark.integration
-
-TINY = {"kimg": 0.048, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "swd_images": 16,
-        "from_scratch": True}
-
-
-def _resources(home: Path) -> dict:
-    return {"storage": FactoryStorage(home=str(home)), "dask": DaskResource(), "torch_device": TorchDevice(threads=2),
-            "mlflow_tracking": MlflowTracking()}
-
-
-@pytest.fixture()
-def tiled_home(factory_home, slide_a, slide_b):
-    """Two tiled slides in a fresh data root and Dagster instance."""
-    inbox = factory_home / "slides"
-    inbox.mkdir()
-    shutil.copy(slide_a, inbox / "case_a.svs")
-    shutil.copy(slide_b, inbox / "case_b.svs")
-    instance = get_instance()
-    for key in sync_slides(instance):
-        assert dg.materialize([tile_grid, tissue_tiles], partition_key=key, instance=instance,
-                              resources=_resources(factory_home)).success
-    return factory_home, instance
-
 
 def _config(**gan) -> dg.RunConfig:
     return dg.RunConfig(ops={"gan_model": {"config": {**TINY, **gan}},
