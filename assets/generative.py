@@ -153,6 +153,9 @@ def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, stor
             context.log.info(f"fine-tuning from {pretrained}")
         elif not config.from_scratch and config.pretrained:
             raise CheckpointError(f"pretrained checkpoint {pretrained} does not exist; fix the path or unset it")
+        elif not config.from_scratch:
+            context.log.warning(f"no pretrained checkpoint for preset {config.preset!r} ({pretrained}); "
+                                "training from random weights")
     resumed_from = trainer.step
     ref_a, ref_b = _reference_sets(holdout if len(holdout) else train, config.swd_images, gan_cfg.resolution,
                                    config.crop_downsample)

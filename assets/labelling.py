@@ -182,6 +182,10 @@ class ClassifierConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds members and pixel sampling.")
 
 
+def _class_map_name(storage: FactoryStorage) -> str:
+    return json.loads((storage.annotations_dir / "version.json").read_text())["class_map"]
+
+
 def _labels(storage: FactoryStorage) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     group = zarr.open_group(str(storage.annotations_dir / "labels.zarr"), mode="r")
     return (pd.read_parquet(storage.annotations_dir / "index.parquet"), group["labels"],
@@ -228,8 +232,10 @@ def pixel_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig
         result = ensemble.fit(stream("train", False, config.batches_per_epoch), val, train_cfg, on_progress)
         tmp = temp_dir_beside(storage.classifier_dir)
         ensemble.save(tmp / "ensemble.pt", train_cfg)
-        (tmp / "lineage.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id,
-                                                     "annotation_version": annotation_version}))
+        (tmp / "lineage.json").write_text(json.dumps({
+            "mlflow_run_id": run.info.run_id, "annotation_version": annotation_version,
+            "blocks": len(sampler.feature_slices), "class_map": _class_map_name(storage),
+        }))
         replace_dir(tmp, storage.classifier_dir)
         mlflow.log_artifact(str(storage.classifier_dir / "ensemble.pt"), "classifier")
     return dg.MaterializeResult(
@@ -273,7 +279,7 @@ def classifier_eval(context: dg.AssetExecutionContext, storage: FactoryStorage,
     from ops.annotations import get_class_map
     from ops.pixel_classifier import predict_from_proba
 
-    colours = get_class_map(json.loads((storage.annotations_dir / "version.json").read_text())["class_map"]).colours
+    colours = get_class_map(_class_map_name(storage)).colours
     for n, row in enumerate(test):
         pred = predict_from_proba(predict_image(ensemble, sampler, int(row)))
         cm += confusion_matrix(np.asarray(labels[int(row)]), pred, len(classes))

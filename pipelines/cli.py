@@ -97,63 +97,149 @@ def cmd_slides_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _materialize(instance, job_name: str, keys: Sequence[str], label: str) -> dict[str, bool]:
-    """Run a partitioned job once per key in the persistent instance, with a progress bar."""
+def _run_job(instance, job_name: str, keys: Sequence[str | None], label: str,
+             run_config: dict | None = None) -> dict[str | None, bool]:
+    """Run a job once per partition key (``None`` = unpartitioned) in the persistent instance, with progress."""
     from tqdm import tqdm
 
     from pipelines.definitions import defs
 
     job = defs.resolve_job_def(job_name)
-    ok: dict[str, bool] = {}
-    with tqdm(keys, desc=label, unit="slide") as bar:
+    ok: dict[str | None, bool] = {}
+    with tqdm(keys, desc=label, unit="run") as bar:
         for key in bar:
-            bar.set_postfix_str(key)
+            if key is not None:
+                bar.set_postfix_str(key)
+            config = {**(run_config or {}), **QUIET_RUN}
             result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False,
-                                            run_config=QUIET_RUN)
+                                            run_config=config)
             ok[key] = result.success
             if not result.success:
                 for event in result.all_events:
                     if event.is_failure and event.step_failure_data:
-                        bar.write(f"  {key}: FAILED - {event.step_failure_data.error.message.strip()[:500]}")
+                        message = event.step_failure_data.error.message.strip()[:500]
+                        bar.write(f"  {key or job_name}: FAILED - {message}")
     return ok
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate demo slides if the inbox is empty, then tile and filter every slide partition."""
-    import pandas as pd
+def _write_demo_slides(inbox: Path, count: int | None) -> None:
+    """Demo slides in parallel processes (the generator is single-threaded NumPy)."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     from ops.demo_slides import DEMO_SLIDES, write_demo_slide
+
+    specs = DEMO_SLIDES[:count] if count else DEMO_SLIDES
+    with ProcessPoolExecutor(max_workers=min(len(specs), os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(write_demo_slide, spec, inbox) for spec in sorted(specs, key=lambda s: -s.width)]
+        for fut in tqdm(futures, desc="demo slides", unit="slide"):
+            fut.result()
+
+
+def _latest(instance, asset: str, key: str) -> object:
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    meta = event.asset_materialization.metadata if event else {}
+    return meta[key].value if key in meta else None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole factory on demo slides: tiling, GAN, labelling, classifier, export, downstream check."""
     from ops.slide_registry import is_slide_file
+    from pipelines.presets import load_preset, ops_subset
 
     home = _home()
     inbox = home / "slides"
     inbox.mkdir(parents=True, exist_ok=True)
     stages: list[tuple[str, float]] = []
     start = time.perf_counter()
+
+    def stage(name: str, t0: float) -> None:
+        stages.append((name, time.perf_counter() - t0))
+        print(f"[{time.perf_counter() - start:6.1f}s] {name} done in {stages[-1][1]:.1f}s", flush=True)
+
     if not any(is_slide_file(p) for p in inbox.iterdir()):
-        specs = DEMO_SLIDES[: args.slides] if args.slides else DEMO_SLIDES
-        for spec in tqdm(specs, desc="demo slides", unit="slide"):
-            write_demo_slide(spec, inbox)
-        stages.append(("demo slides", time.perf_counter() - start))
+        t = time.perf_counter()
+        _write_demo_slides(inbox, args.slides)
+        stage("demo slides", t)
     instance = get_instance()
     keys = sync_slides(instance)
     t = time.perf_counter()
-    ok = _materialize(instance, "tiling", keys, "tiling + filtering")
-    stages.append(("tiling + filtering", time.perf_counter() - t))
+    ok = _run_job(instance, "tiling", keys, "tiling + filtering")
+    stage("tiling + filtering", t)
+    failed = [k for k, good in ok.items() if not good]
+    if failed:
+        print(f"tiling failed for {failed}; the rest of the chain uses the other slides", file=sys.stderr)
+    if args.tiling_only:
+        return _summary(instance, home, stages, start, failed)
 
-    rows = []
-    for key in keys:
-        table = home / "tiling" / key / "tiles" / "tiles.parquet"
-        kept = len(pd.read_parquet(table)) if ok[key] and table.exists() else 0
-        rows.append({"slide": key, "status": "ok" if ok[key] else "FAILED", "kept_tiles": kept})
-    print("\n" + pd.DataFrame(rows).to_string(index=False))
+    preset = load_preset("demo")
+    t = time.perf_counter()
+    chain_ok = _run_job(instance, "factory_demo", [None], "GAN + labelling + classifier")[None]
+    stage("GAN, samples, annotations, features, classifier", t)
+    if not chain_ok:
+        return _summary(instance, home, stages, start, failed + ["factory_demo"])
+    t = time.perf_counter()
+    batches = [f"{i:03d}" for i in range(args.export_batches)]
+    export_config = ops_subset(preset, ["synthetic_dataset"])
+    export_ok = _run_job(instance, "export", batches, "synthetic export", export_config)
+    stage("synthetic export", t)
+    failed += [f"export {b}" for b, good in export_ok.items() if not good]
+    t = time.perf_counter()
+    if not _run_job(instance, "downstream_demo", [None], "downstream U-Net check")[None]:
+        failed.append("downstream_demo")
+    stage("downstream proof of value", t)
+    return _summary(instance, home, stages, start, failed)
+
+
+def _summary(instance, home: Path, stages: list[tuple[str, float]], start: float, failed: list[str]) -> int:
+    """Print where everything is, the headline numbers and how to look at it."""
+    rows = [("kept tiles (all slides)", sum(_latest_partitioned(instance, "tissue_tiles", "kept")))]
+    headline = [
+        ("GAN SWD / noise floor (max over levels)", "gan_model", "swd_floor_ratio"),
+        ("untrained GAN SWD / noise floor", "gan_model", "untrained_floor_ratio"),
+        ("classifier mean Dice (test split)", "classifier_eval", "mean_dice"),
+        ("export version", "synthetic_dataset", "export_version"),
+        ("export samples", "synthetic_dataset", "export_samples_total"),
+        ("U-Net mean Dice, real only", "downstream_eval", "mean_dice_real"),
+        ("U-Net mean Dice, real + synthetic", "downstream_eval", "mean_dice_real_plus_synthetic"),
+    ]
+    for label, asset, key in headline:
+        value = _latest(instance, asset, key)
+        if value is not None:
+            rows.append((label, round(value, 3) if isinstance(value, float) else value))
+    print("\nheadline")
+    for label, value in rows:
+        print(f"  {label:<42} {value}")
     print("\nstage times: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in stages)
-          + f", total {time.perf_counter() - start:.1f}s")
-    print(f"\noutputs:        {home}/tiling/<slide>/tiles/ (tiles.zarr, tiles.parquet, thumbnail.png)")
-    print(f"Dagster UI:     DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -m pipelines   "
-          "(then open http://127.0.0.1:3000)")
-    return 0 if all(ok.values()) else 1
+          + f"; total {time.perf_counter() - start:.1f}s")
+    version = _latest(instance, "synthetic_dataset", "export_version")
+    print(f"\nslide tiles:   {home}/tiling/<slide>/tiles/")
+    if version:
+        print(f"export:        {home}/export/{version}/ (manifest.parquet, dataset_card.md)")
+    print(f"Dagster UI:    DAGSTER_HOME={os.environ['DAGSTER_HOME']} HISTOFACTORY_HOME={home} dagster dev -m pipelines"
+          "  -> http://127.0.0.1:3000")
+    print(f"MLflow UI:     mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db  -> http://127.0.0.1:5000")
+    if failed:
+        print(f"\nFAILED: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _latest_partitioned(instance, asset: str, key: str) -> list:
+    import dagster as dg
+
+    from assets.partitions import slide_partitions
+
+    values = []
+    for partition in instance.get_dynamic_partitions(slide_partitions.name):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
+        if records:
+            meta = records[0].asset_materialization.metadata
+            values.append(meta[key].value if key in meta else 0)
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,9 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job end to end on demo slides",
-                          description="Generate demo slides when the inbox is empty, register them, and tile and "
-                          "filter every slide partition in the persistent Dagster instance.")
+                          description="Generate demo slides when the inbox is empty, register them, then run the "
+                          "whole factory (tiling, GAN fine-tuning, sampling, demo annotation, features, classifier, "
+                          "evaluation, synthetic export) as runs in the persistent Dagster instance.")
     demo.add_argument("--slides", type=int, default=None, help="generate only the first N demo slides")
+    demo.add_argument("--export-batches", type=int, default=2, help="export batches of 100 samples (default 2)")
+    demo.add_argument("--tiling-only", action="store_true", help="stop after tiling and filtering")
     demo.set_defaults(func=cmd_demo)
 
     slides = sub.add_parser("slides", help="register and list slides",

@@ -1,9 +1,50 @@
-"""Jobs: named asset selections users launch from the UI, the CLI, sensors and schedules."""
+"""Jobs: named asset selections users launch from the UI, the CLI, sensors and schedules.
+
+Each stage that has presets comes as one job per preset (``factory_demo``, ``factory_paper``), so a preset is
+picked in the UI by choosing the job, and its config shows (editable) in the launchpad.
+"""
 
 import dagster as dg
 
+from pipelines.presets import PRESETS, load_preset, ops_subset
+
+TILING_ASSETS = ["tile_grid", "tissue_tiles"]
+FACTORY_ASSETS = ["training_tiles", "gan_model", "generated_samples", "annotations", "generated_features",
+                  "pixel_classifier", "classifier_eval"]
+EXPORT_ASSETS = ["synthetic_dataset"]
+DOWNSTREAM_ASSETS = ["real_annotations", "downstream_eval"]
+
 tiling_job = dg.define_asset_job(
     "tiling",
-    selection=dg.AssetSelection.assets("tile_grid", "tissue_tiles"),
+    selection=dg.AssetSelection.assets(*TILING_ASSETS),
     description="Tissue mask, candidate grid, decoding and filtering of one slide partition.",
 )
+
+factory_jobs = {
+    preset: dg.define_asset_job(
+        f"factory_{preset}",
+        selection=dg.AssetSelection.assets(*FACTORY_ASSETS),
+        config=ops_subset(load_preset(preset), FACTORY_ASSETS),
+        description=f"GAN training, sampling, annotation import, features, classifier and evaluation "
+        f"({preset} preset).",
+        tags={"histofactory/preset": preset},
+    )
+    for preset in PRESETS
+}
+
+export_job = dg.define_asset_job(
+    "export",
+    selection=dg.AssetSelection.assets(*EXPORT_ASSETS),
+    description="One batch (partition) of the synthetic dataset export.",
+)
+
+downstream_jobs = {
+    preset: dg.define_asset_job(
+        f"downstream_{preset}",
+        selection=dg.AssetSelection.assets(*DOWNSTREAM_ASSETS),
+        config=ops_subset(load_preset(preset), DOWNSTREAM_ASSETS),
+        description=f"U-Net on real vs real + synthetic pairs, scored on held-out real pairs ({preset} preset).",
+        tags={"histofactory/preset": preset},
+    )
+    for preset in PRESETS
+}

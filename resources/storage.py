@@ -12,6 +12,7 @@ Everything the factory writes lives under one folder, ``$HISTOFACTORY_HOME`` (de
     annotations/inbox/      masks of generated images from annotators; annotations/current/ the imported set
     features/               generator features of the annotated images, native resolution (zarr)
     classifier/             the pixel-classifier ensemble
+    export/<version>/       synthetic image-mask pairs with manifest and dataset card (asset ``synthetic_dataset``)
     mlflow.db, mlartifacts/ the local MLflow tracking store
     dagster/                Dagster storage used by the ``histofactory`` CLI when DAGSTER_HOME is unset
 """
@@ -97,6 +98,20 @@ class FactoryStorage(dg.ConfigurableResource):
     @property
     def classifier_dir(self) -> Path:
         return self.root / "classifier"
+
+    @property
+    def real_annotations_path(self) -> Path:
+        """Real image-mask pairs for the downstream test (``images``, ``masks`` in one npz)."""
+        return self.root / "annotations" / "real" / "pairs.npz"
+
+    @property
+    def downstream_path(self) -> Path:
+        return self.root / "downstream" / "results.json"
+
+    @property
+    def export_root(self) -> Path:
+        """Versioned synthetic-dataset exports: ``export/<version>/`` (old versions are kept)."""
+        return self.root / "export"
 
     @staticmethod
     def pretrained(name: str) -> Path:

@@ -1,0 +1,134 @@
+"""The whole factory on tiny configs: export contents, lineage back to slides, no patient data in the export,
+the PyTorch loader, the downstream proof of value, and staleness after a complete run.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_GAN, resources_for
+from PIL import Image
+
+from assets.downstream import downstream_eval, real_annotations, synthetic_helps
+from assets.export import synthetic_dataset
+from assets.generative import gan_model, generated_samples, training_tiles
+from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
+from assets.tiling import tile_grid, tissue_tiles
+from ops.demo_slides import DemoSlideSpec, write_demo_slide
+from ops.slide_registry import SlideRegistry
+from ops.synthetic_dataset import SyntheticSegmentationDataset
+from pipelines.cli import get_instance, sync_slides
+
+pytestmark = pytest.mark.integration
+
+PATIENT_FILE = "DOE_JOHN_1962-03-14_MRN12345678"
+PROPERTIES = {"PatientName": "DOE^JOHN", "MRN": "MRN12345678", "ScanScope ID": "SS-HOSPITAL-0042",
+              "Filename": PATIENT_FILE, "Date": "03/14/2024"}
+CHAIN = [training_tiles, gan_model, generated_samples, annotations, generated_features, pixel_classifier,
+         classifier_eval]
+CONFIG = {
+    "gan_model": {"config": TINY_GAN},
+    "generated_samples": {"config": {"n": 16}},
+    "annotations": {"config": {"demo_annotator": True, "demo_count": 12, "n_train": 6, "n_val": 2, "n_test": 4}},
+    "generated_features": {"config": {"blocks": 3}},
+    "pixel_classifier": {"config": {"members": 3, "max_epochs": 2, "batches_per_epoch": 5, "batch_size": 1024}},
+}
+EXPORT = {"synthetic_dataset": {"config": {"batch_size": 10, "memorization_bank": 200}}}
+DOWNSTREAM = {"real_annotations": {"config": {"n": 24}},
+              "downstream_eval": {"config": {"real_train": 8, "synthetic_max": 20, "epochs": 2}}}
+
+
+@pytest.fixture()
+def patient_home(factory_home, slide_b, tmp_path):
+    """A patient-like slide (identifying name, properties and label image) plus a second slide, tiled."""
+    spec = DemoSlideSpec(PATIENT_FILE, 3072, 3072, seed=303, tissue_share=0.4, properties=PROPERTIES,
+                         label_text=f"{PATIENT_FILE} DOE^JOHN")
+    inbox = factory_home / "slides"
+    write_demo_slide(spec, inbox)
+    shutil.copy(slide_b, inbox / "case_b.svs")
+    instance = get_instance()
+    for key in sync_slides(instance):
+        assert dg.materialize([tile_grid, tissue_tiles], partition_key=key, instance=instance,
+                              resources=resources_for(factory_home)).success
+    return factory_home, instance
+
+
+def _run(assets, instance, home, ops, partition_key=None):
+    result = dg.materialize(assets, instance=instance, resources=resources_for(home),
+                            run_config=dg.RunConfig(ops=ops), partition_key=partition_key)
+    assert result.success
+    return result
+
+
+def test_whole_chain_export_lineage_privacy_and_value(patient_home):
+    home, instance = patient_home
+    _run(CHAIN, instance, home, CONFIG)
+    for batch in ("000", "001"):
+        result = _run([synthetic_dataset], instance, home, EXPORT, partition_key=batch)
+    meta = result.asset_materializations_for_node("synthetic_dataset")[0].metadata
+    version = meta["export_version"].value
+    export = home / "export" / version
+
+    # -- export contents ------------------------------------------------------------------------------------------
+    manifest = pd.read_parquet(export / "manifest.parquet")
+    assert len(manifest) == meta["export_samples_total"].value == len(pd.read_csv(export / "manifest.csv"))
+    assert sorted(manifest["batch"].unique()) == [0, 1]
+    assert (manifest.groupby("batch").size() <= 9).all(), "the most uncertain 10% of each batch is dropped"
+    dropped = pd.concat([pd.read_parquet(p) for p in export.glob("batches/*/dropped.parquet")])
+    assert len(dropped) + len(manifest) == 20
+    assert set(manifest["seed"]) == set(range(1_000_000, 1_000_020)) - set(dropped["seed"])
+    for row in manifest.itertuples():
+        image, mask = Image.open(export / row.image), Image.open(export / row.mask)
+        assert image.size == mask.size == (64, 64) and image.mode == "RGB" and mask.mode == "P"
+    fractions = manifest.filter(like="frac_").to_numpy()
+    np.testing.assert_allclose(fractions.sum(axis=1), 1.0, atol=1e-5)
+    assert {"uncertainty", "nn_pixel_distance", "nn_feature_distance", "mpp", "gan_mlflow_run",
+            "classifier_mlflow_run", "annotation_version", "torch_version", "latents"} <= set(manifest.columns)
+    latents = np.load(export / "batches" / "000" / "latents.npz")
+    assert latents["w"].shape[0] == 10 and latents["z"].shape == (10, 128)
+    assert (export / "dataset_card.md").read_text().startswith("# Synthetic histopathology")
+
+    # -- lineage back to the source slides (opaque ids only) --------------------------------------------------------
+    registry = SlideRegistry(home / "registry" / "slides.json")
+    ids = set(manifest["source_slides"].iloc[0].split(";"))
+    assert ids and ids <= {e.slide_id for e in registry.entries.values()}
+
+    # -- no patient data: scan every exported byte ---------------------------------------------------------------
+    needles = {PATIENT_FILE, PATIENT_FILE.lower(), "DOE^JOHN", "MRN12345678", "SS-HOSPITAL-0042", "Aperio",
+               "case_b", str(home)}
+    for path in export.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for needle in needles:
+                assert needle.encode() not in data, f"{needle!r} leaked into {path.relative_to(export)}"
+
+    # -- PyTorch loading, with worker processes ---------------------------------------------------------------------
+    dataset = SyntheticSegmentationDataset(export)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2)
+    x, y = next(iter(loader))
+    assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+    assert y.shape == (4, 64, 64) and y.dtype == torch.int64
+
+    # -- a changed setting makes a new version; the old one is kept -----------------------------------------------
+    other = _run([synthetic_dataset], instance, home,
+                 {"synthetic_dataset": {"config": {**EXPORT["synthetic_dataset"]["config"], "psi": 0.5}}}, "000")
+    other_version = other.asset_materializations_for_node("synthetic_dataset")[0].metadata["export_version"].value
+    assert other_version != version and export.exists() and (home / "export" / other_version).exists()
+    _run([synthetic_dataset], instance, home, EXPORT, "001")  # the latest export is the default one again
+
+    # -- downstream proof of value ----------------------------------------------------------------------------------
+    down = dg.materialize([real_annotations, downstream_eval, synthetic_helps], instance=instance,
+                          resources=resources_for(home), run_config=dg.RunConfig(ops=DOWNSTREAM))
+    assert down.success
+    dmeta = down.asset_materializations_for_node("downstream_eval")[0].metadata
+    summary = dmeta["summary"].value
+    assert set(summary) == {"real", "real+synthetic"}
+    for stats in summary.values():
+        assert 0 <= stats["mean_dice_mean"] <= 1 and stats["mean_dice_sd"] >= 0
+    checks = down.get_asset_check_evaluations()
+    assert [c.check_name for c in checks] == ["synthetic_helps"]
