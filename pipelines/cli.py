@@ -98,7 +98,7 @@ def cmd_slides_list(args: argparse.Namespace) -> int:
 
 
 def _run_job(instance, job_name: str, keys: Sequence[str | None], label: str,
-             run_config: dict | None = None) -> dict[str | None, bool]:
+             run_config: dict | None = None, asset_selection: list | None = None) -> dict[str | None, bool]:
     """Run a job once per partition key (``None`` = unpartitioned) in the persistent instance, with progress."""
     from tqdm import tqdm
 
@@ -112,7 +112,7 @@ def _run_job(instance, job_name: str, keys: Sequence[str | None], label: str,
                 bar.set_postfix_str(key)
             config = {**(run_config or {}), **QUIET_RUN}
             result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False,
-                                            run_config=config)
+                                            run_config=config, asset_selection=asset_selection)
             ok[key] = result.success
             if not result.success:
                 for event in result.all_events:
@@ -242,6 +242,45 @@ def _latest_partitioned(instance, asset: str, key: str) -> list:
     return values
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Slides, export batches, or only what is stale; one run per partition, no daemon needed."""
+    from pipelines.backfill import describe_plan, parse_batches, run_stale, stale_plan
+    from pipelines.definitions import defs
+    from pipelines.presets import load_preset, ops_subset
+
+    instance = get_instance()
+    if args.what == "slides":
+        known = sync_slides(instance, echo=lambda m: print(m, file=sys.stderr))
+        keys = known if args.all else args.keys
+        unknown = sorted(set(keys) - set(known))
+        if unknown or not keys:
+            print(f"error: unknown slide partitions {unknown} (known: {known})" if unknown
+                  else "error: name slide partitions or pass --all", file=sys.stderr)
+            return 2
+        ok = _run_job(instance, "tiling", keys, "tiling + filtering")
+    elif args.what == "export":
+        try:
+            batches = parse_batches(args.batches)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        ok = _run_job(instance, "export", batches, "synthetic export",
+                      ops_subset(load_preset(args.preset), ["synthetic_dataset"]))
+    else:
+        if args.dry_run:
+            print(describe_plan(stale_plan(instance, defs)))
+            return 0
+        before = stale_plan(instance, defs)
+        print(f"stale: {describe_plan(before)}")
+        left = run_stale(instance, defs, args.preset, _run_job)
+        print(f"after: {describe_plan(left)}")
+        return 0 if not any(left.values()) else 1
+    failed = [k for k, good in ok.items() if not good]
+    if failed:
+        print(f"FAILED: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="histofactory",
@@ -270,6 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Print the registered slide partition keys, one per line.")
     lst.add_argument("--sync", action="store_true", help="scan the inbox and update the partitions first")
     lst.set_defaults(func=cmd_slides_list)
+
+    backfill = sub.add_parser("backfill", help="materialize many partitions, or only what is stale",
+                              description="Runs jobs in this process, one run per partition, in the persistent "
+                              "Dagster instance (no daemon needed).")
+    bsub = backfill.add_subparsers(dest="what", required=True)
+    bs = bsub.add_parser("slides", help="tile and filter slide partitions",
+                         description="Tile and filter the named slide partitions (or all of them).")
+    bs.add_argument("keys", nargs="*", help="slide partition keys (see `histofactory slides list`)")
+    bs.add_argument("--all", action="store_true", help="every registered slide")
+    bs.set_defaults(func=cmd_backfill)
+    be = bsub.add_parser("export", help="materialize export batches",
+                         description="Materialize synthetic-dataset batches, e.g. --batches 0-9 (1,000 samples).")
+    be.add_argument("--batches", required=True, help="3, 0-9 or 0,2,5-7")
+    be.add_argument("--preset", default="demo", choices=["demo", "paper"], help="run preset (default demo)")
+    be.set_defaults(func=cmd_backfill)
+    bst = bsub.add_parser("stale", help="re-run only what is stale",
+                          description="Re-materialize stale or missing slides and factory assets, and stale "
+                          "export batches, judged by Dagster code and data versions.")
+    bst.add_argument("--preset", default="demo", choices=["demo", "paper"], help="run preset (default demo)")
+    bst.add_argument("--dry-run", action="store_true", help="only print what is stale")
+    bst.set_defaults(func=cmd_backfill)
     return parser
 
 

@@ -22,6 +22,8 @@ from assets.tiling import tile_grid, tissue_tiles
 from ops.demo_slides import DemoSlideSpec, write_demo_slide
 from ops.slide_registry import SlideRegistry
 from ops.synthetic_dataset import SyntheticSegmentationDataset
+from pipelines import defs
+from pipelines.backfill import stale_plan
 from pipelines.cli import get_instance, sync_slides
 
 pytestmark = pytest.mark.integration
@@ -132,3 +134,7 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
         assert 0 <= stats["mean_dice_mean"] <= 1 and stats["mean_dice_sd"] >= 0
     checks = down.get_asset_check_evaluations()
     assert [c.check_name for c in checks] == ["synthetic_helps"]
+
+    # -- nothing changed, nothing to redo: code and data versions say every asset is fresh -------------------------
+    plan = stale_plan(instance, defs)
+    assert not any(plan.values()), plan

@@ -121,3 +121,19 @@ def test_cli_help(factory_home):
     for args in (["--help"], ["demo", "--help"], ["slides", "add", "--help"], ["slides", "list", "--help"]):
         out = subprocess.run([str(bindir / "histofactory"), *args], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and "usage: histofactory" in out.stdout
+
+
+def test_cli_backfill_materializes_exactly_the_requested_slides(factory_home, slide_a, slide_b, tmp_path):
+    env = {**os.environ, "HISTOFACTORY_HOME": str(factory_home), "DAGSTER_HOME": str(factory_home / "dagster")}
+    cli = str(Path(sys.executable).parent / "histofactory")
+    assert subprocess.run([cli, "slides", "add", str(slide_a), str(slide_b)], env=env, timeout=300).returncode == 0
+    run = subprocess.run([cli, "backfill", "slides", "case_b"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    instance = dg.DagsterInstance.from_config(str(factory_home / "dagster"))
+    done = {r.partition_key for r in instance.fetch_materializations(dg.AssetKey("tissue_tiles"), limit=10).records}
+    assert done == {"case_b"}
+    dry = subprocess.run([cli, "backfill", "stale", "--dry-run"], env=env, capture_output=True, text=True, timeout=300)
+    assert "slides: case_a" in dry.stdout and "case_b" not in dry.stdout.split("factory")[0]
+    bad = subprocess.run([cli, "backfill", "slides", "nope"], env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown slide partitions ['nope']" in bad.stderr
