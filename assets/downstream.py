@@ -80,7 +80,7 @@ def _latest_export(context: dg.AssetExecutionContext, storage: FactoryStorage):
 
 @dg.asset(group_name="downstream", deps=[real_annotations, synthetic_dataset],
           code_version=DOWNSTREAM_CODE_VERSION, kinds={"pytorch", "mlflow"},
-          op_tags={"histofactory/heavy": "training"},
+          pool="training",
           description="U-Net trained on real vs real + synthetic pairs, Dice on held-out real pairs (mean +- sd).")
 def downstream_eval(context: dg.AssetExecutionContext, config: DownstreamConfig, storage: FactoryStorage,
                     mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:

@@ -126,7 +126,7 @@ def _reference_sets(holdout: pd.DataFrame, n: int, resolution: int, downsample: 
 
 
 @dg.asset(group_name="generative", deps=[training_tiles], code_version=GENERATIVE_CODE_VERSION,
-          kinds={"pytorch", "mlflow"}, op_tags={"histofactory/heavy": "training"},
+          kinds={"pytorch", "mlflow"}, pool="training",
           description="StyleGAN2-ADA trained on the kept tiles (resumable, logged to MLflow, registered).")
 def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, storage: FactoryStorage,
               mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:

@@ -135,6 +135,9 @@ def generated_features(context: dg.AssetExecutionContext, config: FeatureConfig,
     ws = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")["w"]
     chans = G.block_channels[-config.blocks:]
     resolutions = G.block_resolutions[-config.blocks:]
+    native_bytes = len(index) * sum(c * r * r for c, r in zip(chans, resolutions, strict=True)) * 2
+    upsampled_bytes = len(index) * sum(chans) * resolutions[-1] ** 2 * 2 if config.layout == "both" else 0
+    storage.require_free_disk(native_bytes + upsampled_bytes, f"generated_features ({len(index)} images)")
     start = time.perf_counter()
     out = storage.features_dir / "native.zarr"
     with FeatureStoreWriter(out, len(index), [(c, r, r) for c, r in zip(chans, resolutions, strict=True)],
@@ -193,7 +196,7 @@ def _labels(storage: FactoryStorage) -> tuple[pd.DataFrame, np.ndarray, list[str
 
 
 @dg.asset(group_name="labelling", deps=[generated_features, annotations], code_version=LABELLING_CODE_VERSION,
-          kinds={"pytorch", "mlflow"}, op_tags={"histofactory/heavy": "training"},
+          kinds={"pytorch", "mlflow"}, pool="training",
           description="Ensemble of MLP pixel classifiers trained on features streamed from zarr.")
 def pixel_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: FactoryStorage,
                      mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:

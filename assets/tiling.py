@@ -128,6 +128,8 @@ def tissue_tiles(context: dg.AssetExecutionContext, config: TileFilterConfig, st
     entry, path = storage.slide(key)
     plan, grid_values = load_plan(storage.grid_dir(key))
     params = params_from_dict({**grid_values, **config.model_dump()})
+    n_cand = int(plan.grid["candidate"].sum())
+    storage.require_free_disk(n_cand * params.tile_size**2 * 3, f"tissue_tiles for {key} ({n_cand} tiles)")
     start = time.perf_counter()
 
     def progress(done: int, total: int) -> None:

@@ -8,6 +8,7 @@ from assets.generative import gan_model, generated_samples, training_tiles
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
 from assets.tiling import tile_grid, tissue_tiles
 from pipelines.jobs import downstream_jobs, export_job, factory_jobs, tiling_job
+from pipelines.schedules import weekly_retraining
 from pipelines.sensors import slide_inbox_sensor
 from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
 
@@ -18,6 +19,7 @@ defs = dg.Definitions(
     asset_checks=[synthetic_helps],
     jobs=[tiling_job, *factory_jobs.values(), export_job, *downstream_jobs.values()],
     sensors=[slide_inbox_sensor],
+    schedules=[weekly_retraining],
     resources={
         "storage": FactoryStorage(),
         "dask": DaskResource(),

@@ -64,6 +64,18 @@ class FactoryStorage(dg.ConfigurableResource):
             )
         return entry, path
 
+    def require_free_disk(self, need_bytes: float, what: str) -> None:
+        """Fail before writing when the data root lacks room, saying how much is needed (paper scale: TBs)."""
+        import shutil
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if need_bytes > free:
+            raise OSError(
+                f"{what} needs about {need_bytes / 1e9:.1f} GB under {self.root}, but only {free / 1e9:.1f} GB are "
+                "free. Free space, point HISTOFACTORY_HOME at a bigger disk, or use a smaller preset."
+            )
+
     def grid_dir(self, key: str) -> Path:
         return self.root / "tiling" / key / "grid"
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tifffile
 
 from ops.demo_slides import DemoSlideSpec, write_demo_slide
 
@@ -45,13 +43,3 @@ def factory_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     (home / "dagster").mkdir()
     return home
-
-
-def corrupt_tile(path: Path, tile_index: int) -> None:
-    """Destroy the JPEG data of one level-0 TIFF tile in place (its SOI marker and header)."""
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        offset, count = page.dataoffsets[tile_index], page.databytecounts[tile_index]
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(np.zeros(min(count, 600), np.uint8).tobytes())

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_GAN, resources_for
+from factory_helpers import TINY_GAN, resources_for
 from PIL import Image
 
 from assets.downstream import downstream_eval, real_annotations, synthetic_helps
@@ -25,6 +25,7 @@ from ops.synthetic_dataset import SyntheticSegmentationDataset
 from pipelines import defs
 from pipelines.backfill import stale_plan
 from pipelines.cli import get_instance, sync_slides
+from pipelines.schedules import weekly_retraining
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +139,5 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     # -- nothing changed, nothing to redo: code and data versions say every asset is fresh -------------------------
     plan = stale_plan(instance, defs)
     assert not any(plan.values()), plan
+    skip = weekly_retraining(dg.build_schedule_context(instance=instance))
+    assert isinstance(skip, dg.SkipReason), "the weekly retraining skips when nothing changed"

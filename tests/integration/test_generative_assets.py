@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from conftest import TINY_GAN as TINY
-from conftest import resources_for as _resources
+from factory_helpers import TINY_GAN as TINY
+from factory_helpers import resources_for as _resources
 
 from assets.generative import gan_model, generated_samples, training_tiles
 from ops.gan_loop import generate

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from conftest import TINY_GAN, resources_for
+from factory_helpers import TINY_GAN, resources_for
 
 from assets.generative import gan_model, generated_samples, training_tiles
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier

@@ -21,6 +21,7 @@ from ui_helpers import (
     headless_chromium,
     loaded_image_width,
     running_server,
+    wait_for_dagster_code_locations,
     wait_for_texts,
     wait_until,
 )
@@ -39,6 +40,7 @@ BIN = Path(sys.executable).parent
 SLIDE_KEY = "ui_case"
 RUN_NAME = "ui_smoke_run"
 EXPERIMENT = "histofactory"
+LOCATION = "pipelines"  # the code location's name under `dagster-webserver -m pipelines`
 PAGE_TIMEOUT = 60.0  # seconds for a page to show what we wait for (first loads compile nothing but are slow on 2 cores)
 # Loopback-only servers; no telemetry from Dagster or MLflow.
 DAGSTER_YAML = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
@@ -110,8 +112,9 @@ def dagster_url(ui_home: Path) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "dagster-webserver"), "-m", "pipelines", "-h", "127.0.0.1", "-p", str(port)]
-    with running_server(cmd, _factory_env(ui_home), f"{url}/server_info", SHOTS / "dagster-webserver.log",
-                        cwd=ui_home.parent):
+    log = SHOTS / "dagster-webserver.log"
+    with running_server(cmd, _factory_env(ui_home), f"{url}/server_info", log, cwd=ui_home.parent):
+        assert wait_for_dagster_code_locations(url, log) == [LOCATION]
         yield url
 
 
@@ -138,37 +141,26 @@ def _shot(driver: Any, name: str) -> None:
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
-def _expand_all_groups(driver: Any, failure_shot: Path) -> None:
-    """Click the graph's settings button, then "Expand all groups" (unless all are expanded), then close the menu."""
-    from selenium.webdriver.common.by import By
-
-    settings = "//button[.//*[@aria-label='settings'] and not(contains(@class, 'MainNavigation'))]"
-    item = "//*[normalize-space(text())='Expand all groups' or normalize-space(text())='Collapse all groups']"
-    driver.find_element(By.XPATH, settings).click()
-    toggle = wait_until(driver, lambda d: d.find_element(By.XPATH, item), "the Expand/Collapse all groups menu item",
-                        PAGE_TIMEOUT, failure_shot)
-    if toggle.text.strip().startswith("Expand"):
-        toggle.click()
-    driver.find_element(By.XPATH, settings).click()
-    wait_until(driver, lambda d: not d.find_elements(By.XPATH, item), "the graph settings menu closed", PAGE_TIMEOUT,
-               failure_shot)
-
-
-def test_asset_lineage_shows_every_asset(dagster_url: str, browser: Any) -> None:
+def test_asset_graph_shows_every_asset(dagster_url: str, browser: Any) -> None:
+    """The global lineage shows every group; each group's lineage page shows every asset of the group."""
     from pipelines.definitions import defs
 
     graph = defs.get_repository_def().asset_graph
-    keys = graph.get_all_asset_keys()
-    names = sorted(key.path[-1] for key in keys)
-    groups = sorted({graph.get(key).group_name for key in keys})
-    assert names, "pipelines.defs defines no assets"
-    failure_shot = SHOTS / "dagster-lineage-FAILED.png"
-    browser.get(f"{dagster_url}/asset-groups")  # "Lineage" in the side bar: the global asset graph
-    wait_for_texts(browser, ["Global asset lineage", *groups], PAGE_TIMEOUT, failure_shot)
-    if len(groups) > 1:  # several groups start collapsed to one box each
-        _expand_all_groups(browser, failure_shot)
-    wait_for_texts(browser, names, PAGE_TIMEOUT, failure_shot)
+    by_group: dict[str, list[str]] = {}
+    for key in graph.get_all_asset_keys():
+        by_group.setdefault(graph.get(key).group_name, []).append(key.path[-1])
+    assert by_group, "pipelines.defs defines no assets"
+
+    # "Lineage" in the side bar. With several groups each starts collapsed to one box, so assets are checked per group.
+    browser.get(f"{dagster_url}/asset-groups")
+    wait_for_texts(browser, ["Global asset lineage", *sorted(by_group)], PAGE_TIMEOUT,
+                   SHOTS / "dagster-lineage-FAILED.png")
     _shot(browser, "dagster-lineage")
+    for group, names in sorted(by_group.items()):
+        browser.get(f"{dagster_url}/locations/{LOCATION}/asset-groups/{group}")
+        wait_for_texts(browser, [group, "Asset Group in", *sorted(names)], PAGE_TIMEOUT,
+                       SHOTS / f"dagster-group-{group}-FAILED.png")
+        _shot(browser, f"dagster-group-{group}")
 
 
 def test_tissue_tiles_page_shows_metadata_and_kept_grid_picture(dagster_url: str, browser: Any) -> None:

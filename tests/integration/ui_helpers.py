@@ -7,6 +7,7 @@ the children they spawn (Dagster's code server, uvicorn workers). Selenium is im
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -69,6 +70,48 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
             last_error = repr(exc)
         time.sleep(0.5)
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s (last: {last_error}); log tail:\n{log_tail(log)}")
+
+
+_LOCATIONS_QUERY = """
+query {
+  workspaceOrError {
+    __typename
+    ... on Workspace { locationEntries { name loadStatus locationOrLoadError {
+      __typename ... on PythonError { message } } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def wait_for_dagster_code_locations(base_url: str, log: Path, timeout: float = 120.0) -> list[str]:
+    """Wait until every code location of a running Dagster webserver has loaded; return their names.
+
+    ``/server_info`` answers before the code server has loaded the definitions; a location that fails to load (an
+    import error) would otherwise only show up as assets without definitions in the UI.
+
+    Raises:
+        RuntimeError: a location failed to load (with its error) or is still loading after ``timeout`` seconds.
+    """
+    request = urllib.request.Request(f"{base_url}/graphql", data=json.dumps({"query": _LOCATIONS_QUERY}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    deadline = time.monotonic() + timeout
+    state: Any = None
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            state = json.load(response)["data"]["workspaceOrError"]
+        if state["__typename"] != "Workspace":
+            raise RuntimeError(f"{base_url}: workspace failed to load: {state}\nlog tail:\n{log_tail(log)}")
+        entries = state["locationEntries"]
+        for entry in entries:
+            error = entry["locationOrLoadError"]
+            if error and error["__typename"] == "PythonError":
+                raise RuntimeError(f"{base_url}: code location {entry['name']!r} failed to load:\n{error['message']}"
+                                   f"\nlog tail:\n{log_tail(log)}")
+        if entries and all(entry["loadStatus"] == "LOADED" for entry in entries):
+            return [entry["name"] for entry in entries]
+        time.sleep(0.5)
+    raise RuntimeError(f"{base_url}: code locations still loading after {timeout:.0f} s: {state}")
 
 
 def _group_alive(pgid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,16 @@ from ops.stylegan2 import GanConfig
 
 TINY = GanConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=32)
 TARGET = torch.tensor([0.8, -0.8, 0.6])  # the colour of every real tile, in [-1, 1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread() -> Iterator[None]:
+    """Tiny networks gain nothing from 2 threads, and on shared busy cores OpenMP threads wait on each other
+    (10× slowdowns seen); run this module single-threaded and restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _reals(n: int = 8, res: int = 16) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,6 +23,16 @@ from ops.stylegan2 import (
 )
 
 TINY = GanConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread() -> Iterator[None]:
+    """Tiny networks gain nothing from 2 threads, and on shared busy cores OpenMP threads wait on each other;
+    run this module single-threaded and restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _generator(seed: int = 0, cfg: GanConfig = TINY) -> Generator:

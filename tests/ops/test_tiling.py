@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import corrupt_tile
 from scipy import ndimage
 from skimage import data
+from slide_helpers import corrupt_tile
 
 import ops.tiling as tiling
 from ops.demo_slides import DemoSlideSpec, write_demo_slide
@@ -176,3 +176,18 @@ def test_all_background_slide_gives_empty_result(tmp_path):
     res = extract_tiles(str(path), plan, params, SYNC, tmp_path / "out", "blank", "sl-b")
     assert res.counts["kept"] == 0 and len(res.table) == 0
     assert open_tile_array(tmp_path / "out" / "tiles.zarr").shape == (0, 512, 512, 3)
+
+
+def test_dask_local_cluster_keeps_the_same_tiles(tmp_path, slide_a):
+    from distributed import LocalCluster
+
+    params = TilingParams()
+    with open_slide(slide_a) as reader:
+        plan = plan_grid(reader, params)
+    local = extract_tiles(str(slide_a), plan, params, ParallelSpec(workers=2), tmp_path / "local", "a", "sl-a")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        spec = ParallelSpec(workers=2, address=cluster.scheduler_address)
+        remote = extract_tiles(str(slide_a), plan, params, spec, tmp_path / "cluster", "a", "sl-a")
+    pd.testing.assert_frame_equal(local.table, remote.table)
+    np.testing.assert_array_equal(open_tile_array(tmp_path / "local" / "tiles.zarr")[:],
+                                  open_tile_array(tmp_path / "cluster" / "tiles.zarr")[:])
