@@ -20,17 +20,23 @@ tiling_job = dg.define_asset_job(
     description="Tissue mask, candidate grid, decoding and filtering of one slide partition.",
 )
 
-factory_jobs = {
-    preset: dg.define_asset_job(
-        f"factory_{preset}",
-        selection=dg.AssetSelection.assets(*FACTORY_ASSETS),
-        config=ops_subset(load_preset(preset), FACTORY_ASSETS),
-        description=f"GAN training, sampling, annotation import, features, classifier and evaluation "
-        f"({preset} preset).",
-        tags={"histofactory/preset": preset},
-    )
-    for preset in PRESETS
-}
+
+def preset_jobs(prefix: str, assets: list[str], what: str) -> dict:
+    """One job per preset over ``assets``, with the preset's config as the job's default config."""
+    return {
+        preset: dg.define_asset_job(
+            f"{prefix}_{preset}",
+            selection=dg.AssetSelection.assets(*assets),
+            config=ops_subset(load_preset(preset), assets),
+            description=f"{what} ({preset} preset).",
+            tags={"histofactory/preset": preset},
+        )
+        for preset in PRESETS
+    }
+
+
+factory_jobs = preset_jobs("factory", FACTORY_ASSETS, "GAN training, sampling, annotation import, features, "
+                           "classifier and evaluation")
 
 export_job = dg.define_asset_job(
     "export",
@@ -38,13 +44,5 @@ export_job = dg.define_asset_job(
     description="One batch (partition) of the synthetic dataset export.",
 )
 
-downstream_jobs = {
-    preset: dg.define_asset_job(
-        f"downstream_{preset}",
-        selection=dg.AssetSelection.assets(*DOWNSTREAM_ASSETS),
-        config=ops_subset(load_preset(preset), DOWNSTREAM_ASSETS),
-        description=f"U-Net on real vs real + synthetic pairs, scored on held-out real pairs ({preset} preset).",
-        tags={"histofactory/preset": preset},
-    )
-    for preset in PRESETS
-}
+downstream_jobs = preset_jobs("downstream", DOWNSTREAM_ASSETS,
+                              "U-Net on real vs real + synthetic pairs, scored on held-out real pairs")

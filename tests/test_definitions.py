@@ -15,9 +15,30 @@ def test_definitions_load():
 
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert {"tile_grid", "tissue_tiles"} <= keys
-    assert defs.resolve_job_def("tiling") is not None
+    assert {"tile_grid", "tissue_tiles", "training_tiles", "gan_model", "generated_samples", "annotations",
+            "generated_features", "pixel_classifier", "classifier_eval", "synthetic_dataset", "real_annotations",
+            "downstream_eval"} == keys
+    for job in ("tiling", "factory_demo", "factory_paper", "export", "downstream_demo", "downstream_paper"):
+        assert defs.resolve_job_def(job) is not None
+    assert defs.resolve_schedule_def("weekly_retraining").cron_schedule == "0 3 * * 0"
     assert isinstance(defs.resolve_sensor_def("slide_inbox_sensor"), dg.SensorDefinition)
+
+
+def test_presets_configure_the_jobs():
+    from pipelines.presets import load_preset
+
+    demo, paper = load_preset("demo"), load_preset("paper")
+    assert paper["ops"]["gan_model"]["config"]["preset"] == "paper"
+    assert paper["ops"]["generated_samples"]["config"] == {"n": 500, "psi": 0.7}
+    assert paper["ops"]["generated_features"]["config"]["blocks"] == 5
+    assert paper["ops"]["pixel_classifier"]["config"]["members"] == 10
+    ann = paper["ops"]["annotations"]["config"]
+    assert (ann["n_train"], ann["n_val"], ann["n_test"]) == (16, 4, 16)
+    assert demo["ops"]["annotations"]["config"]["demo_annotator"] is True
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown preset 'fast'; known presets: demo, paper"):
+        load_preset("fast")
 
 
 def _imports(path: Path) -> set[str]:

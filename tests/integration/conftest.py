@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-import dagster as dg
 import pytest
-from factory_helpers import resources_for
-
-from assets.tiling import tile_grid, tissue_tiles
-from pipelines.cli import get_instance, sync_slides
+from factory_helpers import tile_every_slide
 
 
 @pytest.fixture()
@@ -19,10 +15,4 @@ def tiled_home(factory_home, slide_a, slide_b):
     inbox.mkdir()
     shutil.copy(slide_a, inbox / "case_a.svs")
     shutil.copy(slide_b, inbox / "case_b.svs")
-    instance = get_instance()
-    for key in sync_slides(instance):
-        assert dg.materialize([tile_grid, tissue_tiles], partition_key=key, instance=instance,
-                              resources=resources_for(factory_home)).success
-    return factory_home, instance
-
-
+    return factory_home, tile_every_slide(factory_home)

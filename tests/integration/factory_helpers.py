@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dagster as dg
+
 from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
 
 # A GAN run of 12 steps at batch 4 (seconds on CPU), from random weights.
@@ -15,3 +17,25 @@ def resources_for(home: Path) -> dict:
     """The code location's resources, pointed at a test data root."""
     return {"storage": FactoryStorage(home=str(home)), "dask": DaskResource(),
             "torch_device": TorchDevice(threads=2), "mlflow_tracking": MlflowTracking()}
+
+
+# The factory chain on tiny settings: 16 samples, 12 demo-annotated (6/2/4), 3 blocks, 3 small MLPs.
+TINY_CHAIN = {
+    "gan_model": {"config": TINY_GAN},
+    "generated_samples": {"config": {"n": 16}},
+    "annotations": {"config": {"demo_annotator": True, "demo_count": 12, "n_train": 6, "n_val": 2, "n_test": 4}},
+    "generated_features": {"config": {"blocks": 3}},
+    "pixel_classifier": {"config": {"members": 3, "max_epochs": 2, "batches_per_epoch": 5, "batch_size": 1024}},
+}
+
+
+def tile_every_slide(home: Path) -> dg.DagsterInstance:
+    """Register the inbox's slides in the instance and tile each one; returns the instance."""
+    from assets.tiling import tile_grid, tissue_tiles
+    from pipelines.cli import get_instance, sync_slides
+
+    instance = get_instance()
+    for key in sync_slides(instance):
+        assert dg.materialize([tile_grid, tissue_tiles], partition_key=key, instance=instance,
+                              resources=resources_for(home)).success
+    return instance

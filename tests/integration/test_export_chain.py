@@ -11,20 +11,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from factory_helpers import TINY_GAN, resources_for
+from factory_helpers import TINY_CHAIN, resources_for, tile_every_slide
 from PIL import Image
 
 from assets.downstream import downstream_eval, real_annotations, synthetic_helps
 from assets.export import synthetic_dataset
 from assets.generative import gan_model, generated_samples, training_tiles
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
-from assets.tiling import tile_grid, tissue_tiles
 from ops.demo_slides import DemoSlideSpec, write_demo_slide
 from ops.slide_registry import SlideRegistry
 from ops.synthetic_dataset import SyntheticSegmentationDataset
 from pipelines import defs
 from pipelines.backfill import stale_plan
-from pipelines.cli import get_instance, sync_slides
 from pipelines.schedules import weekly_retraining
 
 pytestmark = pytest.mark.integration
@@ -34,13 +32,7 @@ PROPERTIES = {"PatientName": "DOE^JOHN", "MRN": "MRN12345678", "ScanScope ID": "
               "Filename": PATIENT_FILE, "Date": "03/14/2024"}
 CHAIN = [training_tiles, gan_model, generated_samples, annotations, generated_features, pixel_classifier,
          classifier_eval]
-CONFIG = {
-    "gan_model": {"config": TINY_GAN},
-    "generated_samples": {"config": {"n": 16}},
-    "annotations": {"config": {"demo_annotator": True, "demo_count": 12, "n_train": 6, "n_val": 2, "n_test": 4}},
-    "generated_features": {"config": {"blocks": 3}},
-    "pixel_classifier": {"config": {"members": 3, "max_epochs": 2, "batches_per_epoch": 5, "batch_size": 1024}},
-}
+CONFIG = TINY_CHAIN
 EXPORT = {"synthetic_dataset": {"config": {"batch_size": 10, "memorization_bank": 200}}}
 DOWNSTREAM = {"real_annotations": {"config": {"n": 24}},
               "downstream_eval": {"config": {"real_train": 8, "synthetic_max": 20, "epochs": 2}}}
@@ -54,11 +46,7 @@ def patient_home(factory_home, slide_b, tmp_path):
     inbox = factory_home / "slides"
     write_demo_slide(spec, inbox)
     shutil.copy(slide_b, inbox / "case_b.svs")
-    instance = get_instance()
-    for key in sync_slides(instance):
-        assert dg.materialize([tile_grid, tissue_tiles], partition_key=key, instance=instance,
-                              resources=resources_for(factory_home)).success
-    return factory_home, instance
+    return factory_home, tile_every_slide(factory_home)
 
 
 def _run(assets, instance, home, ops, partition_key=None):

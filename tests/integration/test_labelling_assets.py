@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from factory_helpers import TINY_GAN, resources_for
+from factory_helpers import TINY_CHAIN, resources_for
 
 from assets.generative import gan_model, generated_samples, training_tiles
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
@@ -18,13 +18,7 @@ from ops.annotations import AnnotationError
 
 pytestmark = pytest.mark.integration
 
-CONFIG = {
-    "gan_model": {"config": TINY_GAN},
-    "generated_samples": {"config": {"n": 16}},
-    "annotations": {"config": {"demo_annotator": True, "demo_count": 12, "n_train": 6, "n_val": 2, "n_test": 4}},
-    "generated_features": {"config": {"blocks": 3}},
-    "pixel_classifier": {"config": {"members": 3, "max_epochs": 2, "batches_per_epoch": 5, "batch_size": 1024}},
-}
+CONFIG = TINY_CHAIN
 CHAIN = [training_tiles, gan_model, generated_samples, annotations, generated_features, pixel_classifier,
          classifier_eval]
 

@@ -41,9 +41,10 @@ SLIDE_KEY = "ui_case"
 RUN_NAME = "ui_smoke_run"
 EXPERIMENT = "histofactory"
 LOCATION = "pipelines"  # the code location's name under `dagster-webserver -m pipelines`
-PAGE_TIMEOUT = 60.0  # seconds for a page to show what we wait for (first loads compile nothing but are slow on 2 cores)
-# Loopback-only servers; no telemetry from Dagster or MLflow.
+PAGE_TIMEOUT = 60.0  # seconds for a page to show what we wait for (pages take 1-5 s on 2 busy cores)
+# No telemetry and no first-visit "join the community" dialog over the pages.
 DAGSTER_YAML = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+# No MLflow telemetry, and no job-runner/huey worker processes beside the MLflow server.
 QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
@@ -163,9 +164,12 @@ def test_asset_graph_shows_every_asset(dagster_url: str, browser: Any) -> None:
         _shot(browser, f"dagster-group-{group}")
 
 
-def test_tissue_tiles_page_shows_metadata_and_kept_grid_picture(dagster_url: str, browser: Any) -> None:
+def test_tissue_tiles_page_shows_metadata_and_kept_grid_picture(ui_home: Path, dagster_url: str, browser: Any) -> None:
+    from resources import FactoryStorage
+
+    slide_id = FactoryStorage(home=str(ui_home)).registry().get(SLIDE_KEY).slide_id
     browser.get(f"{dagster_url}/assets/tissue_tiles?partition={SLIDE_KEY}")
-    wait_for_texts(browser, ["tissue_tiles", SLIDE_KEY, "slide_id", "kept", "grid_tiles", "tile_store", "kept_grid"],
+    wait_for_texts(browser, ["tissue_tiles", SLIDE_KEY, "slide_id", slide_id, "grid_tiles", "tile_store", "kept_grid"],
                    PAGE_TIMEOUT, SHOTS / "dagster-tissue_tiles-FAILED.png")
     _shot(browser, "dagster-tissue_tiles")
 

@@ -23,13 +23,6 @@ RES = 32
 TINY_GAN = GanConfig(resolution=RES, z_dim=16, w_dim=16, mapping_layers=1, channel_base=256, channel_max=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _tiles(n: int, seed: int) -> np.ndarray:
     """Smooth random RGB tiles (8×8 noise upsampled 4×), a stand-in for tissue texture."""

@@ -21,14 +21,6 @@ from ops.pixel_classifier import (
 D, K = 6, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny MLPs gain nothing from intra-op threads, and on 2 shared cores spinning threads slow them 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _toy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Three Gaussian blobs in 6-D, offset and scaled like raw generator activations (normalisation must cope)."""

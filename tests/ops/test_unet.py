@@ -25,14 +25,6 @@ from ops.unet import (
 TINY = UNetConfig(n_classes=2, base_channels=4, depth=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny convnets gain nothing from intra-op threads, and on 2 shared cores spinning threads slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _squares(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Bright squares (class 1) of random size and place on a noisy dark background (class 0)."""
