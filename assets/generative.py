@@ -23,6 +23,7 @@ from assets.tiling import tissue_tiles
 from ops.gan_loop import LoopConfig, fit, generate, image_grid_png, swd_against
 from ops.gan_training import CheckpointError, GanTrainer, TrainConfig, load_generator
 from ops.stylegan2 import Generator, get_gan_config
+from ops.swd import FidScorer
 from ops.tile_dataset import TileCropSampler, split_tiles
 from ops.tile_store import replace_dir, temp_dir_beside
 from resources import FactoryStorage, MlflowTracking, TorchDevice
@@ -111,6 +112,9 @@ class GanTrainingConfig(dg.Config):
         default=None, description="Checkpoint to fine-tune from; unset = the shipped one for the preset, if any."
     )
     swd_images: int = Field(default=64, description="Images per set for SWD (held-out crops vs samples).")
+    inception_weights: str | None = Field(
+        default=None, description="Local NVlabs inception-2015-12-05.pt: also compute FID (never downloaded)."
+    )
     seed: int = Field(default=0, description="Seeds weights, latents and the crop stream.")
 
 
@@ -197,6 +201,10 @@ def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, stor
         swd = swd_against(ref_a, final_images)
         grid = image_grid_png(final_images[:32], columns=8, scale=2)
         mlflow.log_metrics(swd.to_metadata("swd"), step=trainer.step)
+        fid = FidScorer(config.inception_weights, device).score(ref_a, final_images) if config.inception_weights \
+            else None
+        if fid is not None:
+            mlflow.log_metric("fid", fid, step=trainer.step)
         mlflow.log_dict(gan_cfg.to_dict(), "checkpoint/gan_config.json")
         mlflow.log_artifact(str(checkpoint), "checkpoint")
         version = mlflow_tracking.register(GAN_MODEL_NAME, run.info.run_id, "checkpoint")
@@ -220,6 +228,7 @@ def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, stor
             "untrained_floor_ratio": floor_ratio(untrained, floor),
             "swd_per_level": dg.MetadataValue.json({str(k): v for k, v in swd.per_level.items()}),
             "swd_floor_per_level": dg.MetadataValue.json({str(k): v for k, v in floor.items()}),
+            "fid": fid if fid is not None else float("nan"),
             "ada_p": float(trainer.ada.p) if trainer.ada is not None else 0.0,
             "train_seconds": round(seconds, 1),
             "device": str(device),
