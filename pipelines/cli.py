@@ -21,6 +21,8 @@ QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 DAGSTER_YAML = """# Written by histofactory: local sqlite storage under this folder, no telemetry.
 telemetry:
   enabled: false
+nux:
+  enabled: false
 # Heavy training assets (gan_model, pixel_classifier, downstream_eval) share the pool "training": runs launched
 # from the UI, schedules or sensors queue so that two of them never share one CPU/GPU budget.
 concurrency:
