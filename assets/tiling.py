@@ -57,7 +57,7 @@ class TileFilterConfig(dg.Config):
     """Per-tile checks at full resolution (see ``ops.tiling.TilingParams``)."""
 
     max_whitespace: float = Field(default=0.5, description="Largest whitespace fraction of a kept tile.")
-    white_saturation: float = Field(default=0.08, description="Whitespace pixel: saturation below this ...")
+    white_saturation: float = Field(default=0.05, description="Whitespace pixel: saturation below this ...")
     white_value: int = Field(default=200, description="... and brightness (0-255) above this.")
     blur_threshold: float = Field(default=20.0, description="Variance of Laplacian below this = blurry.")
     pen_fraction: float = Field(default=0.05, description="Pen-ink pixel share above this = pen-marked.")

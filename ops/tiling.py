@@ -66,7 +66,7 @@ class TilingParams:
     mpp_override: float | None = None
     min_candidate_tissue: float = 0.2
     max_whitespace: float = 0.5
-    white_saturation: float = 0.08
+    white_saturation: float = 0.05
     white_value: int = 200
     blur_threshold: float = 20.0
     pen_fraction: float = 0.05
