@@ -119,3 +119,25 @@ def swd_against(reference: np.ndarray, images: np.ndarray, seed: int = 0) -> Swd
     """SWD between real crops and generated images, both uint8 ``[N, R, R, 3]`` (equal counts)."""
     n = min(len(reference), len(images))
     return sliced_wasserstein_distance(reference[:n], images[:n], seed=seed)
+
+
+def export_pretrained(checkpoint: str | Path, out: str | Path) -> Path:
+    """A shippable copy of a training checkpoint: networks in float16, optimiser moments dropped.
+
+    What fine-tuning needs (G, D, G_ema, ADA state, configs) at about a fifth of the size; Adam's moments restart,
+    as they do when StyleGAN2-ADA users resume from published networks. Loads with ``GanTrainer.load_checkpoint``.
+    """
+    from ops.gan_training import TrainConfig, read_checkpoint
+    from ops.stylegan2 import GanConfig
+
+    payload = read_checkpoint(checkpoint)
+    fresh = GanTrainer(GanConfig.from_dict(payload["gan_config"]), TrainConfig.from_dict(payload["train_config"]))
+    for net in ("G", "D", "G_ema"):
+        payload[net] = {k: v.half() if v.is_floating_point() else v for k, v in payload[net].items()}
+    payload["opt_G"], payload["opt_D"] = fresh.opt_G.state_dict(), fresh.opt_D.state_dict()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(out)
+    return out
