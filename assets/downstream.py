@@ -110,7 +110,7 @@ def downstream_eval(context: dg.AssetExecutionContext, config: DownstreamConfig,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".tmp").write_text(json.dumps(result, indent=1, default=float))
     out.with_suffix(".tmp").replace(out)
-    with mlflow_tracking.start_run("downstream-eval", {"dagster_run_id": context.run_id,
+    with mlflow_tracking.start_run("downstream-eval", {"dagster_run_id": context.run.run_id,
                                                        "export_version": export_dir.name}):
         import mlflow
 

@@ -164,7 +164,7 @@ def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, stor
     ref_a, ref_b = _reference_sets(holdout if len(holdout) else train, config.swd_images, gan_cfg.resolution,
                                    config.crop_downsample)
     eval_seeds = np.arange(config.swd_images) + 10_000_000
-    tags = {"dagster_run_id": context.run_id, "dagster_asset": "gan_model", "run_key": run_key}
+    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "gan_model", "run_key": run_key}
     start = time.perf_counter()
     with mlflow_tracking.start_run(f"gan-{config.preset}-{run_key[:8]}", tags, state.get("mlflow_run_id")) as run:
         import mlflow

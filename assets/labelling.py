@@ -215,7 +215,7 @@ def pixel_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig
                                max_epochs=config.max_epochs, patience=config.patience, seed=config.seed,
                                device=str(device))
     annotation_version = json.loads((storage.annotations_dir / "version.json").read_text())["version"]
-    tags = {"dagster_run_id": context.run_id, "dagster_asset": "pixel_classifier",
+    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "pixel_classifier",
             "annotation_version": annotation_version}
     start = time.perf_counter()
     with mlflow_tracking.start_run("pixel-classifier", tags) as run:

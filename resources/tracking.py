@@ -21,7 +21,8 @@ class MlflowTracking(dg.ConfigurableResource):
 
     tracking_uri: str | None = Field(
         default=None,
-        description="MLflow tracking URI; unset = $MLFLOW_TRACKING_URI, else sqlite:///$HISTOFACTORY_HOME/mlflow.db.",
+        description="MLflow tracking URI; unset = $HISTOFACTORY_MLFLOW_URI, else "
+        "sqlite:///$HISTOFACTORY_HOME/mlflow.db.",
     )
     artifact_root: str | None = Field(
         default=None, description="Artifact folder for new experiments; unset = $HISTOFACTORY_HOME/mlartifacts."
@@ -29,7 +30,10 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment: str = Field(default="histofactory", description="MLflow experiment name.")
 
     def uri(self) -> str:
-        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_home() / 'mlflow.db'}"
+        # Not $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() exports that variable, so it would leak one data
+        # root's store into the next (tests, several factories in one process).
+        env = os.environ.get("HISTOFACTORY_MLFLOW_URI")
+        return self.tracking_uri or env or f"sqlite:///{default_home() / 'mlflow.db'}"
 
     def client(self):
         import mlflow

@@ -190,7 +190,7 @@ def test_mlflow_serves_artifacts_from_the_data_volume(user_deployment: dict):
     assert {claims[name]: path for name, path in mounts.items()} == {DATA_CLAIM: "/data"}
 
     # The URI every pod gets must reach this Service and pass MLflow's Host-header check.
-    uri = urlsplit(user_deployment["env"]["MLFLOW_TRACKING_URI"])
+    uri = urlsplit(user_deployment["env"]["HISTOFACTORY_MLFLOW_URI"])
     service = _find("Service", "mlflow")
     assert uri.hostname == f"mlflow.{NAMESPACE}.svc.cluster.local"
     assert uri.port in {p["port"] for p in service["spec"]["ports"]}
