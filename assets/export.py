@@ -11,7 +11,6 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import torch
-from ops.memorization import check_memorization
 from pydantic import Field
 
 from assets.labelling import classifier_eval, pixel_classifier
@@ -19,6 +18,7 @@ from assets.lineage import png_markdown
 from ops.annotations import get_class_map
 from ops.gan_loop import image_grid_png
 from ops.gan_training import load_generator
+from ops.memorization import check_memorization
 from ops.pixel_classifier import PixelEnsemble
 from ops.synthetic_export import (
     ExportParams,
