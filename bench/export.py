@@ -53,9 +53,9 @@ CACHE = Path(__file__).resolve().parent / "out"
 PRETRAINED = ROOT / "resources" / "pretrained" / "gan_demo.pt"
 
 
-def _generator(preset: str, device: torch.device) -> tuple[Generator, str]:
-    if preset == "demo" and PRETRAINED.exists():
-        return load_generator(PRETRAINED, device), "shipped checkpoint"
+def _generator(preset: str, device: torch.device, checkpoint: str) -> tuple[Generator, str]:
+    if preset == "demo" and Path(checkpoint).exists():
+        return load_generator(checkpoint, device), f"checkpoint {checkpoint}"
     torch.manual_seed(0)
     return Generator(get_gan_config(preset)).to(device).eval().requires_grad_(False), "random weights"
 
@@ -64,7 +64,7 @@ def child(spec: dict) -> None:
     """Entry point of ``--child``: export ``n`` pairs of one preset into a temp folder; prints one JSON line."""
     torch.set_num_threads(spec["threads"])
     device = pick_device(spec["device"])
-    G, origin = _generator(spec["preset"], device)
+    G, origin = _generator(spec["preset"], device, spec["generator"])
     params = ExportParams(batch_size=spec["batch_size"])
     n_features = sum(G.block_channels[-params.blocks:])
     ensemble = PixelEnsemble(EnsembleConfig(MLPConfig(n_features, DEMO_CLASS_MAP.n_classes), 10)).to(device).eval()
@@ -78,7 +78,7 @@ def child(spec: dict) -> None:
         start = time.perf_counter()
         for b in range(spec["n"] // params.batch_size):
             batch = synthesize_batch(G, ensemble, b, params, device)
-            keep = uncertain_to_drop(batch.uncertainty, params.drop_uncertain)
+            keep = ~uncertain_to_drop(batch.uncertainty, params.drop_uncertain)
             rows = pd.DataFrame({"sample_id": [sample_id(s) for s in batch.seeds], "batch": b, "seed": batch.seeds,
                                  "uncertainty": batch.uncertainty})
             out = Path(tmp) / f"{b:05d}"
@@ -101,13 +101,15 @@ def run_child(spec: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="demo 100 vs 400 pairs, 256-px preset 4 vs 16, 1 thread")
+    ap.add_argument("--quick", action="store_true",
+                    help="demo 100 vs 400 pairs (batches of 25), 256-px preset 4 vs 16 (batches of 2), 1 thread")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     ap.add_argument("--n-demo", type=int, nargs=2, default=None, help="pairs, small and large (default 1000 4000)")
     ap.add_argument("--n-256", type=int, nargs=2, default=None, help="pairs, small and large (default 100 400)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's; quick: 1, since on a shared 2-core machine two OpenMP "
                          "threads under nice wait on each other)")
+    ap.add_argument("--generator", default=str(PRETRAINED), help="demo generator checkpoint (random when missing)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -116,7 +118,9 @@ def main() -> None:
     threads = args.threads or (1 if args.quick else torch.get_num_threads())
     sizes = {"demo": args.n_demo or ([100, 400] if args.quick else [1000, 4000]),
              "256": args.n_256 or ([4, 16] if args.quick else [100, 400])}
-    batch_size = {"demo": 100, "256": 4 if args.quick else 100}  # demo: the preset's synthetic_dataset batch
+    # full: the demo preset's synthetic_dataset batch (100). Quick: smaller batches, so the small run too has several
+    # batches (the allocator settles over the first few; one batch vs four would read that warm-up as growth)
+    batch_size = {"demo": 25 if args.quick else 100, "256": 2 if args.quick else 100}
     device = pick_device(args.device)
     print(f"device {device}, torch threads {threads}, load average {os.getloadavg()[0]:.1f}", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,7 @@ def main() -> None:
         results[preset] = {}
         for n in ns:
             r = run_child({"preset": preset, "n": n, "batch_size": min(batch_size[preset], n), "device": str(device),
-                           "threads": threads, "out": str(CACHE)})
+                           "threads": threads, "out": str(CACHE), "generator": args.generator})
             results[preset][n] = r
             print(f"{preset:>4} preset ({r['origin']}, {r['n_features']} features/px) N={r['n']:5d}: "
                   f"{r['pairs_per_s']:7.2f} pairs/s, generation alone {r['gen_per_s']:7.2f} img/s "

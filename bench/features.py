@@ -28,7 +28,8 @@ generator's features (last 5 blocks, native store) and once on a 7x7 RGB neighbo
 
 Targets: disk_ratio >= 20, rss_growth < 0.10 (ours, from 4 to 16 images), throughput_ratio >= 0.8 (ours / in-RAM).
 Last line: ``disk_ratio=<min over R, N> rss_growth=<max over R> throughput_ratio=<x> mean_dice=<features>
-features_vs_rgb=<x>``. Timings are wall-clock on a shared machine: compare ratios within one run.
+features_vs_rgb=<x>``. Timings are wall-clock on a shared machine: compare ratios within one run. ``--quick`` uses
+one torch thread (children too): on a shared 2-core machine two OpenMP threads under ``nice`` wait on each other.
 """
 
 from __future__ import annotations
@@ -267,7 +268,7 @@ def demo_dice(work: Path, args: argparse.Namespace) -> dict:
     n_train, n_val, n_test = ann["n_train"], ann["n_val"], ann["n_test"]
     if args.quick:
         n_train, n_val, n_test = 8, 2, 8
-        cls.update(members=3, batches_per_epoch=6, max_epochs=2, batch_size=1024)
+        cls.update(members=3, batches_per_epoch=10, max_epochs=3, batch_size=2048)
     path = Path(args.generator) if args.generator else PRETRAINED
     if path.exists():
         G = load_generator(path)
@@ -321,24 +322,28 @@ def demo_dice(work: Path, args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="256 px, N in (2, 4), 3 training batches, a small Dice run (3 members, 2 epochs of 6 batches)")
+                    help="256 px, N in (2, 4), 5 training batches, small Dice run (3 members, 3 epochs), 1 thread")
     ap.add_argument("--resolutions", type=int, nargs="+", default=None, help="default 512 1024 (quick: 256)")
     ap.add_argument("--images", type=int, nargs="+", default=None, help="default 4 8 16 (quick: 2 4)")
-    ap.add_argument("--batches", type=int, default=None, help="timed training batches per run (default 20, quick 3)")
+    ap.add_argument("--batches", type=int, default=None, help="timed training batches per run (default 20, quick 5)")
     ap.add_argument("--batch-size", type=int, default=4096, help="pixels per batch (the demo preset's)")
     ap.add_argument("--members", type=int, default=10, help="ensemble members (the demo preset's)")
     ap.add_argument("--window", type=int, default=None,
                     help="BatchStream window (px); default none = uniform sampling, as pixel_classifier does")
     ap.add_argument("--generator", default=None, help="demo generator checkpoint (default: the shipped one)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's; quick: 1, since on a shared 2-core machine two OpenMP "
+                         "threads under nice wait on each other)")
     ap.add_argument("--skip-dice", action="store_true")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
+    torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))  # children inherit it
     args.resolutions = args.resolutions or ([256] if args.quick else [512, 1024])
     args.images = sorted(args.images or ([2, 4] if args.quick else [4, 8, 16]))
-    args.batches = args.batches or (3 if args.quick else 20)
+    args.batches = args.batches or (5 if args.quick else 20)
     if 4 not in args.images:
         raise SystemExit("--images must include 4 (the in-RAM baseline and the RSS reference use 4 images)")
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; training runs: "

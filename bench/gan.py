@@ -19,7 +19,10 @@ B), and the same for an untrained generator (``untrained_floor_ratio``). 1.0 mea
 held-out crops as other held-out crops are; the untrained value is the ceiling fine-tuning must come down from.
 
 Timings are wall-clock on whatever else the machine runs; compare ratios within one run, not absolute numbers
-across runs. Last line (demo config, on the preferred device: CUDA if available, else CPU):
+across runs. ``--quick`` uses one torch thread: on a shared 2-core machine, two OpenMP threads under ``nice`` wait on
+each other (measured 20-100x slower there).
+
+Last line (demo config, on the preferred device: CUDA if available, else CPU):
 ``train_img_per_s=<x> sample_img_per_s=<x> swd_floor_ratio=<x> untrained_floor_ratio=<x>``.
 """
 
@@ -54,7 +57,7 @@ CACHE = Path(__file__).resolve().parent / "out"
 PRETRAINED = ROOT / "resources" / "pretrained" / "gan_demo.pt"
 DEMO_PRESET = ROOT / "pipelines" / "presets" / "demo.yaml"
 BATCH = {"demo": 16, "256": 8}  # demo: the preset's batch; 256 px: what fits a CPU step in seconds
-QUICK_BATCH = {"demo": 16, "256": 2}
+QUICK_BATCH = {"demo": 16, "256": 4}
 
 
 def demo_tiles(slide_name: str) -> pd.DataFrame:
@@ -101,19 +104,18 @@ def _interleaved(steps: dict[str, object], seconds: float, min_steps: int, warmu
 
 
 def throughput(preset: str, device: torch.device, tiles: pd.DataFrame, seconds: float, batch: int,
-               min_train_steps: int, warmup: int, with_bare: bool) -> dict[str, float]:
+               min_train_steps: int, warmup: int = 1) -> dict[str, float]:
     """Images/s of a full training step, a bare G+D step, and batched sampling, for one preset on one device."""
     cfg = get_gan_config(preset)
     sampler = TileCropSampler(tiles, cfg.resolution, seed=0)
-    trainers = {"train": GanTrainer(cfg, TrainConfig(batch_size=batch), device)}
-    if with_bare:
-        trainers["bare"] = GanTrainer(cfg, TrainConfig(batch_size=batch, augment=False, r1_gamma=0.0,
-                                                       style_mixing_prob=0.0), device)
+    trainers = {"train": GanTrainer(cfg, TrainConfig(batch_size=batch), device),
+                "bare": GanTrainer(cfg, TrainConfig(batch_size=batch, augment=False, r1_gamma=0.0,
+                                                    style_mixing_prob=0.0), device)}
     # step 0 runs the lazy R1 (every r1_interval steps); with one warm-up step and min_train_steps = r1_interval
     # the timed window holds R1 in the share a long run has (quick mode times fewer steps and under-counts it)
     per_step = _interleaved({name: (lambda tr=tr: tr.train_step(sampler.batch(batch, device)))
                              for name, tr in trainers.items()}, seconds, min_train_steps, warmup)
-    result = {"bare": float("nan"), **{name: batch / t for name, t in per_step.items()}}
+    result = {name: batch / t for name, t in per_step.items()}
     seeds = iter(range(10**9))
 
     def sample() -> None:
@@ -124,16 +126,16 @@ def throughput(preset: str, device: torch.device, tiles: pd.DataFrame, seconds: 
 
 
 def quality(tiles_train: pd.DataFrame, tiles_held: pd.DataFrame, kimg: float, swd_images: int, batch: int,
-            device: torch.device, seed: int = 0) -> dict[str, object]:
+            device: torch.device, pretrained: Path, seed: int = 0) -> dict[str, object]:
     """Fine-tune the demo config (from the shipped checkpoint if present) and compare SWD with the noise floor."""
     cfg = get_gan_config("demo")
     trainer = GanTrainer(cfg, TrainConfig(batch_size=batch, seed=seed), device)
-    if PRETRAINED.exists():
-        trainer.load_checkpoint(PRETRAINED)  # as gan_model does: weights, optimisers, ADA; counters restart
+    if pretrained.exists():
+        trainer.load_checkpoint(pretrained)  # as gan_model does: weights, optimisers, ADA; counters restart
         trainer.step, trainer.images_seen = 0, 0
-        start_from = f"fine-tuned from {PRETRAINED.relative_to(ROOT)}"
+        start_from = f"fine-tuned from {pretrained}"
     else:
-        start_from = f"NO PRETRAINED CHECKPOINT ({PRETRAINED.relative_to(ROOT)} missing): trained from random weights"
+        start_from = f"NO PRETRAINED CHECKPOINT ({pretrained} missing): trained from random weights"
     ref_a = TileCropSampler(tiles_held, cfg.resolution, seed=12345).batch_uint8(swd_images)
     ref_b = TileCropSampler(tiles_held, cfg.resolution, seed=67890).batch_uint8(swd_images)
     eval_seeds = np.arange(swd_images) + 10_000_000
@@ -160,18 +162,23 @@ def quality(tiles_train: pd.DataFrame, tiles_held: pd.DataFrame, kimg: float, sw
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="tiny budget: 64 fine-tuning images (4 steps), ~4 s per throughput measurement")
+                    help="tiny budget: 200 fine-tuning images, 1 torch thread, ~3 s per throughput measurement")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu"],
                     help="auto: CPU, plus CUDA when available (CUDA is then the headline device)")
     ap.add_argument("--kimg", type=float, default=None,
                     help="fine-tuning budget in thousands of images (default: demo preset's, 0.2 with --quick)")
     ap.add_argument("--seconds", type=float, default=None, help="time per throughput measurement (default 20, quick 3)")
+    ap.add_argument("--pretrained", type=Path, default=PRETRAINED, help="demo checkpoint to fine-tune from")
     ap.add_argument("--slide", default="demo_03", choices=[s.name for s in DEMO_SLIDES])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's; quick: 1, since on a shared 2-core machine two OpenMP "
+                         "threads under nice wait on each other)")
     ap.add_argument("--presets", nargs="+", default=["demo", "256"], choices=sorted(BATCH))
     args = ap.parse_args()
 
+    torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     gan_preset = yaml.safe_load(DEMO_PRESET.read_text())["ops"]["gan_model"]["config"]
-    kimg = args.kimg if args.kimg is not None else (0.064 if args.quick else float(gan_preset["kimg"]))
+    kimg = args.kimg if args.kimg is not None else (0.2 if args.quick else float(gan_preset["kimg"]))
     seconds = args.seconds if args.seconds is not None else (3.0 if args.quick else 20.0)
     devices = [torch.device("cpu")]
     if args.device == "auto" and torch.cuda.is_available():
@@ -186,13 +193,8 @@ def main() -> None:
     rates: dict[tuple[str, str], dict[str, float]] = {}
     for device in devices:
         for preset in args.presets:
-            big = preset != "demo"
             batch = (QUICK_BATCH if args.quick else BATCH)[preset]
-            # quick mode: the 256-px preset gets one untimed-warm-up-free step and no bare baseline (a CPU step
-            # takes tens of seconds on a shared machine); the demo preset keeps its full comparison
-            r = throughput(preset, device, train, seconds, batch,
-                           min_train_steps=(1 if big else 2) if args.quick else 16,
-                           warmup=0 if (args.quick and big) else 1, with_bare=not (args.quick and big))
+            r = throughput(preset, device, train, seconds, batch, min_train_steps=2 if args.quick else 16)
             rates[(preset, device.type)] = r
             print(f"{preset:>4} px-preset on {device.type:4}: batch {batch:2d}  train {r['train']:7.2f} img/s  "
                   f"bare G+D {r['bare']:7.2f} img/s  sample {r['sample']:8.2f} img/s  "
@@ -206,7 +208,8 @@ def main() -> None:
             print(f"{preset} cuda vs cpu: train {g['train'] / c['train']:.1f}x, "
                   f"sample {g['sample'] / c['sample']:.1f}x")
 
-    q = quality(train, held, kimg, int(gan_preset.get("swd_images", 64)), int(gan_preset["batch_size"]), head)
+    q = quality(train, held, kimg, int(gan_preset.get("swd_images", 64)), int(gan_preset["batch_size"]), head,
+                args.pretrained)
     print(f"quality (demo config, {head.type}): {q['start_from']}; {q['images']} images in {q['seconds']:.1f} s "
           f"({q['images'] / q['seconds']:.1f} img/s incl. crop reading), kimg={kimg:g}")
     levels = sorted(q["floor"], reverse=True)
