@@ -67,7 +67,7 @@ class DownstreamConfig(dg.Config):
     real_train: int = Field(default=16, description="Real pairs used for training; the rest are the test set.")
     synthetic_max: int = Field(default=200, description="Synthetic pairs added to the real ones.")
     seeds: list[int] = Field(default=[0, 1, 2], description="Training seeds (mean +- sd over them).")
-    epochs: int = Field(default=15, description="U-Net epochs.")
+    steps: int = Field(default=300, description="U-Net optimiser steps per run, equal for both training sets.")
     base_channels: int = Field(default=16, description="U-Net width.")
 
 
@@ -101,7 +101,7 @@ def downstream_eval(context: dg.AssetExecutionContext, config: DownstreamConfig,
             "real+synthetic": (np.concatenate([train_real[0], syn_images]), np.concatenate([train_real[1], syn_masks]))}
     cfg = UNetConfig(in_channels=3, n_classes=len(classes), base_channels=config.base_channels)
     device = torch_device.device()
-    table = compare_training_sets(sets, test, len(classes), seeds=tuple(config.seeds), epochs=config.epochs,
+    table = compare_training_sets(sets, test, len(classes), seeds=tuple(config.seeds), steps=config.steps,
                                   cfg=cfg, device=str(device))
     summary = summarise(table)
     result = {"summary": summary, "synthetic_pairs": n_syn, "real_train": config.real_train,

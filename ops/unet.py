@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -403,7 +404,7 @@ def compare_training_sets(
     test: tuple[np.ndarray, np.ndarray],  # held-out real (images, masks), the same for every set
     n_classes: int,  # K
     *,
-    epochs: int,  # passes over each training set
+    steps: int,  # optimiser steps per run, the same for every set (epochs = steps * batch_size / set size)
     seeds: Sequence[int] = (0, 1, 2),  # one training run per seed and set
     cfg: UNetConfig | None = None,  # architecture; None = UNetConfig(n_classes, in_channels from the test images)
     class_names: Sequence[str] | None = None,  # names for the dice/<class> columns; None = "0", "1", …
@@ -416,7 +417,9 @@ def compare_training_sets(
 ) -> pd.DataFrame:
     """Train one segmenter per (training set, seed) and score each on the same test set.
 
-    The same seed gives every set the same initial weights, so per-seed differences between sets are paired.
+    The same seed gives every set the same initial weights, so per-seed differences between sets are paired, and
+    every set gets the same number of optimiser steps: with equal epochs a set ten times larger would also be
+    trained ten times longer, and "more data helps" would partly mean "more training helps".
 
     Returns:
         One row per (set, seed): ``set``, ``seed``, ``n_train``, ``mean_dice``, ``pixel_accuracy``,
@@ -436,6 +439,7 @@ def compare_training_sets(
     names = [str(c) for c in range(n_classes)] if class_names is None else list(class_names)
     rows = []
     for set_name, (images, masks) in train_sets.items():
+        epochs = max(1, math.ceil(steps * batch_size / len(images)))
         for seed in seeds:
             model = train_segmenter(images, masks, cfg, epochs, batch_size=batch_size, lr=lr, seed=seed,
                                     device=device, ignore_index=ignore_index, augment=augment)
@@ -443,7 +447,7 @@ def compare_training_sets(
                                         ignore_index=ignore_index, device=device)
             if callback is not None:
                 callback(set_name, seed, report)
-            rows.append({"set": set_name, "seed": int(seed), "n_train": len(images),
+            rows.append({"set": set_name, "seed": int(seed), "n_train": len(images), "epochs": epochs,
                          "mean_dice": report["mean_dice"], "pixel_accuracy": report["pixel_accuracy"],
                          **{f"dice/{c}": report[f"dice/{c}"] for c in names}})
     return pd.DataFrame(rows)

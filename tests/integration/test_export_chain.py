@@ -35,7 +35,7 @@ CHAIN = [training_tiles, gan_model, generated_samples, annotations, generated_fe
 CONFIG = TINY_CHAIN
 EXPORT = {"synthetic_dataset": {"config": {"batch_size": 10, "memorization_bank": 200}}}
 DOWNSTREAM = {"real_annotations": {"config": {"n": 24}},
-              "downstream_eval": {"config": {"real_train": 8, "synthetic_max": 20, "epochs": 2}}}
+              "downstream_eval": {"config": {"real_train": 8, "synthetic_max": 20, "steps": 4}}}
 
 
 @pytest.fixture()
