@@ -102,7 +102,7 @@ def downstream_eval(context: dg.AssetExecutionContext, config: DownstreamConfig,
     cfg = UNetConfig(in_channels=3, n_classes=len(classes), base_channels=config.base_channels)
     device = torch_device.device()
     table = compare_training_sets(sets, test, len(classes), seeds=tuple(config.seeds), steps=config.steps,
-                                  cfg=cfg, device=str(device))
+                                  class_names=classes, cfg=cfg, device=str(device))
     summary = summarise(table)
     result = {"summary": summary, "synthetic_pairs": n_syn, "real_train": config.real_train,
               "real_test": len(test[0]), "export": export_dir.name}
