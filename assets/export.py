@@ -25,12 +25,13 @@ from ops.synthetic_export import (
     assemble_manifest,
     sample_id,
     synthesize_batch,
+    synthesize_on_dask,
     uncertain_to_drop,
     write_batch,
 )
 from ops.tile_dataset import TileCropSampler
 from ops.tile_store import replace_dir, temp_dir_beside
-from resources import FactoryStorage, TorchDevice
+from resources import DaskResource, FactoryStorage, TorchDevice
 
 EXPORT_CODE_VERSION = "export-1"
 MAX_BATCHES = 50
@@ -73,7 +74,7 @@ def _lineage(storage: FactoryStorage) -> dict:
           code_version=EXPORT_CODE_VERSION, kinds={"pytorch", "parquet"},
           description="Synthetic image-mask pairs, one batch per partition, uncertainty- and memorization-filtered.")
 def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, storage: FactoryStorage,
-                      torch_device: TorchDevice) -> dg.MaterializeResult:
+                      torch_device: TorchDevice, dask: DaskResource) -> dg.MaterializeResult:
     device = torch_device.device()
     batch = int(context.partition_key)
     lineage = _lineage(storage)
@@ -81,11 +82,17 @@ def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, s
                           drop_uncertain=config.drop_uncertain, top_frac=config.top_frac)
     version = export_version({k: v for k, v in lineage.items() if k != "gan_checkpoint"}, params, config)
     export_dir = storage.export_root / version
-    G = load_generator(lineage["gan_checkpoint"], device)
-    ensemble = PixelEnsemble.load(storage.classifier_dir / "ensemble.pt")
     class_map = get_class_map(lineage["class_map"])
     start = time.perf_counter()
-    result = synthesize_batch(G, ensemble, batch, params, device)
+    cluster = dask.spec().address
+    if cluster:  # scale out: workers regenerate their share of the batch's seeds from the checkpoint files
+        context.log.info(f"generating batch {batch} on the dask cluster at {cluster}")
+        result = synthesize_on_dask(lineage["gan_checkpoint"], storage.classifier_dir / "ensemble.pt", batch,
+                                    params, address=cluster)
+    else:
+        G = load_generator(lineage["gan_checkpoint"], device)
+        result = synthesize_batch(G, PixelEnsemble.load(storage.classifier_dir / "ensemble.pt"), batch, params,
+                                  device)
 
     tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
     train = tiles[tiles["split"] == "train"]

@@ -80,7 +80,13 @@ def pixel_features(feats: list[torch.Tensor], size: int) -> torch.Tensor:
 def synthesize_batch(G: Generator, ensemble: PixelEnsemble, batch: int, params: ExportParams,
                      device: torch.device | str = "cpu") -> SyntheticBatch:
     """Generate one batch, label every pixel with the ensemble and score each image's uncertainty."""
-    seeds = params.seeds(batch)
+    return synthesize_seeds(G, ensemble, params.seeds(batch), params, device)
+
+
+@torch.no_grad()
+def synthesize_seeds(G: Generator, ensemble: PixelEnsemble, seeds: np.ndarray, params: ExportParams,
+                     device: torch.device | str = "cpu") -> SyntheticBatch:
+    """``synthesize_batch`` for explicit seeds (the unit of work sent to dask workers)."""
     res = G.block_resolutions[-1]
     zs, ws, images, masks, scores = [], [], [], [], []
     for seed in seeds:  # one image at a time: bit-for-bit regenerable, memory flat
@@ -95,6 +101,36 @@ def synthesize_batch(G: Generator, ensemble: PixelEnsemble, batch: int, params: 
         ws.append(w[0].cpu().numpy())
     return SyntheticBatch(seeds, np.stack(zs), np.stack(ws), np.stack(images), np.stack(masks),
                           np.asarray(scores, np.float32))
+
+
+def _synthesize_from_files(checkpoint: str, ensemble_path: str, seeds: np.ndarray,
+                           params: ExportParams) -> SyntheticBatch:
+    """Worker task: load the networks from their files (models do not travel between processes) and generate."""
+    from ops.gan_training import load_generator
+
+    return synthesize_seeds(load_generator(checkpoint), PixelEnsemble.load(ensemble_path), seeds, params)
+
+
+def synthesize_on_dask(checkpoint: str | os.PathLike[str], ensemble_path: str | os.PathLike[str], batch: int,
+                       params: ExportParams, address: str | None = None, workers: int = 2,
+                       scheduler: str = "processes") -> SyntheticBatch:
+    """``synthesize_batch`` split over dask workers: a distributed cluster at ``address``, else a local scheduler.
+
+    Each task regenerates its seeds from the checkpoint, so the result equals the single-process one bit for bit.
+    """
+    import dask
+
+    parts = [p for p in np.array_split(params.seeds(batch), max(1, workers * 2)) if len(p)]
+    tasks = [dask.delayed(_synthesize_from_files)(str(checkpoint), str(ensemble_path), p, params) for p in parts]
+    if address:
+        from distributed import Client
+
+        with Client(address) as client:
+            results = client.gather(client.compute(tasks))
+    else:
+        results = dask.compute(*tasks, scheduler=scheduler, num_workers=workers)
+    fields = ("seeds", "z", "w", "images", "masks", "uncertainty")
+    return SyntheticBatch(*(np.concatenate([getattr(r, f) for r in results]) for f in fields))
 
 
 def uncertain_to_drop(scores: np.ndarray, fraction: float) -> np.ndarray:
