@@ -114,5 +114,5 @@ def grid_thumbnail(plan: GridPlan, candidates: pd.DataFrame | None = None, max_s
     for x, y, status in zip(rows["x"], rows["y"], rows["status"], strict=True):
         draw.rectangle([x * k, y * k, x * k + size, y * k + size], outline=colours.get(status, (40, 80, 220)))
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=1)  # fast; it is a preview
     return buf.getvalue()

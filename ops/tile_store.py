@@ -44,6 +44,40 @@ def open_tile_array(path: str | os.PathLike[str], mode: str = "r") -> zarr.Array
     return zarr.open_array(str(Path(path) / TILES_ARRAY), mode=mode)
 
 
+class TileWriter:
+    """Writes tiles straight into their chunk files of a tile array, encoded with the array's own Blosc settings.
+
+    Why not ``arr[i] = tile``: zarr 3 routes every write through its asyncio event loop thread; with dask worker
+    threads writing concurrently that costs ~8 ms per 512-px tile on 2 cores, more than decoding the tile (~1.3 ms).
+    Encoding here gives byte-identical chunks (``tests/ops/test_tile_store.py``) at ~0.5 ms, releases the GIL in
+    Blosc, and each chunk file appears atomically (temp file, then rename). Only for arrays made by
+    ``create_tile_array`` (bytes + blosc codecs, one chunk per tile).
+    """
+
+    _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import numcodecs
+
+        self.array = open_tile_array(path, mode="r+")
+        codecs = self.array.metadata.codecs
+        blosc = codecs[-1]
+        if len(codecs) != 2 or not isinstance(blosc, BloscCodec) or self.array.metadata.chunks[0] != 1:
+            raise ValueError(f"{path}: TileWriter needs a tile store made by create_tile_array, found {codecs}")
+        self.root = Path(path) / TILES_ARRAY
+        self.tile_shape = self.array.shape[1:]
+        self.codec = numcodecs.Blosc(cname=blosc.cname.value, clevel=blosc.clevel,
+                                     shuffle=self._SHUFFLE[blosc.shuffle.value], blocksize=blosc.blocksize)
+
+    def write(self, slot: int, tile: np.ndarray) -> None:
+        assert tile.shape == self.tile_shape and tile.dtype == np.uint8, f"expected {self.tile_shape} uint8 tile"
+        path = self.root / self.array.metadata.encode_chunk_key((int(slot), 0, 0, 0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_bytes(self.codec.encode(np.ascontiguousarray(tile)))
+        os.replace(tmp, path)
+
+
 def compact(path: str | os.PathLike[str], kept_slots: np.ndarray) -> zarr.Array:
     """Renumber the written chunks ``kept_slots`` (ascending) to 0..n-1 and shrink the array to n tiles.
 
