@@ -221,6 +221,10 @@ def _summary(instance, home: Path, stages: list[tuple[str, float]], start: float
     print("\nheadline")
     for label, value in rows:
         print(f"  {label:<42} {value}")
+    real, mixed = (_latest(instance, "downstream_eval", k) for k in ("mean_dice_real", "mean_dice_real_plus_synthetic"))
+    if real is not None and mixed is not None and mixed <= real:
+        print("  check synthetic_helps WARNS: the synthetic pairs do not improve the U-Net yet\n"
+              "  (a longer GAN training, more annotations or a stricter uncertainty filter are the usual levers)")
     print("\nstage times: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in stages)
           + f"; total {time.perf_counter() - start:.1f}s")
     version = _latest(instance, "synthetic_dataset", "export_version")
