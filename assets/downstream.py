@@ -40,6 +40,7 @@ class RealAnnotationConfig(dg.Config):
           description="Real image-mask pairs from held-out slides (demo: labelled by the stand-in annotator).")
 def real_annotations(context: dg.AssetExecutionContext, config: RealAnnotationConfig,
                      storage: FactoryStorage) -> dg.MaterializeResult:
+    storage.require("training_tiles", "gan_model")
     tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
     holdout = tiles[tiles["split"] == "holdout"]
     if holdout.empty:
@@ -84,6 +85,7 @@ def _latest_export(context: dg.AssetExecutionContext, storage: FactoryStorage):
           description="U-Net trained on real vs real + synthetic pairs, Dice on held-out real pairs (mean +- sd).")
 def downstream_eval(context: dg.AssetExecutionContext, config: DownstreamConfig, storage: FactoryStorage,
                     mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:
+    storage.require("real_annotations")
     real = np.load(storage.real_annotations_path)
     images, masks = real["images"], real["masks"]
     if len(images) <= config.real_train:

@@ -75,6 +75,7 @@ def _lineage(storage: FactoryStorage) -> dict:
           description="Synthetic image-mask pairs, one batch per partition, uncertainty- and memorization-filtered.")
 def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, storage: FactoryStorage,
                       torch_device: TorchDevice, dask: DaskResource) -> dg.MaterializeResult:
+    storage.require("training_tiles", "gan_model", "pixel_classifier")
     device = torch_device.device()
     batch = int(context.partition_key)
     lineage = _lineage(storage)

@@ -134,6 +134,7 @@ def _reference_sets(holdout: pd.DataFrame, n: int, resolution: int, downsample: 
           description="StyleGAN2-ADA trained on the kept tiles (resumable, logged to MLflow, registered).")
 def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, storage: FactoryStorage,
               mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:
+    storage.require("training_tiles")
     device = torch_device.device()
     gan_cfg = get_gan_config(config.preset)
     train_cfg = TrainConfig(batch_size=config.batch_size, lr=config.lr, augment=config.augment, seed=config.seed)
@@ -275,6 +276,7 @@ class SamplesConfig(dg.Config):
           description="Generated images with their latents (z, w) and seeds in zarr, plus a contact sheet.")
 def generated_samples(context: dg.AssetExecutionContext, config: SamplesConfig, storage: FactoryStorage,
                       torch_device: TorchDevice) -> dg.MaterializeResult:
+    storage.require("gan_model")
     device = torch_device.device()
     current = json.loads((storage.gan_root / "current.json").read_text())
     G = load_generator(current["checkpoint"], device)

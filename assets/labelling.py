@@ -56,6 +56,7 @@ class AnnotationConfig(dg.Config):
           description="Expert masks (indexed PNG or QuPath GeoJSON) of generated images, validated and versioned.")
 def annotations(context: dg.AssetExecutionContext, config: AnnotationConfig,
                 storage: FactoryStorage) -> dg.MaterializeResult:
+    storage.require("generated_samples")
     class_map = get_class_map(config.class_map)
     samples = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")
     images = samples["images"]
@@ -126,6 +127,7 @@ def generated_features(context: dg.AssetExecutionContext, config: FeatureConfig,
                        torch_device: TorchDevice) -> dg.MaterializeResult:
     if config.layout not in ("native", "both"):
         raise ValueError(f"layout must be 'native' or 'both', received {config.layout!r}")
+    storage.require("annotations", "gan_model")
     device = torch_device.device()
     current = json.loads((storage.gan_root / "current.json").read_text())
     G = load_generator(current["checkpoint"], device)
@@ -200,6 +202,7 @@ def _labels(storage: FactoryStorage) -> tuple[pd.DataFrame, np.ndarray, list[str
           description="Ensemble of MLP pixel classifiers trained on features streamed from zarr.")
 def pixel_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: FactoryStorage,
                      mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:
+    storage.require("generated_features", "annotations")
     device = torch_device.device()
     index, labels, classes = _labels(storage)
     sampler = FeatureSampler(storage.features_dir / "native.zarr")
@@ -270,6 +273,7 @@ def predict_image(ensemble: PixelEnsemble, sampler: FeatureSampler, row: int) ->
           description="Pixel accuracy per class, Dice, confusion matrix and overlays on the test split.")
 def classifier_eval(context: dg.AssetExecutionContext, storage: FactoryStorage,
                     mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    storage.require("pixel_classifier")
     index, labels, classes = _labels(storage)
     ensemble = PixelEnsemble.load(storage.classifier_dir / "ensemble.pt")
     sampler = FeatureSampler(storage.features_dir / "native.zarr")

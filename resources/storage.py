@@ -64,6 +64,29 @@ class FactoryStorage(dg.ConfigurableResource):
             )
         return entry, path
 
+    def output_marker(self, asset: str) -> Path:
+        """The file whose presence means ``asset`` has been materialized (written last, atomically)."""
+        markers = {
+            "training_tiles": self.training_dir / "tiles.parquet",
+            "gan_model": self.gan_root / "current.json",
+            "generated_samples": self.samples_dir / "samples.zarr",
+            "annotations": self.annotations_dir / "index.parquet",
+            "generated_features": self.features_dir / "native.zarr",
+            "pixel_classifier": self.classifier_dir / "lineage.json",
+            "real_annotations": self.real_annotations_path,
+        }
+        return markers[asset]
+
+    def require(self, *assets: str) -> None:
+        """Fail with the fix when an upstream asset's output is missing (e.g. a hand-picked asset selection)."""
+        for asset in assets:
+            marker = self.output_marker(asset)
+            if not marker.exists():
+                raise FileNotFoundError(
+                    f"{marker} is missing: materialize `{asset}` first (it and everything upstream of it, e.g. "
+                    f"`dagster asset materialize -m pipelines --select +{asset}` or the factory job)."
+                )
+
     def require_free_disk(self, need_bytes: float, what: str) -> None:
         """Fail before writing when the data root lacks room, saying how much is needed (paper scale: TBs)."""
         import shutil

@@ -40,3 +40,12 @@ def test_free_disk_check_names_the_need(factory_home):
     storage.require_free_disk(1, "tiny")
     with pytest.raises(OSError, match=r"paper features needs about 1000000000\.0 GB under .*bigger disk"):
         storage.require_free_disk(1e18, "paper features")
+
+
+def test_missing_upstream_says_what_to_materialize(factory_home):
+    from factory_helpers import resources_for
+
+    from assets.generative import gan_model
+
+    with pytest.raises(FileNotFoundError, match=r"tiles\.parquet is missing: materialize `training_tiles` first"):
+        dg.materialize([gan_model], instance=get_instance(), resources=resources_for(factory_home))
