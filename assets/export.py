@@ -67,6 +67,7 @@ def _lineage(storage: FactoryStorage) -> dict:
         "gan_checkpoint": gan["checkpoint"], "classifier_mlflow_run": classifier["mlflow_run_id"],
         "annotation_version": classifier["annotation_version"], "blocks": classifier.get("blocks", 5),
         "source_slides": gan["train_slide_ids"], "class_map": classifier.get("class_map", "demo"),
+        "resolution": gan["resolution"],
     }
 
 
@@ -97,8 +98,7 @@ def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, s
 
     tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
     train = tiles[tiles["split"] == "train"]
-    gan_meta = json.loads((storage.gan_root / "current.json").read_text())
-    bank = TileCropSampler(train, gan_meta["resolution"], seed=4242, crops_per_tile=1).batch_uint8(
+    bank = TileCropSampler(train, lineage["resolution"], seed=4242, crops_per_tile=1).batch_uint8(
         min(config.memorization_bank, max(len(train), 1) * 8))
     memo = check_memorization(result.images, bank, checkpoint=lineage["gan_checkpoint"],
                               quantile=config.copy_quantile)

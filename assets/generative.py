@@ -17,7 +17,7 @@ import torch
 import zarr
 from pydantic import Field
 
-from assets.lineage import package_versions, png_markdown
+from assets.lineage import package_versions, png_array, png_markdown
 from assets.partitions import slide_partitions
 from assets.tiling import tissue_tiles
 from ops.gan_loop import LoopConfig, fit, generate, image_grid_png, swd_against
@@ -192,7 +192,7 @@ def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, stor
         def on_checkpoint(t: GanTrainer) -> None:
             images = generate(t.G_ema, eval_seeds, 1.0, device, batch=32)[2]
             mlflow.log_metrics(swd_against(ref_a, images).to_metadata("swd"), step=t.step)
-            mlflow.log_image(_png_array(image_grid_png(images[:16], columns=4, scale=2)),
+            mlflow.log_image(png_array(image_grid_png(images[:16], columns=4, scale=2)),
                              artifact_file=f"samples/step_{t.step:07d}.png")
 
         loop = LoopConfig(int(config.kimg * 1000), config.checkpoint_every, config.log_every,
@@ -243,14 +243,6 @@ def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, stor
 def floor_ratio(swd: dict[int, float], floor: dict[int, float]) -> float:
     """Max over pyramid levels of SWD(samples, held-out) / SWD(held-out A, held-out B); 1.0 = as close as real."""
     return max(swd[k] / max(floor[k], 1e-12) for k in floor)
-
-
-def _png_array(png: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def _write_json_atomic(path: Path, value: dict) -> None:

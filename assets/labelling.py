@@ -13,7 +13,7 @@ import zarr
 from pydantic import Field
 
 from assets.generative import gan_model, generated_samples
-from assets.lineage import png_markdown
+from assets.lineage import png_array, png_markdown
 from ops.annotations import (
     MASK_SUFFIXES,
     AnnotationError,
@@ -304,7 +304,7 @@ def classifier_eval(context: dg.AssetExecutionContext, storage: FactoryStorage,
         import mlflow
 
         mlflow.log_metrics({f"test_{k}": v for k, v in report.items() if np.isfinite(v)})
-        mlflow.log_image(_png(cm_png), artifact_file="eval/confusion_matrix.png")
+        mlflow.log_image(png_array(cm_png), artifact_file="eval/confusion_matrix.png")
     return dg.MaterializeResult(
         metadata={
             "mean_dice": report.get("mean_dice", float("nan")),
@@ -317,10 +317,3 @@ def classifier_eval(context: dg.AssetExecutionContext, storage: FactoryStorage,
         },
     )
 
-
-def _png(data: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

@@ -25,3 +25,13 @@ def package_versions() -> dict[str, str]:
 def png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
     """An inline picture the Dagster UI renders in the asset's metadata panel."""
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def png_array(png: bytes):
+    """Decode PNG bytes to an RGB array (``mlflow.log_image`` takes arrays, our pictures are PNG bytes)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
