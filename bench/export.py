@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import child_process  # noqa: E402 - bench/ is on sys.path when a script runs
 
 from ops.demo_annotator import DEMO_CLASS_MAP  # noqa: E402
 from ops.device import pick_device  # noqa: E402
@@ -92,11 +93,7 @@ def child(spec: dict) -> None:
 
 
 def run_child(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"child {spec['preset']} n={spec['n']} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_process.run_child(__file__, spec, f"{spec['preset']} n={spec['n']}")
 
 
 def main() -> None:

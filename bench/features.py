@@ -39,7 +39,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,8 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import child_process  # noqa: E402 - bench/ is on sys.path when a script runs
 
 from ops.demo_annotator import DEMO_CLASS_MAP, demo_annotate  # noqa: E402
 from ops.feature_store import (  # noqa: E402
@@ -145,11 +146,7 @@ def child(spec: dict) -> None:
 
 
 def run_child(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"child {spec['layout']} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_process.run_child(__file__, spec, spec['layout'])
 
 
 # ----------------------------------------------------------------------------------------------------------------
