@@ -138,3 +138,47 @@ def overlay_png(image: np.ndarray, mask: np.ndarray, colours: Sequence[tuple[int
     buf = io.BytesIO()
     Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def mask_agreement(images: np.ndarray, masks: np.ndarray, ref_images: np.ndarray, ref_masks: np.ndarray,
+                   n_classes: int, ignore_index: int = IGNORE_INDEX) -> dict[str, float]:
+    """Do generated colours follow their masks' classes better than chance? (mask-conditioned generators)
+
+    Each class gets its mean colour from real pairs (``ref_*``); every generated pixel is assigned the class of the
+    nearest mean colour, and the accuracy against its own mask is compared with the accuracy against the mask of
+    another image (masks rolled by one: same class statistics, wrong layout). A ratio > 1 means the image follows
+    its mask; 1 is what an unconditional generator scores. Colour alone cannot separate classes that share a
+    stain, so the ratio measures the conditioning, not the absolute label quality.
+
+    Args:
+        images: ``uint8 [N, H, W, 3]`` generated images (N >= 2).
+        masks: ``[N, H, W]`` the masks they were generated from.
+        ref_images: ``uint8 [M, H', W', 3]`` real images.
+        ref_masks: ``[M, H', W']`` their masks.
+        n_classes: K.
+        ignore_index: Label left out everywhere.
+
+    Returns:
+        ``accuracy`` (own masks), ``chance`` (rolled masks) and ``mask_agreement`` = accuracy / chance.
+    """
+    if images.shape[:3] != masks.shape or ref_images.shape[:3] != ref_masks.shape or len(images) < 2:
+        raise ValueError(f"expected images [N>=2, H, W, 3] with masks [N, H, W]; received {images.shape} with "
+                         f"{masks.shape} and references {ref_images.shape} with {ref_masks.shape}")
+    ref_m = ref_masks.ravel()
+    valid = ref_m != ignore_index
+    colours = ref_images.reshape(-1, 3)[valid].astype(np.float64)
+    counts = np.bincount(ref_m[valid], minlength=n_classes)[:n_classes]
+    sums = np.stack([np.bincount(ref_m[valid], weights=colours[:, c], minlength=n_classes)[:n_classes]
+                     for c in range(3)], axis=1)
+    present = counts > 0
+    centroids = sums[present] / counts[present, None]
+    pixels = images.reshape(-1, 3).astype(np.float64)
+    nearest = ((pixels[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+    predicted = np.flatnonzero(present)[nearest].reshape(masks.shape)
+
+    def accuracy(truth: np.ndarray) -> float:
+        keep = truth != ignore_index
+        return float((predicted[keep] == truth[keep]).mean()) if keep.any() else float("nan")
+
+    own, rolled = accuracy(masks), accuracy(np.roll(masks, 1, axis=0))
+    return {"accuracy": own, "chance": rolled, "mask_agreement": own / rolled if rolled > 0 else float("nan")}
