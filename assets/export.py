@@ -13,15 +13,21 @@ import pandas as pd
 import torch
 from pydantic import Field
 
+from assets.diffusion import ldm_model
 from assets.labelling import classifier_eval, pixel_classifier
 from assets.lineage import png_markdown
 from ops.annotations import get_class_map
+from ops.autoencoder import load_autoencoder
 from ops.gan_loop import image_grid_png
 from ops.gan_training import load_generator
+from ops.ldm import load_denoiser
+from ops.ldm_export import synthesize_ldm_pairs
+from ops.mask_bank import MaskBank, weights_by_name
 from ops.memorization import check_memorization
 from ops.pixel_classifier import PixelEnsemble
 from ops.synthetic_export import (
     ExportParams,
+    SyntheticBatch,
     assemble_manifest,
     sample_id,
     synthesize_batch,
@@ -33,7 +39,8 @@ from ops.tile_dataset import TileCropSampler
 from ops.tile_store import replace_dir, temp_dir_beside
 from resources import DaskResource, FactoryStorage, TorchDevice
 
-EXPORT_CODE_VERSION = "export-1"
+EXPORT_CODE_VERSION = "export-2"
+GENERATORS = ("stylegan2", "ldm")
 MAX_BATCHES = 50
 export_batches = dg.StaticPartitionsDefinition([f"{i:03d}" for i in range(MAX_BATCHES)])
 
@@ -50,6 +57,18 @@ class ExportConfig(dg.Config):
         default=0.01, description="Near-copy threshold: this quantile of training-tile to training-tile NN distances."
     )
     memorization_bank: int = Field(default=1000, description="Training crops the memorization check compares with.")
+    generators: list[str] = Field(
+        default=["stylegan2"],
+        description="Which generators make the batch: stylegan2 (images labelled by the pixel classifier) and/or "
+        "ldm (images generated from masks of the mask bank); each makes batch_size samples.",
+    )
+    ldm_sampler: str = Field(default="ddim", description="LDM sampler: ddim, or sc (DISC's separated conditions).")
+    ldm_steps: int = Field(default=20, description="LDM DDIM steps (DISC: 200).")
+    ldm_guidance: float = Field(default=1.0, description="LDM classifier-free guidance scale (1 = off).")
+    class_weights: dict[str, float] = Field(
+        default={}, description="LDM masks: class name -> multiple of its pixel share in the real masks, "
+        "e.g. {\"arteriole\": 3.0} for three times as many arteriole pixels.",
+    )
 
 
 def export_version(lineage: dict, params: ExportParams, config: ExportConfig) -> str:
@@ -59,76 +78,137 @@ def export_version(lineage: dict, params: ExportParams, config: ExportConfig) ->
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def _lineage(storage: FactoryStorage) -> dict:
-    gan = json.loads((storage.gan_root / "current.json").read_text())
-    classifier = json.loads((storage.classifier_dir / "lineage.json").read_text())
-    return {
-        "gan_mlflow_run": gan["mlflow_run_id"], "gan_model_version": gan["model_version"], "gan_step": gan["step"],
-        "gan_checkpoint": gan["checkpoint"], "classifier_mlflow_run": classifier["mlflow_run_id"],
-        "annotation_version": classifier["annotation_version"], "blocks": classifier.get("blocks", 5),
-        "source_slides": gan["train_slide_ids"], "class_map": classifier.get("class_map", "demo"),
-        "resolution": gan["resolution"],
-    }
+def _lineage(storage: FactoryStorage, generators: list[str]) -> dict:
+    """Upstream versions of the chosen generators; they must agree on class map and resolution."""
+    unknown = sorted(set(generators) - set(GENERATORS))
+    if unknown or not generators:
+        raise ValueError(f"generators: expected a non-empty list from {list(GENERATORS)}, received {generators}")
+    lineage: dict = {"generators": sorted(set(generators))}
+    slides: set[str] = set()
+    if "stylegan2" in generators:
+        storage.require("gan_model", "pixel_classifier")
+        gan = json.loads((storage.gan_root / "current.json").read_text())
+        classifier = json.loads((storage.classifier_dir / "lineage.json").read_text())
+        lineage.update({
+            "gan_mlflow_run": gan["mlflow_run_id"], "gan_model_version": gan["model_version"], "gan_step": gan["step"],
+            "gan_checkpoint": gan["checkpoint"], "classifier_mlflow_run": classifier["mlflow_run_id"],
+            "annotation_version": classifier["annotation_version"], "blocks": classifier.get("blocks", 5),
+            "class_map": classifier.get("class_map", "demo"), "resolution": gan["resolution"],
+        })
+        slides |= set(gan["train_slide_ids"])
+    if "ldm" in generators:
+        storage.require("ldm_model", "mask_bank")
+        ldm = json.loads((storage.ldm_root / "current.json").read_text())
+        for key, value in (("class_map", ldm["class_map"]), ("resolution", ldm["resolution"])):
+            if lineage.setdefault(key, value) != value:
+                raise ValueError(f"the GAN route uses {key} {lineage[key]!r} but the LDM {value!r}; export them "
+                                 f"separately (generators: [stylegan2] / [ldm]) or retrain one to match")
+        lineage.update({
+            "ldm_mlflow_run": ldm["mlflow_run_id"], "ldm_model_version": ldm["model_version"],
+            "ldm_step": ldm["step"], "ldm_checkpoint": ldm["checkpoint"], "autoencoder": ldm["autoencoder"],
+            "autoencoder_mlflow_run": ldm["autoencoder_mlflow_run"], "mask_bank": ldm["mask_bank"],
+            "ldm_annotation_version": ldm["annotation_version"],
+        })
+        slides |= set(ldm["train_slide_ids"])
+    lineage["source_slides"] = sorted(slides)
+    return lineage
 
 
-@dg.asset(group_name="export", partitions_def=export_batches, deps=[pixel_classifier, classifier_eval],
+_PATHS = ("gan_checkpoint", "ldm_checkpoint", "autoencoder", "mask_bank")  # where, not what: not in the version
+
+
+@dg.asset(group_name="export", partitions_def=export_batches, deps=[pixel_classifier, classifier_eval, ldm_model],
           code_version=EXPORT_CODE_VERSION, kinds={"pytorch", "parquet"},
-          description="Synthetic image-mask pairs, one batch per partition, uncertainty- and memorization-filtered.")
+          description="Synthetic image-mask pairs (GAN and/or LDM), one batch per partition, uncertainty- and "
+          "memorization-filtered.")
 def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, storage: FactoryStorage,
                       torch_device: TorchDevice, dask: DaskResource) -> dg.MaterializeResult:
-    storage.require("training_tiles", "gan_model", "pixel_classifier")
+    storage.require("training_tiles")
     device = torch_device.device()
     batch = int(context.partition_key)
-    lineage = _lineage(storage)
-    params = ExportParams(batch_size=config.batch_size, psi=config.psi, blocks=lineage["blocks"], mode=config.mode,
-                          drop_uncertain=config.drop_uncertain, top_frac=config.top_frac)
-    version = export_version({k: v for k, v in lineage.items() if k != "gan_checkpoint"}, params, config)
+    lineage = _lineage(storage, config.generators)
+    params = ExportParams(batch_size=config.batch_size, psi=config.psi, blocks=lineage.get("blocks", 5),
+                          mode=config.mode, drop_uncertain=config.drop_uncertain, top_frac=config.top_frac)
+    version = export_version({k: v for k, v in lineage.items() if k not in _PATHS}, params, config)
     export_dir = storage.export_root / version
     class_map = get_class_map(lineage["class_map"])
-    start = time.perf_counter()
-    cluster = dask.spec().address
-    if cluster:  # scale out: workers regenerate their share of the batch's seeds from the checkpoint files
-        context.log.info(f"generating batch {batch} on the dask cluster at {cluster}")
-        result = synthesize_on_dask(lineage["gan_checkpoint"], storage.classifier_dir / "ensemble.pt", batch,
-                                    params, address=cluster)
-    else:
-        G = load_generator(lineage["gan_checkpoint"], device)
-        result = synthesize_batch(G, PixelEnsemble.load(storage.classifier_dir / "ensemble.pt"), batch, params,
-                                  device)
-
     tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    start = time.perf_counter()
+    parts = []  # (generator, images, masks, uncertainty, ids, arrays)
+    if "stylegan2" in lineage["generators"]:
+        result = _gan_batch(context, lineage, batch, params, device, dask, storage)
+        parts.append(("stylegan2", result.images, result.masks, result.uncertainty,
+                      [sample_id(s) for s in result.seeds], {"latents.npz": result.latent_arrays()}))
+    if "ldm" in lineage["generators"]:
+        ldm = synthesize_ldm_pairs(load_denoiser(lineage["ldm_checkpoint"], device),
+                                   *load_autoencoder(lineage["autoencoder"], device)[::2],
+                                   MaskBank.load(lineage["mask_bank"]), params.seeds(batch),
+                                   weights_by_name(class_map.classes, config.class_weights), config.ldm_sampler,
+                                   config.ldm_steps, config.ldm_guidance)
+        parts.append(("ldm", ldm.images, ldm.masks, np.full(len(ldm.seeds), np.nan, np.float32),
+                      [f"ldm_{int(s):010d}" for s in ldm.seeds], {"ldm_latents.npz": ldm.latent_arrays()}))
+    images = np.concatenate([p[1] for p in parts])
+    masks = np.concatenate([p[2] for p in parts])
+    uncertainty = np.concatenate([p[3] for p in parts])
+    generator = np.concatenate([[p[0]] * len(p[1]) for p in parts])
+
     train = tiles[tiles["split"] == "train"]
     bank = TileCropSampler(train, lineage["resolution"], seed=4242, crops_per_tile=1).batch_uint8(
         min(config.memorization_bank, max(len(train), 1) * 8))
-    memo = check_memorization(result.images, bank, checkpoint=lineage["gan_checkpoint"],
+    memo = check_memorization(images, bank, checkpoint=lineage.get("gan_checkpoint"),
                               quantile=config.copy_quantile)
-    uncertain = uncertain_to_drop(np.where(memo["near_copy"], -np.inf, result.uncertainty), config.drop_uncertain)
-    keep = ~(uncertain | memo["near_copy"].to_numpy())
+    near_copy = memo["near_copy"].to_numpy()
+    uncertain = np.zeros(len(images), bool)
+    gan_rows = generator == "stylegan2"  # only the GAN route has labels to be unsure about
+    uncertain[gan_rows] = uncertain_to_drop(np.where(near_copy[gan_rows], -np.inf, uncertainty[gan_rows]),
+                                            config.drop_uncertain)
+    keep = ~(uncertain | near_copy)
 
-    rows = _manifest_rows(result, batch, memo, lineage, class_map, tiles["mpp"].dropna())
+    rows = pd.concat([_manifest_rows(gen, ids, batch, masks_, unc, lineage, class_map, tiles["mpp"].dropna(),
+                                     next(iter(arrays)), arrays[next(iter(arrays))]["seeds"])
+                      for gen, _, masks_, unc, ids, arrays in parts], ignore_index=True)
+    rows["nn_pixel_distance"] = memo["nn_pixel"].to_numpy(np.float32)
+    rows["nn_feature_distance"] = memo["nn_feature"].to_numpy(np.float32)
+    rows["near_copy"] = near_copy
     tmp = temp_dir_beside(export_dir / "batches" / f"{batch:03d}")
-    write_batch(tmp, result, keep, rows, class_map.palette())
+    write_batch(tmp, images, masks, keep, rows, class_map.palette(), {k: v for p in parts for k, v in p[5].items()})
     replace_dir(tmp, export_dir / "batches" / f"{batch:03d}")
     full = assemble_manifest(export_dir)
-    _write_card(export_dir, version, lineage, params, class_map, full)
+    _write_card(export_dir, version, lineage, params, config, class_map, full)
     seconds = time.perf_counter() - start
+    kept_per_generator = {g: int(keep[generator == g].sum()) for g in lineage["generators"]}
     return dg.MaterializeResult(
         metadata={
             "export_version": version,
+            "generators": ", ".join(lineage["generators"]),
             "kept": int(keep.sum()),
+            "kept_per_generator": dg.MetadataValue.json(kept_per_generator),
             "dropped_uncertain": int(uncertain.sum()),
-            "dropped_near_copy": int(memo["near_copy"].sum()),
-            "uncertainty_mean": float(result.uncertainty.mean()),
+            "dropped_near_copy": int(near_copy.sum()),
+            "uncertainty_mean": float(np.nanmean(uncertainty)) if gan_rows.any() else float("nan"),
             "nn_pixel_distance": dg.MetadataValue.json(_quantiles(memo["nn_pixel"])),
             "nn_feature_distance": dg.MetadataValue.json(_quantiles(memo["nn_feature"])),
             "copy_thresholds": dg.MetadataValue.json({k: float(v) for k, v in memo.attrs.items()
                                                       if isinstance(v, int | float)}),
-            "pairs_per_second": round(len(result.seeds) / seconds, 2),
+            "pairs_per_second": round(len(images) / seconds, 2),
             "export_samples_total": len(full),
-            "samples": png_markdown(image_grid_png(result.images[keep][:16], columns=8, scale=2), "kept samples"),
+            **{f"samples_{g}": png_markdown(image_grid_png(images[keep & (generator == g)][:16], columns=8, scale=2),
+                                            f"kept {g} samples") for g in lineage["generators"]},
             "path": dg.MetadataValue.path(str(export_dir)),
         },
     )
+
+
+def _gan_batch(context: dg.AssetExecutionContext, lineage: dict, batch: int, params: ExportParams,
+               device: torch.device, dask: DaskResource, storage: FactoryStorage) -> SyntheticBatch:
+    """The DatasetGAN route: generate, then label with the pixel-classifier ensemble (on dask when configured)."""
+    cluster = dask.spec().address
+    if cluster:  # scale out: workers regenerate their share of the batch's seeds from the checkpoint files
+        context.log.info(f"generating batch {batch} on the dask cluster at {cluster}")
+        return synthesize_on_dask(lineage["gan_checkpoint"], storage.classifier_dir / "ensemble.pt", batch,
+                                  params, address=cluster)
+    G = load_generator(lineage["gan_checkpoint"], device)
+    return synthesize_batch(G, PixelEnsemble.load(storage.classifier_dir / "ensemble.pt"), batch, params, device)
 
 
 def _quantiles(values: pd.Series) -> dict[str, float]:
@@ -136,29 +216,32 @@ def _quantiles(values: pd.Series) -> dict[str, float]:
     return {f"q{q}": round(float(np.quantile(v, q / 100)), 4) for q in (0, 5, 50, 95, 100)} if len(v) else {}
 
 
-def _manifest_rows(result, batch: int, memo: pd.DataFrame, lineage: dict, class_map, mpps: pd.Series
-                   ) -> pd.DataFrame:
-    """One manifest row per sample; source slides appear only as opaque ids."""
+def _manifest_rows(generator: str, ids: list[str], batch: int, masks: np.ndarray, uncertainty: np.ndarray,
+                   lineage: dict, class_map, mpps: pd.Series, latents_file: str, seeds: np.ndarray) -> pd.DataFrame:
+    """One manifest row per sample of one generator; source slides appear only as opaque ids.
+
+    Lineage columns of the other route stay empty, so one table serves both generators.
+    """
     n_classes = class_map.n_classes
-    fractions = np.stack([np.bincount(m.ravel(), minlength=n_classes)[:n_classes] / m.size for m in result.masks])
-    ids = [sample_id(s) for s in result.seeds]
+    fractions = np.stack([np.bincount(m.ravel(), minlength=n_classes)[:n_classes] / m.size for m in masks])
+    gan = generator == "stylegan2"
     rows = pd.DataFrame({
         "sample_id": ids,
         "image": [f"batches/{batch:03d}/images/{i}.png" for i in ids],
         "mask": [f"batches/{batch:03d}/masks/{i}.png" for i in ids],
         "batch": batch,
-        "seed": result.seeds,
-        "latents": [f"batches/{batch:03d}/latents.npz#{j}" for j in range(len(ids))],
-        "uncertainty": result.uncertainty,
-        "nn_pixel_distance": memo["nn_pixel"].to_numpy(np.float32),
-        "nn_feature_distance": memo["nn_feature"].to_numpy(np.float32),
-        "near_copy": memo["near_copy"].to_numpy(bool),
+        "seed": seeds,
+        "latents": [f"batches/{batch:03d}/{latents_file}#{j}" for j in range(len(ids))],
+        "uncertainty": uncertainty.astype(np.float32),
         "mpp": float(mpps.median()) if len(mpps) else float("nan"),
-        "generator": "stylegan2",
-        "gan_mlflow_run": lineage["gan_mlflow_run"],
-        "gan_model_version": lineage["gan_model_version"],
-        "classifier_mlflow_run": lineage["classifier_mlflow_run"],
-        "annotation_version": lineage["annotation_version"],
+        "generator": generator,
+        "gan_mlflow_run": lineage["gan_mlflow_run"] if gan else "",
+        "gan_model_version": lineage["gan_model_version"] if gan else "",
+        "classifier_mlflow_run": lineage["classifier_mlflow_run"] if gan else "",
+        "annotation_version": lineage["annotation_version"] if gan else lineage["ldm_annotation_version"],
+        "ldm_mlflow_run": "" if gan else lineage["ldm_mlflow_run"],
+        "ldm_model_version": "" if gan else lineage["ldm_model_version"],
+        "autoencoder_mlflow_run": "" if gan else lineage["autoencoder_mlflow_run"],
         "source_slides": ";".join(lineage["source_slides"]),
         "histofactory_version": package_version("histofactory"),
         "torch_version": torch.__version__,
@@ -168,26 +251,47 @@ def _manifest_rows(result, batch: int, memo: pd.DataFrame, lineage: dict, class_
     return rows
 
 
-def _write_card(export_dir, version: str, lineage: dict, params: ExportParams, class_map, manifest) -> None:
+def _route_lines(lineage: dict, params: ExportParams, config: ExportConfig) -> str:
+    """How each generator made its pairs, for the dataset card."""
+    lines = []
+    if "stylegan2" in lineage["generators"]:
+        lines.append(f"""- **stylegan2** (DatasetGAN/HDGAN recipe): a StyleGAN2-ADA generator; images labelled
+  pixel by pixel by an ensemble of MLPs over the generator's features, trained on expert annotations of generated
+  images (annotation set `{lineage["annotation_version"]}`). Truncation psi {params.psi}; features: last
+  {params.blocks} synthesis blocks; ensemble decision: {params.mode}. The {params.drop_uncertain:.0%} most uncertain
+  images of each batch (JS divergence across members, mean of the top {params.top_frac:.0%} pixels) are dropped.
+  GAN: MLflow run `{lineage["gan_mlflow_run"]}`, model version `{lineage["gan_model_version"]}`; classifier: MLflow run
+  `{lineage["classifier_mlflow_run"]}`. Latents: `batches/<b>/latents.npz` (`seeds`, `z`, `w`).""")
+    if "ldm" in lineage["generators"]:
+        weights = config.class_weights or "none (the real masks' balance)"
+        lines.append(f"""- **ldm** (DISC/GenSeg recipe): masks drawn from a bank of real annotation shapes (flips,
+  rotations, class weights {weights}), images generated from them by a mask-conditioned latent diffusion model
+  ({config.ldm_sampler} sampler, {config.ldm_steps} DDIM steps, guidance {config.ldm_guidance}) trained on slide
+  annotations (set `{lineage["ldm_annotation_version"]}`). LDM: MLflow run `{lineage["ldm_mlflow_run"]}`, model
+  version `{lineage["ldm_model_version"]}`; autoencoder: MLflow run `{lineage["autoencoder_mlflow_run"]}`. The label
+  comes first, so no uncertainty filter applies. Latents: `batches/<b>/ldm_latents.npz` (`seeds`, `latents`).""")
+    return "\n".join(lines)
+
+
+def _write_card(export_dir, version: str, lineage: dict, params: ExportParams, config: ExportConfig, class_map,
+                manifest) -> None:
     classes = [{"id": i, "name": n, "colour": list(c)} for i, (n, c) in
                enumerate(zip(class_map.classes, class_map.colours, strict=True))]
     (export_dir / "classes.json").write_text(json.dumps(classes, indent=1))
     fractions = {c["name"]: round(float(manifest[f"frac_{c['name'].replace(' ', '_')}"].mean()), 4)
                  for c in classes} if len(manifest) else {}
+    counts = manifest["generator"].value_counts().to_dict() if len(manifest) else {}
     card = f"""# Synthetic histopathology segmentation dataset `{version}`
 
-Made by histofactory {package_version("histofactory")} (DatasetGAN/HDGAN recipe): a StyleGAN2-ADA generator
-trained on tissue tiles of {len(lineage["source_slides"])} slides (opaque ids in the manifest), images labelled
-pixel by pixel by an ensemble of MLPs over the generator's features, trained on expert annotations of generated
-images (annotation set `{lineage["annotation_version"]}`).
+Made by histofactory {package_version("histofactory")} from tissue tiles of {len(lineage["source_slides"])} slides
+(opaque ids in the manifest). Column `generator` says which route made each pair:
 
-- samples: {len(manifest)} (batches of {params.batch_size};
-  seeds `{params.seed_base} + batch * {params.batch_size} + i`)
-- truncation psi: {params.psi}; features: last {params.blocks} synthesis blocks; ensemble decision: {params.mode}
-- filtering: the {params.drop_uncertain:.0%} most uncertain images of each batch (JS divergence across members,
-  mean of the top {params.top_frac:.0%} pixels) and near-copies of training tiles are dropped
-- GAN: MLflow run `{lineage["gan_mlflow_run"]}`, model version `{lineage["gan_model_version"]}`
-- classifier: MLflow run `{lineage["classifier_mlflow_run"]}`
+{_route_lines(lineage, params, config)}
+
+- samples: {len(manifest)} ({", ".join(f"{g}: {n}" for g, n in sorted(counts.items()))}; batches of
+  {params.batch_size} per generator; seeds `{params.seed_base} + batch * {params.batch_size} + i`)
+- near-copies of training tiles (pixel space, and the GAN discriminator's feature space when a GAN is in the
+  lineage) are dropped from every route
 
 ## Classes (mask pixel value, name, colour, mean pixel share)
 
@@ -196,14 +300,16 @@ images (annotation set `{lineage["annotation_version"]}`).
 
 ## Files
 
-- `manifest.parquet` / `manifest.csv`: one row per sample (paths relative to this folder, seed, latents,
-  uncertainty, nearest-neighbour distances to training tiles, class pixel fractions, mpp, lineage)
+- `manifest.parquet` / `manifest.csv`: one row per sample (paths relative to this folder, generator, seed,
+  latents, uncertainty (GAN route), nearest-neighbour distances to training tiles, class pixel fractions, mpp,
+  lineage)
 - `batches/<b>/images/<id>.png` RGB image; `batches/<b>/masks/<id>.png` indexed mask (palette = class colours)
-- `batches/<b>/latents.npz`: `seeds`, `z`, `w` of every generated sample (kept or dropped)
+- `batches/<b>/latents.npz` / `ldm_latents.npz`: what regenerates every sample of the batch (kept or dropped)
 - `batches/<b>/dropped.parquet`: samples dropped and why (uncertainty, near_copy)
 - `classes.json`: class ids, names, colours
 
-Load in PyTorch: `SyntheticSegmentationDataset("<this folder>")` from `ops.synthetic_dataset`.
+Load in PyTorch: `SyntheticSegmentationDataset("<this folder>", generator="ldm")` from `ops.synthetic_dataset`
+(`generator=None` loads every route).
 """
     tmp = export_dir / ".dataset_card.md.tmp"
     tmp.write_text(card)

@@ -18,7 +18,7 @@ from ops.tiling import TilingParams, load_plan, params_from_dict, plan_grid, sav
 from ops.tissue import TissueMaskParams
 from resources import DaskResource, FactoryStorage
 
-TILING_CODE_VERSION = "tiling-1"
+TILING_CODE_VERSION = "tiling-2"
 
 
 class TissueMaskConfig(dg.Config):

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,61 @@ def _polygons_of(geometry: Any, path: Path, k: int) -> list[list[np.ndarray]]:
         raise AnnotationError(f"{path}: feature {k} has malformed coordinates ({exc})") from None
 
 
+PolygonCheck = Callable[[int, str, np.ndarray], None]  # (feature position, class name, all ring points [n, 2])
+
+
+def read_geojson_polygons(
+    path: str | os.PathLike[str],
+    class_names: Sequence[str],
+    check: PolygonCheck | None = None,
+) -> list[tuple[float, int, int, list[np.ndarray]]]:
+    """Parse QuPath GeoJSON into area polygons, validating every feature; shared by image and slide imports.
+
+    Why a callback: the caller knows the canvas (an image, a whole slide) and its error wording, while the
+    parsing and the order in which problems are reported (file order) stay in one place.
+
+    Args:
+        path: GeoJSON file (FeatureCollection, Feature, or list of Features, as QuPath versions write).
+        class_names: Class names; position = id. Matched against ``properties.classification.name``.
+        check: Called per polygon (after its class is validated) with ``(feature position, class name, points)``;
+            raises to reject it (coordinates beyond the canvas).
+
+    Returns:
+        ``(area of the exterior ring, feature position, class id, rings)`` per polygon in file order; rings are
+        ``[n, 2]`` float64 (x, y) arrays, exterior first. Polygons with fewer than 3 vertices are dropped.
+
+    Raises:
+        AnnotationError: Missing, empty or non-JSON file; not GeoJSON; unclassified or unknown-class features;
+            non-area geometry; malformed coordinates; whatever ``check`` raises.
+    """
+    path = Path(path)
+    raw = _read_bytes(path, "a GeoJSON annotation")
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnnotationError(
+            f"{path}: not valid JSON ({exc}); expected QuPath GeoJSON. Fix: re-export from QuPath, or check the "
+            f"file was not truncated"
+        ) from None
+    items: list[tuple[float, int, int, list[np.ndarray]]] = []  # (area, file position, class id, rings)
+    for k, feature in enumerate(_features_of(doc, path)):
+        if not isinstance(feature, dict):
+            raise AnnotationError(f"{path}: item {k} is {type(feature).__name__}, expected a GeoJSON Feature")
+        name = _classification_name(feature, path, k)
+        if name not in class_names:
+            raise AnnotationError(_unknown_class_message(name, class_names, f"{path}: feature {k}: "))
+        cls = list(class_names).index(name)
+        for rings in _polygons_of(feature.get("geometry"), path, k):
+            if not rings or len(rings[0]) < 3:
+                continue
+            if check is not None:
+                check(k, name, np.concatenate(rings))
+            x, y = rings[0][:, 0], rings[0][:, 1]
+            area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+            items.append((area, k, cls, rings))
+    return items
+
+
 def load_geojson_mask(
     path: str | os.PathLike[str],
     shape: tuple[int, int],
@@ -311,36 +366,17 @@ def load_geojson_mask(
     path = Path(path)
     if order not in ("area", "file"):
         raise AnnotationError(f"order must be 'area' or 'file', received {order!r}")
-    raw = _read_bytes(path, "a GeoJSON annotation")
-    try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(
-            f"{path}: not valid JSON ({exc}); expected QuPath GeoJSON. Fix: re-export from QuPath, or check the "
-            f"file was not truncated"
-        ) from None
     h, w = shape
-    items: list[tuple[float, int, int, list[np.ndarray]]] = []  # (area, file position, class id, rings)
-    for k, feature in enumerate(_features_of(doc, path)):
-        if not isinstance(feature, dict):
-            raise AnnotationError(f"{path}: item {k} is {type(feature).__name__}, expected a GeoJSON Feature")
-        name = _classification_name(feature, path, k)
-        if name not in class_names:
-            raise AnnotationError(_unknown_class_message(name, class_names, f"{path}: feature {k}: "))
-        cls = list(class_names).index(name)
-        for rings in _polygons_of(feature.get("geometry"), path, k):
-            if not rings or len(rings[0]) < 3:
-                continue
-            pts = np.concatenate(rings)
-            if (pts.min(0) < -tolerance).any() or pts[:, 0].max() > w + tolerance or pts[:, 1].max() > h + tolerance:
-                raise AnnotationError(
-                    f"{path}: feature {k} ({name!r}) spans x {pts[:, 0].min():.0f}..{pts[:, 0].max():.0f}, "
-                    f"y {pts[:, 1].min():.0f}..{pts[:, 1].max():.0f}, outside the {h}x{w} (HxW) image. Fix: "
-                    f"annotate the image at full resolution, or check the file belongs to this image"
-                )
-            x, y = rings[0][:, 0], rings[0][:, 1]
-            area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-            items.append((area, k, cls, rings))
+
+    def inside_image(k: int, name: str, pts: np.ndarray) -> None:
+        if (pts.min(0) < -tolerance).any() or pts[:, 0].max() > w + tolerance or pts[:, 1].max() > h + tolerance:
+            raise AnnotationError(
+                f"{path}: feature {k} ({name!r}) spans x {pts[:, 0].min():.0f}..{pts[:, 0].max():.0f}, "
+                f"y {pts[:, 1].min():.0f}..{pts[:, 1].max():.0f}, outside the {h}x{w} (HxW) image. Fix: "
+                f"annotate the image at full resolution, or check the file belongs to this image"
+            )
+
+    items = read_geojson_polygons(path, class_names, inside_image)
     if order == "area":
         items.sort(key=lambda t: (-t[0], t[1]))
     mask = np.full((h, w), fill, np.uint8)

@@ -25,11 +25,14 @@ class SyntheticSegmentationDataset(Dataset):
 
     Args:
         root: The export version folder (``$HISTOFACTORY_HOME/export/<version>``).
-        max_uncertainty: Optionally keep only samples at or below this uncertainty score.
+        max_uncertainty: Optionally keep only samples at or below this uncertainty score (GAN route only: LDM
+            pairs have no uncertainty and are dropped by this filter).
+        generator: Optionally keep only the pairs of one generator (``stylegan2`` or ``ldm``).
         transform: Optional callable ``(image, mask) -> (image, mask)`` applied to the tensors.
     """
 
-    def __init__(self, root: str | os.PathLike[str], max_uncertainty: float | None = None, transform=None) -> None:
+    def __init__(self, root: str | os.PathLike[str], max_uncertainty: float | None = None, transform=None,
+                 generator: str | None = None) -> None:
         self.root = Path(root)
         manifest = self.root / "manifest.parquet"
         if not manifest.exists():
@@ -37,6 +40,11 @@ class SyntheticSegmentationDataset(Dataset):
                 f"{manifest}: not an export folder (no manifest). Point at $HISTOFACTORY_HOME/export/<version>."
             )
         table = pd.read_parquet(manifest)
+        if generator is not None:
+            found = sorted(table["generator"].unique()) if "generator" in table else ["stylegan2"]
+            if generator not in found:
+                raise ValueError(f"{manifest}: no pairs of generator {generator!r}; this export has {found}")
+            table = table[table["generator"] == generator]
         if max_uncertainty is not None:
             table = table[table["uncertainty"] <= max_uncertainty]
         self.images = table["image"].tolist()

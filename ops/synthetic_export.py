@@ -64,6 +64,10 @@ class SyntheticBatch:
     masks: np.ndarray  # uint8 [B, R, R]
     uncertainty: np.ndarray  # float32 [B], mean JS divergence of the top ``top_frac`` pixels
 
+    def latent_arrays(self) -> dict[str, np.ndarray]:
+        """What regenerates the batch: seeds and latents (``latents.npz`` in the export)."""
+        return {"seeds": self.seeds, "z": self.z, "w": self.w}
+
 
 @torch.no_grad()
 def pixel_features(feats: list[torch.Tensor], size: int) -> torch.Tensor:
@@ -157,28 +161,35 @@ def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -
     path.write_bytes(buf.getvalue())
 
 
-def write_batch(out_dir: str | os.PathLike[str], batch: SyntheticBatch, keep: np.ndarray, rows: pd.DataFrame,
-                palette: list[int]) -> pd.DataFrame:
-    """Write kept pairs (``images/``, ``masks/`` PNG), latents and the batch manifest into ``out_dir``.
+def write_batch(out_dir: str | os.PathLike[str], images: np.ndarray, masks: np.ndarray, keep: np.ndarray,
+                rows: pd.DataFrame, palette: list[int], arrays: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Write kept pairs (``images/``, ``masks/`` PNG named by ``rows.sample_id``), latents and the batch manifest.
 
     Args:
         out_dir: A fresh (temp) batch folder; the caller renames it into place.
-        batch: The generated batch.
+        images: ``uint8 [B, R, R, 3]`` every generated image of the batch (all generators).
+        masks: ``uint8 [B, R, R]`` their masks.
         keep: Boolean [B], which samples to write.
-        rows: Per-sample manifest columns computed by the caller (one row per sample of the batch).
+        rows: Per-sample manifest columns computed by the caller (one row per sample, with ``sample_id``).
         palette: PNG palette of the class colours, so masks open coloured in any viewer.
+        arrays: ``file name -> arrays`` saved as compressed npz (the GAN's ``latents.npz``: seeds, z, w; the LDM's
+            ``ldm_latents.npz``: seeds, masks' latents), kept and dropped samples alike, for regeneration.
 
     Returns:
         The manifest of the kept samples (paths relative to the export root).
     """
+    if not len(images) == len(masks) == len(keep) == len(rows):
+        raise ValueError(f"write_batch: expected one image, mask, keep flag and row per sample; received "
+                         f"{len(images)}, {len(masks)}, {len(keep)}, {len(rows)}")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(exist_ok=True)
-    np.savez_compressed(out_dir / "latents.npz", seeds=batch.seeds, z=batch.z, w=batch.w)
+    for name, content in arrays.items():
+        np.savez_compressed(out_dir / name, **content)
+    ids = rows["sample_id"].to_numpy()
     for i in np.flatnonzero(keep):
-        sid = sample_id(batch.seeds[i])
-        write_png(out_dir / "images" / f"{sid}.png", batch.images[i])
-        write_png(out_dir / "masks" / f"{sid}.png", batch.masks[i], palette)
+        write_png(out_dir / "images" / f"{ids[i]}.png", images[i])
+        write_png(out_dir / "masks" / f"{ids[i]}.png", masks[i], palette)
     manifest = rows[keep].reset_index(drop=True)
     manifest.to_parquet(out_dir / "manifest.parquet", index=False)
     rows[~keep].reset_index(drop=True).to_parquet(out_dir / "dropped.parquet", index=False)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ops.slide_annotations import open_mask_array
 from ops.tile_store import open_tile_array
 
 
@@ -144,3 +145,92 @@ class TileCropSampler:
         """``n`` crops as float ``[n, 3, R, R]`` in [-1, 1] on ``device``."""
         x = torch.from_numpy(self.batch_uint8(n)).to(device)
         return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+class PairCropSampler:
+    """Random aligned crops of (tile image, tile mask) for segmentation: the same window cut from both.
+
+    Masks live in a mask store (``ops.slide_annotations.write_mask_store``) beside the tile stores; a row pairs
+    ``store[tile_index]`` with ``mask_store[mask_index]``. Crops may contain ``IGNORE_INDEX`` pixels: the loss (or
+    the caller's filter) decides what to do with them. Memory is bounded by ``cache_tiles`` decoded pairs.
+
+    Args:
+        tiles: Rows with columns ``store``, ``tile_index``, ``mask_store``, ``mask_index``.
+        resolution: Crop edge in pixels (tile pixels; no resampling, so labels stay exact).
+        seed: Seeds tile choice, crop positions and augmentation; the same seed gives the same stream of batches.
+        crops_per_tile: Crops taken from each pair read (amortises chunk decoding).
+        cache_tiles: Decoded pairs kept in memory.
+        augment: Random dihedral transform per crop (one of 4 rotations x optional flip), applied to image and mask
+            alike. Off by default.
+
+    Raises:
+        ValueError: No rows, missing columns, an image store and a mask store with different tile sizes, or a
+            resolution larger than the tiles.
+    """
+
+    COLUMNS = ("store", "tile_index", "mask_store", "mask_index")
+
+    def __init__(self, tiles: pd.DataFrame, resolution: int, seed: int = 0, crops_per_tile: int = 4,
+                 cache_tiles: int = 32, augment: bool = False) -> None:
+        if tiles.empty:
+            raise ValueError("PairCropSampler needs at least one (tile, mask) row")
+        missing = [c for c in self.COLUMNS if c not in tiles.columns]
+        if missing:
+            raise ValueError(f"PairCropSampler: tile table lacks columns {missing}; expected {list(self.COLUMNS)}")
+        self.refs = list(zip(tiles["store"].astype(str), tiles["tile_index"].astype(int),
+                             tiles["mask_store"].astype(str), tiles["mask_index"].astype(int), strict=True))
+        self._images = {s: open_tile_array(s) for s in sorted({r[0] for r in self.refs})}
+        self._masks = {s: open_mask_array(s) for s in sorted({r[2] for r in self.refs})}
+        for store, mask_store in sorted({(r[0], r[2]) for r in self.refs}):  # fail early, before training starts
+            img, msk = self._images[store].shape[1:3], self._masks[mask_store].shape[1:3]
+            if img != msk:
+                raise ValueError(
+                    f"tile store {store} holds {img[0]}x{img[1]} tiles but mask store {mask_store} holds "
+                    f"{msk[0]}x{msk[1]} masks; expected equal sizes. Fix: rasterise the masks with out_size equal "
+                    f"to the tile size"
+                )
+            if img[0] < resolution or img[1] < resolution:
+                raise ValueError(f"tile store {store}: tiles are {img[0]}x{img[1]} px, smaller than the "
+                                 f"{resolution} px crop requested")
+        self.resolution = resolution
+        self.crops_per_tile = crops_per_tile
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_tiles = cache_tiles
+
+    def _pair(self, ref: int) -> tuple[np.ndarray, np.ndarray]:
+        if ref in self._cache:
+            self._cache.move_to_end(ref)
+            return self._cache[ref]
+        store, index, mask_store, mask_index = self.refs[ref]
+        pair = np.asarray(self._images[store][index]), np.asarray(self._masks[mask_store][mask_index])
+        self._cache[ref] = pair
+        if len(self._cache) > self._cache_tiles:
+            self._cache.popitem(last=False)
+        return pair
+
+    def batch_uint8(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` aligned crops: images uint8 ``[n, R, R, 3]`` and masks uint8 ``[n, R, R]``."""
+        r = self.resolution
+        images = np.empty((n, r, r, 3), np.uint8)
+        masks = np.empty((n, r, r), np.uint8)
+        for i in range(n):  # loop over crops; each is a slice copy
+            if i % self.crops_per_tile == 0:
+                image, mask = self._pair(int(self.rng.integers(len(self.refs))))
+            y = int(self.rng.integers(0, image.shape[0] - r + 1))
+            x = int(self.rng.integers(0, image.shape[1] - r + 1))
+            crop_image, crop_mask = image[y : y + r, x : x + r], mask[y : y + r, x : x + r]
+            if self.augment:
+                k = int(self.rng.integers(8))  # rotation k % 4, flip when k >= 4
+                crop_image, crop_mask = np.rot90(crop_image, k % 4), np.rot90(crop_mask, k % 4)
+                if k >= 4:
+                    crop_image, crop_mask = crop_image[:, ::-1], crop_mask[:, ::-1]
+            images[i], masks[i] = crop_image, crop_mask
+        return images, masks
+
+    def batch(self, n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` aligned crops: images float ``[n, 3, R, R]`` in [-1, 1] and masks long ``[n, R, R]`` on ``device``."""
+        images, masks = self.batch_uint8(n)
+        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        return x, torch.from_numpy(masks).to(device).long()

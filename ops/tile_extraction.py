@@ -68,6 +68,7 @@ def extract_tiles(slide_path: str, plan: GridPlan, params: TilingParams, paralle
             "x": kept["x"].to_numpy(np.int64),
             "y": kept["y"].to_numpy(np.int64),
             "tile_size": np.int32(params.tile_size),
+            "downsample": np.float32(plan.footprint / params.tile_size),  # level-0 pixels per tile pixel
             "mpp": np.float32(plan.tile_mpp) if plan.tile_mpp else np.float32("nan"),
             "tissue_fraction": (1 - kept["whitespace_fraction"].to_numpy()).astype(np.float32),
             "candidate_tissue": kept["candidate_tissue"].to_numpy(np.float32),

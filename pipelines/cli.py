@@ -154,7 +154,7 @@ def _latest(instance, asset: str, key: str) -> object:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole factory on demo slides: tiling, GAN, labelling, classifier, export, downstream check."""
+    """The whole factory on demo slides: tiling, GAN, labelling, classifier, LDM, export, downstream check."""
     from ops.slide_registry import is_slide_file
     from pipelines.presets import load_preset, ops_subset
 
@@ -185,8 +185,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     preset = load_preset("demo")
     t = time.perf_counter()
-    chain_ok = _run_job(instance, "factory_demo", [None], "GAN + labelling + classifier")[None]
-    stage("GAN, samples, annotations, features, classifier", t)
+    chain_ok = _run_job(instance, "factory_demo", [None], "GAN + labelling + classifier + LDM")[None]
+    stage("GAN, samples, annotations, features, classifier, LDM", t)
     if not chain_ok:
         return _summary(instance, home, stages, start, failed + ["factory_demo"])
     t = time.perf_counter()
@@ -209,10 +209,13 @@ def _summary(instance, home: Path, stages: list[tuple[str, float]], start: float
         ("GAN SWD / noise floor (max over levels)", "gan_model", "swd_floor_ratio"),
         ("untrained GAN SWD / noise floor", "gan_model", "untrained_floor_ratio"),
         ("classifier mean Dice (test split)", "classifier_eval", "mean_dice"),
+        ("autoencoder PSNR dB (held-out crops)", "autoencoder", "psnr_db"),
+        ("LDM mask agreement (x chance)", "ldm_model", "mask_agreement"),
         ("export version", "synthetic_dataset", "export_version"),
         ("export samples", "synthetic_dataset", "export_samples_total"),
         ("U-Net mean Dice, real only", "downstream_eval", "mean_dice_real"),
-        ("U-Net mean Dice, real + synthetic", "downstream_eval", "mean_dice_real_plus_synthetic"),
+        ("U-Net mean Dice, real + GAN pairs", "downstream_eval", "mean_dice_real_plus_stylegan2"),
+        ("U-Net mean Dice, real + LDM pairs", "downstream_eval", "mean_dice_real_plus_ldm"),
     ]
     for label, asset, key in headline:
         value = _latest(instance, asset, key)
@@ -221,10 +224,12 @@ def _summary(instance, home: Path, stages: list[tuple[str, float]], start: float
     print("\nheadline")
     for label, value in rows:
         print(f"  {label:<42} {value}")
-    real, mixed = (_latest(instance, "downstream_eval", k) for k in ("mean_dice_real", "mean_dice_real_plus_synthetic"))
-    if real is not None and mixed is not None and mixed <= real:
-        print("  check synthetic_helps WARNS: the synthetic pairs do not improve the U-Net yet\n"
-              "  (a longer GAN training, more annotations or a stricter uncertainty filter are the usual levers)")
+    real = _latest(instance, "downstream_eval", "mean_dice_real")
+    mixed = [v for v in (_latest(instance, "downstream_eval", f"mean_dice_real_plus_{g}") for g in ("stylegan2", "ldm"))
+             if v is not None]
+    if real is not None and mixed and max(mixed) <= real:
+        print("  check synthetic_helps WARNS: no generator's pairs improve the U-Net yet\n"
+              "  (longer generator training, more annotations or a stricter filter are the usual levers)")
     print("\nstage times: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in stages)
           + f"; total {time.perf_counter() - start:.1f}s")
     version = _latest(instance, "synthetic_dataset", "export_version")

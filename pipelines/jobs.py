@@ -10,7 +10,7 @@ from pipelines.presets import PRESETS, load_preset, ops_subset
 
 TILING_ASSETS = ["tile_grid", "tissue_tiles"]
 FACTORY_ASSETS = ["training_tiles", "gan_model", "generated_samples", "annotations", "generated_features",
-                  "pixel_classifier", "classifier_eval"]
+                  "pixel_classifier", "classifier_eval", "tile_annotations", "mask_bank", "autoencoder", "ldm_model"]
 EXPORT_ASSETS = ["synthetic_dataset"]
 DOWNSTREAM_ASSETS = ["real_annotations", "downstream_eval"]
 
@@ -36,7 +36,7 @@ def preset_jobs(prefix: str, assets: list[str], what: str) -> dict:
 
 
 factory_jobs = preset_jobs("factory", FACTORY_ASSETS, "GAN training, sampling, annotation import, features, "
-                           "classifier and evaluation")
+                           "classifier and evaluation; slide annotations, mask bank, autoencoder and LDM")
 
 export_job = dg.define_asset_job(
     "export",

@@ -10,6 +10,9 @@ Everything the factory writes lives under one folder, ``$HISTOFACTORY_HOME`` (de
     gan/<run>/              GAN checkpoints of one training configuration (asset ``gan_model``); gan/current.json
     samples/                generated images, latents and seeds in zarr (asset ``generated_samples``)
     annotations/inbox/      masks of generated images from annotators; annotations/current/ the imported set
+    annotations/slides/     QuPath GeoJSON drawn on the slides (``<slide key>.geojson``, level-0 pixel coordinates)
+    annotations/tiles/      those annotations rasterized onto the kept tiles (asset ``tile_annotations``)
+    ldm/                    mask bank, autoencoder and mask-conditioned LDM checkpoints (``ldm/current.json``)
     features/               generator features of the annotated images, native resolution (zarr)
     classifier/             the pixel-classifier ensemble
     export/<version>/       synthetic image-mask pairs with manifest and dataset card (asset ``synthetic_dataset``)
@@ -74,6 +77,10 @@ class FactoryStorage(dg.ConfigurableResource):
             "generated_features": self.features_dir / "native.zarr",
             "pixel_classifier": self.classifier_dir / "lineage.json",
             "real_annotations": self.real_annotations_path,
+            "tile_annotations": self.tile_annotations_dir / "tiles.parquet",
+            "mask_bank": self.ldm_root / "mask_bank.npz",
+            "autoencoder": self.ldm_root / "autoencoder.json",
+            "ldm_model": self.ldm_root / "current.json",
         }
         return markers[asset]
 
@@ -125,6 +132,19 @@ class FactoryStorage(dg.ConfigurableResource):
     @property
     def annotations_dir(self) -> Path:
         return self.root / "annotations" / "current"
+
+    @property
+    def slide_annotation_inbox(self) -> Path:
+        """Where QuPath GeoJSON exports drawn on whole slides go, named ``<slide partition key>.geojson``."""
+        return self.root / "annotations" / "slides"
+
+    @property
+    def tile_annotations_dir(self) -> Path:
+        return self.root / "annotations" / "tiles"
+
+    @property
+    def ldm_root(self) -> Path:
+        return self.root / "ldm"
 
     @property
     def features_dir(self) -> Path:

@@ -39,3 +39,13 @@ def tile_every_slide(home: Path) -> dg.DagsterInstance:
         assert dg.materialize([tile_grid, tissue_tiles], partition_key=key, instance=instance,
                               resources=resources_for(home)).success
     return instance
+
+
+# The LDM route on tiny settings: 2 demo-annotated tiles per training slide, a few autoencoder and LDM steps.
+TINY_LDM = {
+    "tile_annotations": {"config": {"demo_annotator": True, "demo_tiles_per_slide": 2}},
+    "mask_bank": {"config": {"resolution": 64, "crops": 32}},
+    "autoencoder": {"config": {"kimg": 0.032, "batch_size": 8, "checkpoint_every": 2, "eval_images": 8}},
+    "ldm_model": {"config": {"kimg": 0.032, "batch_size": 8, "checkpoint_every": 2, "preview_steps": 2,
+                             "preview_images": 4}},
+}

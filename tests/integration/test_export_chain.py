@@ -11,14 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from factory_helpers import TINY_CHAIN, resources_for, tile_every_slide
+from factory_helpers import TINY_CHAIN, TINY_LDM, resources_for, tile_every_slide
 from PIL import Image
 
+from assets.diffusion import autoencoder, ldm_model, mask_bank, tile_annotations
 from assets.downstream import downstream_eval, real_annotations, synthetic_helps
 from assets.export import synthetic_dataset
 from assets.generative import gan_model, generated_samples, training_tiles
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
 from ops.demo_slides import DemoSlideSpec, write_demo_slide
+from ops.mask_bank import MaskBank
 from ops.slide_registry import SlideRegistry
 from ops.synthetic_dataset import SyntheticSegmentationDataset
 from pipelines import defs
@@ -31,9 +33,10 @@ PATIENT_FILE = "DOE_JOHN_1962-03-14_MRN12345678"
 PROPERTIES = {"PatientName": "DOE^JOHN", "MRN": "MRN12345678", "ScanScope ID": "SS-HOSPITAL-0042",
               "Filename": PATIENT_FILE, "Date": "03/14/2024"}
 CHAIN = [training_tiles, gan_model, generated_samples, annotations, generated_features, pixel_classifier,
-         classifier_eval]
-CONFIG = TINY_CHAIN
-EXPORT = {"synthetic_dataset": {"config": {"batch_size": 10, "memorization_bank": 200}}}
+         classifier_eval, tile_annotations, mask_bank, autoencoder, ldm_model]
+CONFIG = {**TINY_CHAIN, **TINY_LDM}
+EXPORT = {"synthetic_dataset": {"config": {"batch_size": 10, "memorization_bank": 200,
+                                           "generators": ["stylegan2", "ldm"], "ldm_steps": 2}}}
 DOWNSTREAM = {"real_annotations": {"config": {"n": 24}},
               "downstream_eval": {"config": {"real_train": 8, "synthetic_max": 20, "steps": 4}}}
 
@@ -69,10 +72,13 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     manifest = pd.read_parquet(export / "manifest.parquet")
     assert len(manifest) == meta["export_samples_total"].value == len(pd.read_csv(export / "manifest.csv"))
     assert sorted(manifest["batch"].unique()) == [0, 1]
-    assert (manifest.groupby("batch").size() <= 9).all(), "the most uncertain 10% of each batch is dropped"
+    gan, ldm = (manifest[manifest["generator"] == g] for g in ("stylegan2", "ldm"))
+    assert (gan.groupby("batch").size() <= 9).all(), "the most uncertain 10% of each GAN batch is dropped"
     dropped = pd.concat([pd.read_parquet(p) for p in export.glob("batches/*/dropped.parquet")])
-    assert len(dropped) + len(manifest) == 20
-    assert set(manifest["seed"]) == set(range(1_000_000, 1_000_020)) - set(dropped["seed"])
+    assert len(dropped) + len(manifest) == 40, "each generator makes batch_size samples per batch"
+    for name, rows in (("stylegan2", gan), ("ldm", ldm)):
+        assert set(rows["seed"]) == set(range(1_000_000, 1_000_020)) - set(dropped[dropped["generator"] == name]
+                                                                          ["seed"])
     for row in manifest.itertuples():
         image, mask = Image.open(export / row.image), Image.open(export / row.mask)
         assert image.size == mask.size == (64, 64) and image.mode == "RGB" and mask.mode == "P"
@@ -82,6 +88,18 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
             "classifier_mlflow_run", "annotation_version", "torch_version", "latents"} <= set(manifest.columns)
     latents = np.load(export / "batches" / "000" / "latents.npz")
     assert latents["w"].shape[0] == 10 and latents["z"].shape == (10, 128)
+
+    # -- LDM pairs: masks from the bank (reproducible from the seed), no uncertainty, their own lineage --------------
+    assert len(ldm) >= 15 and ldm["sample_id"].str.startswith("ldm_").all()
+    assert ldm["uncertainty"].isna().all()
+    assert (ldm["ldm_mlflow_run"] != "").all() and (ldm["gan_mlflow_run"] == "").all()
+    ldm_latents = np.load(export / "batches" / "000" / "ldm_latents.npz")
+    assert ldm_latents["latents"].shape == (10, 4, 16, 16) and list(ldm_latents["seeds"]) == list(range(1_000_000,
+                                                                                                     1_000_010))
+    bank = MaskBank.load(home / "ldm" / "mask_bank.npz")
+    row = ldm.iloc[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(export / row["mask"])), bank.sample([row["seed"]])[0])
+    assert "**ldm** (DISC/GenSeg recipe)" in (export / "dataset_card.md").read_text()
     assert (export / "dataset_card.md").read_text().startswith("# Synthetic histopathology")
 
     # -- lineage back to the source slides (opaque ids only) --------------------------------------------------------
@@ -99,6 +117,9 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
                 assert needle.encode() not in data, f"{needle!r} leaked into {path.relative_to(export)}"
 
     # -- PyTorch loading, with worker processes ---------------------------------------------------------------------
+    assert len(SyntheticSegmentationDataset(export, generator="ldm")) == len(ldm)
+    with pytest.raises(ValueError, match="no pairs of generator 'vae'"):
+        SyntheticSegmentationDataset(export, generator="vae")
     dataset = SyntheticSegmentationDataset(export)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2)
     x, y = next(iter(loader))
@@ -118,7 +139,8 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     assert down.success
     dmeta = down.asset_materializations_for_node("downstream_eval")[0].metadata
     summary = dmeta["summary"].value
-    assert set(summary) == {"real", "real+synthetic"}
+    assert set(summary) == {"real", "real+stylegan2", "real+ldm"}, "real only, +GAN, +LDM on the same test set"
+    assert dmeta["synthetic_pairs"].value == {"stylegan2": len(gan), "ldm": len(ldm)}
     for stats in summary.values():
         assert 0 <= stats["mean_dice_mean"] <= 1 and stats["mean_dice_sd"] >= 0
     checks = down.get_asset_check_evaluations()

@@ -57,9 +57,10 @@ def test_write_batch_files(models, tmp_path):
     batch = synthesize_batch(G, ensemble, 0, PARAMS)
     keep = np.array([True, False, True, True, False, True])
     rows = pd.DataFrame({"sample_id": [f"s{i}" for i in range(6)], "seed": batch.seeds})
-    manifest = write_batch(tmp_path / "b", batch, keep, rows, palette=[0, 0, 0, 255, 0, 0, 0, 255, 0])
+    manifest = write_batch(tmp_path / "b", batch.images, batch.masks, keep, rows,
+                           palette=[0, 0, 0, 255, 0, 0, 0, 255, 0], arrays={"latents.npz": batch.latent_arrays()})
     assert list(manifest["sample_id"]) == ["s0", "s2", "s3", "s5"]
-    assert len(list((tmp_path / "b" / "images").iterdir())) == 4
+    assert sorted(p.name for p in (tmp_path / "b" / "images").iterdir()) == ["s0.png", "s2.png", "s3.png", "s5.png"]
     mask = Image.open(next((tmp_path / "b" / "masks").iterdir()))
     assert mask.mode == "P" and not mask.info, "no metadata chunks ride along in exported PNGs"
     assert len(pd.read_parquet(tmp_path / "b" / "dropped.parquet")) == 2

@@ -1,0 +1,465 @@
+"""The mask-conditioned generator (DISC / GenSeg): real tile masks, a mask bank, an autoencoder and the LDM.
+
+``tile_annotations`` rasterizes QuPath GeoJSON drawn on the slides onto the kept tiles (real image-mask pairs);
+``mask_bank`` collects the annotation shapes those masks contain; ``autoencoder`` learns the latent space;
+``ldm_model`` learns to denoise latents given a mask. The export then draws masks from the bank (with the class
+balance a user asks for) and generates the images that fit them. Heavy artifacts are files under
+``$HISTOFACTORY_HOME/ldm`` referenced by path; MLflow run ids travel in metadata.
+"""
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from assets.generative import training_tiles
+from assets.lineage import package_versions, png_array, png_markdown
+from ops.annotations import get_class_map
+from ops.autoencoder import (
+    AutoencoderTrainer,
+    encode,
+    get_autoencoder_config,
+    load_autoencoder,
+    reconstruction_metrics,
+    save_autoencoder,
+)
+from ops.gan_loop import image_grid_png
+from ops.ldm import LdmTrainConfig, LdmTrainer, get_ldm_config
+from ops.ldm_export import latents_to_uint8
+from ops.ldm_loop import fit_steps
+from ops.ldm_sampling import sample_latents, self_distill
+from ops.mask_bank import MaskBank, shares
+from ops.metrics import mask_agreement
+from ops.slide_annotations import (
+    labelled_fraction,
+    load_slide_annotations,
+    rasterize_onto_tiles,
+    write_demo_slide_annotations,
+    write_mask_store,
+)
+from ops.slide_reader import open_slide
+from ops.tile_dataset import PairCropSampler, TileCropSampler
+from ops.tile_store import replace_dir, temp_dir_beside
+from resources import FactoryStorage, MlflowTracking, TorchDevice
+
+DIFFUSION_CODE_VERSION = "ldm-1"
+LDM_MODEL_NAME = "histofactory-mask-ldm"
+AUTOENCODER_MODEL_NAME = "histofactory-autoencoder"
+
+
+def _hash(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real tile masks from slide annotations.
+
+
+class TileAnnotationConfig(dg.Config):
+    """QuPath GeoJSON drawn on the slides, rasterized onto the kept tiles."""
+
+    class_map: str = Field(default="demo", description="Class map: demo (IHC demo classes) or paper (HDGAN kidney).")
+    demo_annotator: bool = Field(
+        default=False,
+        description="DEMO ONLY: for training slides without a GeoJSON, label a few kept tiles with the rule-based "
+        "stand-in annotator and write them as a QuPath GeoJSON in slide coordinates (as an expert would deliver).",
+    )
+    demo_tiles_per_slide: int = Field(default=8, description="Tiles per slide the demo annotator labels.")
+    min_labelled: float = Field(
+        default=0.9, description="Keep a tile when at least this share of its pixels is annotated."
+    )
+    seed: int = Field(default=0, description="Seeds the demo annotator's tile choice.")
+
+
+@dg.asset(group_name="diffusion", deps=[training_tiles], code_version=DIFFUSION_CODE_VERSION,
+          kinds={"python", "zarr"},
+          description="QuPath GeoJSON drawn on the slides, rasterized onto the kept tiles: real image-mask pairs.")
+def tile_annotations(context: dg.AssetExecutionContext, config: TileAnnotationConfig,
+                     storage: FactoryStorage) -> dg.MaterializeResult:
+    storage.require("training_tiles")
+    class_map = get_class_map(config.class_map)
+    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    inbox = storage.slide_annotation_inbox
+    inbox.mkdir(parents=True, exist_ok=True)
+    if config.demo_annotator:
+        context.log.warning("DEMO: slide annotations are drawn by the rule-based stand-in annotator, not an expert")
+        for slide, rows in tiles[tiles["split"] == "train"].groupby("slide"):
+            if not (inbox / f"{slide}.geojson").exists():
+                write_demo_slide_annotations(rows, inbox / f"{slide}.geojson", class_map,
+                                             config.demo_tiles_per_slide, seed=config.seed)
+    files = {p.stem: p for p in sorted(inbox.glob("*.geojson"))}
+    strays = sorted(set(files) - set(tiles["slide"]))
+    if strays:
+        context.log.warning(f"GeoJSON files in {inbox} match no slide with kept tiles and are skipped: {strays}")
+    masks, tables = [], []
+    for slide, rows in tiles.groupby("slide"):
+        if slide not in files:
+            continue
+        _, slide_path = storage.slide(slide)
+        with open_slide(slide_path) as reader:
+            size = reader.info.level_dimensions[0]
+        polygons = load_slide_annotations(files[slide], class_map.classes, slide_size=size)
+        slide_masks = rasterize_onto_tiles(polygons, rows)
+        labelled = labelled_fraction(slide_masks)
+        keep = labelled >= config.min_labelled
+        masks.append(slide_masks[keep])
+        tables.append(rows[keep].assign(labelled_fraction=labelled[keep].astype(np.float32)))
+    if not tables or not sum(len(t) for t in tables):
+        raise ValueError(
+            f"no kept tile is annotated on at least {config.min_labelled:.0%} of its pixels. Put QuPath GeoJSON "
+            f"exports (level-0 pixel coordinates) named <slide key>.geojson into {inbox} (slide keys: "
+            f"{sorted(tiles['slide'].unique())}), lower min_labelled, or set demo_annotator for the demo"
+        )
+    table = pd.concat(tables, ignore_index=True)
+    stacked = np.concatenate(masks)
+    tmp = temp_dir_beside(storage.tile_annotations_dir)
+    write_mask_store(tmp / "masks.zarr", stacked)
+    table = table.assign(mask_store=str(storage.tile_annotations_dir / "masks.zarr"),
+                         mask_index=np.arange(len(table)))
+    table.to_parquet(tmp / "tiles.parquet", index=False)
+    (tmp / "class_map.txt").write_text(config.class_map)
+    replace_dir(tmp, storage.tile_annotations_dir)
+    share = shares(stacked, class_map.n_classes)
+    version = _hash({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()})
+    return dg.MaterializeResult(
+        metadata={
+            "annotated_tiles": len(table),
+            "train_tiles": int((table["split"] == "train").sum()),
+            "holdout_tiles": int((table["split"] == "holdout").sum()),
+            "slides": sorted(table["slide"].unique().tolist()),
+            "class_shares": dg.MetadataValue.json({n: round(float(s), 4) for n, s in zip(class_map.classes, share,
+                                                                                          strict=True)}),
+            "annotation_version": version,
+            "path": dg.MetadataValue.path(str(storage.tile_annotations_dir)),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+def _annotated_train(storage: FactoryStorage) -> pd.DataFrame:
+    table = pd.read_parquet(storage.tile_annotations_dir / "tiles.parquet")
+    train = table[table["split"] == "train"]
+    if train.empty:
+        raise ValueError("tile_annotations has no annotated training tiles (only held-out slides are annotated); "
+                         "annotate tiles of the training slides")
+    return train
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mask bank.
+
+
+class MaskBankConfig(dg.Config):
+    """Mask crops from the annotated training tiles, and the shapes in them."""
+
+    resolution: int = Field(default=64, description="Mask edge in pixels (the LDM's image resolution).")
+    crops: int = Field(default=512, description="Mask crops taken from the annotated tiles.")
+    min_area: int = Field(default=4, description="Shapes smaller than this (pixels) are not kept.")
+    seed: int = Field(default=0, description="Seeds the crop positions.")
+
+
+@dg.asset(group_name="diffusion", deps=[tile_annotations], code_version=DIFFUSION_CODE_VERSION,
+          kinds={"numpy"},
+          description="Real mask layouts and the annotation shapes in them; new masks are sampled from it.")
+def mask_bank(context: dg.AssetExecutionContext, config: MaskBankConfig,
+              storage: FactoryStorage) -> dg.MaterializeResult:
+    storage.require("tile_annotations")
+    train = _annotated_train(storage)
+    class_map = get_class_map(_class_map_name(storage))
+    _, masks = PairCropSampler(train, config.resolution, seed=config.seed).batch_uint8(config.crops)
+    bank = MaskBank.from_masks(masks, class_map.n_classes, min_area=config.min_area)
+    bank.save(storage.ldm_root / "mask_bank.npz")
+    preview = bank.sample(np.arange(16))
+    per_class = np.bincount(bank.shape_class, minlength=class_map.n_classes)
+    return dg.MaterializeResult(metadata={
+        "masks": len(masks),
+        "shapes_per_class": dg.MetadataValue.json({n: int(c) for n, c in zip(class_map.classes, per_class,
+                                                                             strict=True)}),
+        "base_shares": dg.MetadataValue.json({n: round(float(s), 4) for n, s in zip(class_map.classes,
+                                                                                    bank.base_shares, strict=True)}),
+        "sampled_masks": png_markdown(image_grid_png(_colour(preview, class_map.colours), columns=8, scale=2),
+                                      "masks sampled from the bank"),
+        "path": dg.MetadataValue.path(str(storage.ldm_root / "mask_bank.npz")),
+    })
+
+
+def _class_map_name(storage: FactoryStorage) -> str:
+    """The class map the tile annotations were made with (``tile_annotations`` records it)."""
+    return (storage.tile_annotations_dir / "class_map.txt").read_text().strip()
+
+
+def _colour(masks: np.ndarray, colours) -> np.ndarray:
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(colours)] = np.asarray(colours, np.uint8)
+    return lut[masks]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Autoencoder.
+
+
+class AutoencoderTrainingConfig(dg.Config):
+    """The LDM's first stage (see ``ops.autoencoder``)."""
+
+    preset: str = Field(default="demo", description="Architecture preset: demo (64 px), 256, paper (512 px, KL-f4).")
+    kind: str | None = Field(default=None, description="Override the preset's kind: kl (AutoencoderKL) or vq.")
+    kimg: float = Field(default=2.0, description="Thousands of tile crops to train on (across resumes).")
+    batch_size: int = Field(default=16, description="Crops per step.")
+    lr: float = Field(default=2e-3, description="Adam learning rate.")
+    kl_weight: float = Field(default=1e-6, description="KL weight (LDM: 1e-6).")
+    checkpoint_every: int = Field(default=50, description="Steps between checkpoints and reconstruction checks.")
+    log_every: int = Field(default=10, description="Steps between loss logs.")
+    eval_images: int = Field(default=32, description="Held-out crops the reconstruction metrics use.")
+    seed: int = Field(default=0, description="Seeds weights and the crop stream.")
+
+
+@dg.asset(group_name="diffusion", deps=[training_tiles], code_version=DIFFUSION_CODE_VERSION,
+          kinds={"pytorch", "mlflow"}, pool="training",
+          description="Autoencoder (diffusers AutoencoderKL / VQModel, factor 4) trained on the kept tiles.")
+def autoencoder(context: dg.AssetExecutionContext, config: AutoencoderTrainingConfig, storage: FactoryStorage,
+                mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:
+    storage.require("training_tiles")
+    device = torch_device.device()
+    cfg = get_autoencoder_config(config.preset)
+    cfg = dataclasses.replace(cfg, kind=config.kind) if config.kind else cfg
+    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    train, holdout = tiles[tiles["split"] == "train"], tiles[tiles["split"] == "holdout"]
+    run_key = _hash({"config": config.model_dump(), "tiles": _hash(tiles[["slide_id", "x", "y", "split"]]
+                                                                     .to_dict("list"))})
+    run_dir = storage.ldm_root / "autoencoder" / run_key
+    checkpoint, state_file = run_dir / "checkpoint.pt", run_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if checkpoint.exists():
+        trainer = AutoencoderTrainer.from_checkpoint(checkpoint, device)
+        context.log.info(f"resuming autoencoder training from {checkpoint} at step {trainer.step}")
+    else:
+        trainer = AutoencoderTrainer(cfg, lr=config.lr, kl_weight=config.kl_weight, device=device, seed=config.seed)
+    resumed_from = trainer.step
+    eval_x = TileCropSampler(holdout if len(holdout) else train, cfg.resolution, seed=12345).batch(
+        config.eval_images, device)
+    sampler = TileCropSampler(train, cfg.resolution, seed=config.seed * 1_000_003 + trainer.step)
+    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "autoencoder", "run_key": run_key}
+    start = time.perf_counter()
+    with mlflow_tracking.start_run(f"autoencoder-{config.preset}-{run_key[:8]}", tags,
+                                   state.get("mlflow_run_id")) as run:
+        import mlflow
+
+        state["mlflow_run_id"] = run.info.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if "init" not in state:
+            mlflow.log_params({**config.model_dump(), **{f"ae_{k}": v for k, v in cfg.to_dict().items()},
+                               "train_tiles": len(train), "device": str(device)})
+            state["init"] = reconstruction_metrics(trainer.model, eval_x)
+            mlflow.log_metrics({f"init_{k}": v for k, v in state["init"].items()}, step=0)
+        state_file.write_text(json.dumps(state))
+
+        def on_checkpoint(t: AutoencoderTrainer) -> None:
+            mlflow.log_metrics({f"eval_{k}": v for k, v in reconstruction_metrics(t.model, eval_x).items()},
+                               step=t.step)
+
+        fit_steps(trainer, lambda: (sampler.batch(config.batch_size, device),), int(config.kimg * 1000), checkpoint,
+                  config.checkpoint_every, config.log_every,
+                  on_log=lambda step, stats: mlflow.log_metrics(stats, step=step), on_checkpoint=on_checkpoint,
+                  desc="autoencoder")
+        final = reconstruction_metrics(trainer.model, eval_x)
+        scale = trainer.fit_latent_scale([sampler.batch(config.batch_size, device) for _ in range(4)])
+        model_file = save_autoencoder(run_dir / "autoencoder.pt", trainer.model, cfg, scale)
+        with torch.no_grad():
+            recon = latents_to_uint8(trainer.model, encode(trainer.model, eval_x[:8], scale), scale)
+        originals = eval_x[:8].permute(0, 2, 3, 1).add(1).mul(127.5).round().clamp(0, 255).byte().cpu().numpy()
+        grid = image_grid_png(np.concatenate([originals, recon]), columns=8, scale=2)
+        mlflow.log_metrics({**{f"final_{k}": v for k, v in final.items()}, "latent_scale": scale}, step=trainer.step)
+        mlflow.log_image(png_array(grid), artifact_file="reconstructions.png")
+        mlflow.log_artifact(str(model_file), "model")
+        version = mlflow_tracking.register(AUTOENCODER_MODEL_NAME, run.info.run_id, "model")
+    current = {"path": str(model_file), "run_key": run_key, "mlflow_run_id": state["mlflow_run_id"],
+               "model_version": version, "preset": config.preset, "resolution": cfg.resolution,
+               "factor": cfg.factor, "latent_channels": cfg.latent_channels, "latent_scale": scale,
+               "step": trainer.step}
+    _write_json_atomic(storage.ldm_root / "autoencoder.json", current)
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": state["mlflow_run_id"],
+            "model_version": f"{AUTOENCODER_MODEL_NAME}/{version}",
+            "psnr_db": final["psnr"],
+            "psnr_db_at_init": state["init"]["psnr"],
+            "mse": final["mse"],
+            "latent_scale": scale,
+            "latent_shape": dg.MetadataValue.json([cfg.latent_channels, cfg.latent_resolution,
+                                                   cfg.latent_resolution]),
+            "step": trainer.step,
+            "resumed_from_step": resumed_from,
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "reconstructions": png_markdown(grid, "held-out crops (top) and reconstructions (bottom)"),
+            "path": dg.MetadataValue.path(str(model_file)),
+        },
+        data_version=dg.DataVersion(f"{run_key}-{trainer.step}"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The mask-conditioned LDM.
+
+
+class LdmTrainingConfig(dg.Config):
+    """The denoiser (see ``ops.ldm``) and how it is previewed."""
+
+    preset: str = Field(default="demo", description="Architecture preset: demo, 256, paper (match the autoencoder).")
+    conditioning: str = Field(default="concat", description="Mask conditioning: concat or cross_attention.")
+    kimg: float = Field(default=6.0, description="Thousands of image-mask crops to train on (across resumes).")
+    batch_size: int = Field(default=32, description="Crops per step.")
+    lr: float = Field(default=5e-4, description="AdamW learning rate after warm-up.")
+    warmup_steps: int = Field(default=50, description="Linear learning-rate warm-up steps.")
+    ema_decay: float = Field(default=0.995, description="EMA decay of the weights sampled from; 0 = off.")
+    cond_dropout: float = Field(default=0.1, description="Share of masks dropped (classifier-free guidance).")
+    augment: bool = Field(default=True, description="Random flips / 90-degree rotations of image-mask crops.")
+    checkpoint_every: int = Field(default=100, description="Steps between checkpoints and preview grids.")
+    log_every: int = Field(default=10, description="Steps between loss logs.")
+    preview_steps: int = Field(default=20, description="DDIM steps of the preview samples.")
+    preview_images: int = Field(default=32, description="Preview samples (mask agreement is measured on them).")
+    guidance: float = Field(default=1.0, description="Classifier-free guidance scale of the previews (1 = off).")
+    self_distill_pairs: int = Field(default=0, description="DISC self-distillation: SC samples to fine-tune on; "
+                                    "0 = off.")
+    self_distill_steps: int = Field(default=0, description="Self-distillation fine-tuning steps.")
+    seed: int = Field(default=0, description="Seeds weights, crops and noise.")
+
+
+@dg.asset(group_name="diffusion", deps=[autoencoder, tile_annotations, mask_bank],
+          code_version=DIFFUSION_CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="training",
+          description="Mask-conditioned latent diffusion model (diffusers UNet, DDPM T=1000), resumable, in MLflow.")
+def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, storage: FactoryStorage,
+              mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:
+    storage.require("autoencoder", "tile_annotations", "mask_bank")
+    device = torch_device.device()
+    ae_info = json.loads((storage.ldm_root / "autoencoder.json").read_text())
+    ae, ae_cfg, scale = load_autoencoder(ae_info["path"], device)
+    class_map = get_class_map(_class_map_name(storage))
+    bank = MaskBank.load(storage.ldm_root / "mask_bank.npz")
+    cfg = get_ldm_config(config.preset, class_map.n_classes, conditioning=config.conditioning,
+                         latent_channels=ae_cfg.latent_channels, latent_size=ae_cfg.latent_resolution,
+                         resolution=ae_cfg.resolution, cond_dropout=config.cond_dropout)
+    if bank.resolution != cfg.resolution:
+        raise ValueError(f"mask_bank holds {bank.resolution}-px masks but the autoencoder works at {cfg.resolution} "
+                         f"px; set mask_bank's resolution to {cfg.resolution} and rematerialize it")
+    train_cfg = LdmTrainConfig(batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
+                               ema_decay=config.ema_decay, seed=config.seed)
+    train = _annotated_train(storage)
+    annotation_version = context.instance.get_latest_materialization_event(tile_annotations.key) \
+        .asset_materialization.metadata["annotation_version"].value
+    run_key = _hash({"config": config.model_dump(), "autoencoder": ae_info["run_key"],
+                     "annotations": annotation_version})
+    run_dir = storage.ldm_root / "model" / run_key
+    checkpoint, state_file = run_dir / "checkpoint.pt", run_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if checkpoint.exists():
+        trainer = LdmTrainer.from_checkpoint(checkpoint, device)
+        context.log.info(f"resuming LDM training from {checkpoint} at step {trainer.step}")
+    else:
+        trainer = LdmTrainer(cfg, train_cfg, device)
+    resumed_from = trainer.step
+    pairs = PairCropSampler(train, cfg.resolution, seed=config.seed * 1_000_003 + trainer.step,
+                            augment=config.augment)
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x, masks = pairs.batch(config.batch_size, device)
+        with torch.no_grad():
+            return encode(ae, x, scale), masks
+
+    real_images, real_masks = PairCropSampler(train, cfg.resolution, seed=4242).batch_uint8(128)
+    preview_seeds = np.arange(config.preview_images, dtype=np.int64) + 9_000_000
+    preview_masks = bank.sample(preview_seeds)
+
+    def preview(t: LdmTrainer) -> tuple[np.ndarray, dict[str, float]]:
+        z = sample_latents(t.sampling_model, torch.from_numpy(preview_masks).long(), preview_seeds, "ddim",
+                           config.preview_steps, config.guidance)
+        images = latents_to_uint8(ae, z, scale)
+        return images, mask_agreement(images, preview_masks, real_images, real_masks, class_map.n_classes)
+
+    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "ldm_model", "run_key": run_key}
+    start = time.perf_counter()
+    with mlflow_tracking.start_run(f"ldm-{config.preset}-{config.conditioning}-{run_key[:8]}", tags,
+                                   state.get("mlflow_run_id")) as run:
+        import mlflow
+
+        state["mlflow_run_id"] = run.info.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state))
+        if resumed_from == 0:
+            mlflow.log_params({**config.model_dump(), **{f"ldm_{k}": v for k, v in cfg.to_dict().items()},
+                               "annotated_train_tiles": len(train), "autoencoder_run": ae_info["mlflow_run_id"],
+                               "device": str(device)})
+
+        def on_checkpoint(t: LdmTrainer) -> None:
+            images, agreement = preview(t)
+            mlflow.log_metrics({f"preview_{k}": v for k, v in agreement.items()}, step=t.step)
+            mlflow.log_image(png_array(_pair_grid(images[:8], preview_masks[:8], class_map.colours)),
+                             artifact_file=f"samples/step_{t.step:07d}.png")
+
+        fit_steps(trainer, next_batch, int(config.kimg * 1000), checkpoint, config.checkpoint_every,
+                  config.log_every, on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
+                  on_checkpoint=on_checkpoint, desc="LDM")
+        distill = {}
+        if config.self_distill_pairs and config.self_distill_steps and not state.get("distilled"):
+            distill = self_distill(trainer, bank.sample, config.self_distill_pairs, config.self_distill_steps,
+                                   config.preview_steps, config.guidance,
+                                   on_log=lambda step, stats: mlflow.log_metrics(stats, step=step))
+            trainer.save_checkpoint(checkpoint)
+            state["distilled"] = True
+            state_file.write_text(json.dumps(state))
+            mlflow.log_metrics(distill, step=trainer.step)
+        images, agreement = preview(trainer)
+        grid = _pair_grid(images[:16], preview_masks[:16], class_map.colours)
+        mlflow.log_metrics({f"final_{k}": v for k, v in agreement.items()}, step=trainer.step)
+        mlflow.log_image(png_array(grid), artifact_file="samples/final.png")
+        mlflow.log_dict(cfg.to_dict(), "checkpoint/ldm_config.json")
+        mlflow.log_artifact(str(checkpoint), "checkpoint")
+        version = mlflow_tracking.register(LDM_MODEL_NAME, run.info.run_id, "checkpoint")
+    current = {"checkpoint": str(checkpoint), "run_key": run_key, "mlflow_run_id": state["mlflow_run_id"],
+               "model_version": version, "preset": config.preset, "conditioning": config.conditioning,
+               "resolution": cfg.resolution, "class_map": class_map.name, "step": trainer.step,
+               "autoencoder": ae_info["path"], "autoencoder_mlflow_run": ae_info["mlflow_run_id"],
+               "mask_bank": str(storage.ldm_root / "mask_bank.npz"), "annotation_version": annotation_version,
+               "train_slide_ids": sorted(train["slide_id"].unique().tolist())}
+    _write_json_atomic(storage.ldm_root / "current.json", current)
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": state["mlflow_run_id"],
+            "model_version": f"{LDM_MODEL_NAME}/{version}",
+            "conditioning": config.conditioning,
+            "mask_agreement": agreement["mask_agreement"],
+            "mask_accuracy": agreement["accuracy"],
+            "mask_chance": agreement["chance"],
+            **({"self_distill_loss": distill["distill_loss"]} if distill else {}),
+            "step": trainer.step,
+            "resumed_from_step": resumed_from,
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "samples": png_markdown(grid, "masks from the bank (top) and the images generated from them (bottom)"),
+            "checkpoint": dg.MetadataValue.path(str(checkpoint)),
+            "package_versions": dg.MetadataValue.json(package_versions()),
+        },
+        data_version=dg.DataVersion(f"{run_key}-{trainer.step}"),
+    )
+
+
+def _pair_grid(images: np.ndarray, masks: np.ndarray, colours) -> bytes:
+    """Rows of coloured masks above the images generated from them."""
+    n = len(images)
+    columns = min(8, n)
+    rows = []
+    for i in range(0, n, columns):
+        rows += [_colour(masks[i:i + columns], colours), images[i:i + columns]]
+    return image_grid_png(np.concatenate(rows), columns=columns, scale=2)
