@@ -16,8 +16,8 @@ def test_definitions_load():
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"tile_grid", "tissue_tiles", "training_tiles", "gan_model", "generated_samples", "annotations",
-            "generated_features", "pixel_classifier", "classifier_eval", "synthetic_dataset", "real_annotations",
-            "downstream_eval"} == keys
+            "generated_features", "pixel_classifier", "classifier_eval", "tile_annotations", "mask_bank",
+            "autoencoder", "ldm_model", "synthetic_dataset", "real_annotations", "downstream_eval"} == keys
     for job in ("tiling", "factory_demo", "factory_paper", "export", "downstream_demo", "downstream_paper"):
         assert defs.resolve_job_def(job) is not None
     assert defs.resolve_schedule_def("weekly_retraining").cron_schedule == "0 3 * * 0"
@@ -35,10 +35,20 @@ def test_presets_configure_the_jobs():
     ann = paper["ops"]["annotations"]["config"]
     assert (ann["n_train"], ann["n_val"], ann["n_test"]) == (16, 4, 16)
     assert demo["ops"]["annotations"]["config"]["demo_annotator"] is True
+    assert demo["ops"]["synthetic_dataset"]["config"]["generators"] == ["stylegan2", "ldm"]
+    assert paper["ops"]["ldm_model"]["config"]["preview_steps"] == 200, "DISC samples with 200 DDIM steps"
+    factory = {n.name for n in defs_job("factory_demo").graph.node_defs}
+    assert {"tile_annotations", "mask_bank", "autoencoder", "ldm_model"} <= factory
     import pytest
 
     with pytest.raises(ValueError, match="unknown preset 'fast'; known presets: demo, paper"):
         load_preset("fast")
+
+
+def defs_job(name: str):
+    from pipelines import defs
+
+    return defs.resolve_job_def(name)
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,0 +1,104 @@
+"""The LDM route's assets on real tiled slides: slide GeoJSON onto tiles (and its errors), mask bank, autoencoder,
+LDM with MLflow lineage, and resuming from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+from factory_helpers import TINY_LDM, resources_for
+
+from assets.diffusion import autoencoder, ldm_model, mask_bank, tile_annotations
+from assets.generative import training_tiles
+from ops.annotations import AnnotationError
+from ops.slide_annotations import open_mask_array
+from resources import MlflowTracking
+
+pytestmark = pytest.mark.integration
+
+
+def _run(assets, instance, home, ops):
+    result = dg.materialize(assets, instance=instance, resources=resources_for(home), run_config=dg.RunConfig(ops=ops))
+    assert result.success
+    return result
+
+
+def _square(x0: float, y0: float, size: float, name: str) -> dict:
+    ring = [[x0, y0], [x0 + size, y0], [x0 + size, y0 + size], [x0, y0 + size], [x0, y0]]
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"objectType": "annotation", "classification": {"name": name}}}
+
+
+def test_slide_geojson_becomes_tile_masks_and_bad_files_are_named(tiled_home):
+    home, instance = tiled_home
+    _run([training_tiles], instance, home, {})
+    tiles = pd.read_parquet(home / "training" / "tiles.parquet")
+    inbox = home / "annotations" / "slides"
+    plain = {"tile_annotations": {"config": {"demo_annotator": False}}}
+    with pytest.raises(ValueError, match=r"no kept tile is annotated.*annotations/slides"):
+        _run([tile_annotations], instance, home, plain)
+
+    # A QuPath export drawn on the slide: stroma over exactly one kept tile, a nucleus inside it (painted on top).
+    tile = tiles[tiles["split"] == "train"].iloc[0]
+    x, y, size = int(tile["x"]), int(tile["y"]), int(tile["tile_size"])
+    doc = {"type": "FeatureCollection", "features": [_square(x, y, size, "stroma"),
+                                                     _square(x + 100, y + 50, 100, "nucleus interior")]}
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / f"{tile['slide']}.geojson").write_text(json.dumps(doc))
+    meta = _run([tile_annotations], instance, home, plain).asset_materializations_for_node(
+        "tile_annotations")[0].metadata
+    assert meta["annotated_tiles"].value == 1
+    table = pd.read_parquet(home / "annotations" / "tiles" / "tiles.parquet")
+    assert (table.iloc[0]["x"], table.iloc[0]["y"], table.iloc[0]["slide"]) == (x, y, tile["slide"])
+    mask = np.asarray(open_mask_array(table.iloc[0]["mask_store"])[int(table.iloc[0]["mask_index"])])
+    expected = np.full((size, size), 4, np.uint8)  # stroma
+    expected[50:150, 100:200] = 1  # nucleus interior
+    np.testing.assert_array_equal(mask, expected)
+
+    # Drawn on another (bigger) image, or with a class the map does not know: the error names the file and the fix.
+    (inbox / f"{tile['slide']}.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [_square(10**7, 10**7, 500, "stroma")]}))
+    with pytest.raises(AnnotationError, match=rf"{tile['slide']}\.geojson.*outside"):
+        _run([tile_annotations], instance, home, plain)
+    (inbox / f"{tile['slide']}.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [_square(x, y, 64, "strom")]}))
+    with pytest.raises(AnnotationError, match=r"unknown class 'strom' \(did you mean 'stroma'\?\)"):
+        _run([tile_annotations], instance, home, plain)
+
+
+def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
+    home, instance = tiled_home
+    _run([training_tiles], instance, home, {})
+    chain = [tile_annotations, mask_bank, autoencoder, ldm_model]
+    result = _run(chain, instance, home, TINY_LDM)
+    ae_meta = result.asset_materializations_for_node("autoencoder")[0].metadata
+    assert ae_meta["latent_shape"].value == [4, 16, 16] and ae_meta["latent_scale"].value > 0
+    assert ae_meta["step"].value == 4
+    meta = result.asset_materializations_for_node("ldm_model")[0].metadata
+    assert meta["step"].value == 4 and meta["resumed_from_step"].value == 0
+    assert 0 <= meta["mask_accuracy"].value <= 1 and np.isfinite(meta["mask_agreement"].value)
+    current = json.loads((home / "ldm" / "current.json").read_text())
+    assert current["conditioning"] == "concat" and current["class_map"] == "demo"
+    assert current["autoencoder"] == ae_meta["path"].value
+    client = MlflowTracking().client()
+    run = client.get_run(current["mlflow_run_id"])
+    assert run.data.tags["dagster_asset"] == "ldm_model" and "loss" in run.data.metrics
+    assert "final_mask_agreement" in run.data.metrics
+    assert client.get_model_version("histofactory-mask-ldm", current["model_version"]).run_id == run.info.run_id
+    bank_meta = result.asset_materializations_for_node("mask_bank")[0].metadata
+    assert bank_meta["masks"].value == 32 and sum(bank_meta["shapes_per_class"].value.values()) > 0
+
+    # The same config again finds the finished checkpoint: no retraining, same MLflow run.
+    again = _run([ldm_model], instance, home, {"ldm_model": TINY_LDM["ldm_model"]})
+    meta2 = again.asset_materializations_for_node("ldm_model")[0].metadata
+    assert meta2["resumed_from_step"].value == 4 == meta2["step"].value
+    assert meta2["mlflow_run_id"].value == current["mlflow_run_id"]
+
+    # A bank at another resolution than the autoencoder's is refused with the fix.
+    _run([mask_bank], instance, home, {"mask_bank": {"config": {"resolution": 32, "crops": 8}}})
+    with pytest.raises(ValueError, match="set mask_bank's resolution to 64"):
+        _run([ldm_model], instance, home, {"ldm_model": TINY_LDM["ldm_model"]})
