@@ -31,7 +31,8 @@ from ops.autoencoder import (
     save_autoencoder,
 )
 from ops.gan_loop import image_grid_png
-from ops.ldm import LdmTrainConfig, LdmTrainer, get_ldm_config
+from ops.gan_training import CheckpointError
+from ops.ldm import LdmTrainConfig, LdmTrainer, get_ldm_config, load_denoiser
 from ops.ldm_export import latents_to_uint8
 from ops.ldm_loop import fit_steps
 from ops.ldm_sampling import sample_latents, self_distill
@@ -224,6 +225,10 @@ class AutoencoderTrainingConfig(dg.Config):
     checkpoint_every: int = Field(default=50, description="Steps between checkpoints and reconstruction checks.")
     log_every: int = Field(default=10, description="Steps between loss logs.")
     eval_images: int = Field(default=32, description="Held-out crops the reconstruction metrics use.")
+    from_scratch: bool = Field(default=False, description="Ignore the pretrained weights; start from random ones.")
+    pretrained: str | None = Field(
+        default=None, description="Autoencoder file to fine-tune from; unset = the shipped one for the preset, if any."
+    )
     seed: int = Field(default=0, description="Seeds weights and the crop stream.")
 
 
@@ -248,6 +253,11 @@ def autoencoder(context: dg.AssetExecutionContext, config: AutoencoderTrainingCo
         context.log.info(f"resuming autoencoder training from {checkpoint} at step {trainer.step}")
     else:
         trainer = AutoencoderTrainer(cfg, lr=config.lr, kl_weight=config.kl_weight, device=device, seed=config.seed)
+        start_from = _pretrained(context, config, storage.pretrained(f"autoencoder_{config.preset}.pt"))
+        if start_from:
+            model, pre_cfg, _ = load_autoencoder(start_from, device)
+            _require_same(pre_cfg, cfg, start_from)
+            trainer.model.load_state_dict(model.state_dict())
     resumed_from = trainer.step
     eval_x = TileCropSampler(holdout if len(holdout) else train, cfg.resolution, seed=12345).batch(
         config.eval_images, device)
@@ -335,6 +345,11 @@ class LdmTrainingConfig(dg.Config):
     self_distill_pairs: int = Field(default=0, description="DISC self-distillation: SC samples to fine-tune on; "
                                     "0 = off.")
     self_distill_steps: int = Field(default=0, description="Self-distillation fine-tuning steps.")
+    from_scratch: bool = Field(default=False, description="Ignore the pretrained weights; start from random ones.")
+    pretrained: str | None = Field(
+        default=None, description="LDM checkpoint to fine-tune from; unset = the shipped one for the preset and "
+        "conditioning, if any (its autoencoder must be the shipped one too: the latent spaces must match)."
+    )
     seed: int = Field(default=0, description="Seeds weights, crops and noise.")
 
 
@@ -370,6 +385,12 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
         context.log.info(f"resuming LDM training from {checkpoint} at step {trainer.step}")
     else:
         trainer = LdmTrainer(cfg, train_cfg, device)
+        start_from = _pretrained(context, config, storage.pretrained(f"ldm_{config.preset}_{config.conditioning}.pt"))
+        if start_from:
+            denoiser = load_denoiser(start_from, device)
+            _require_same(denoiser.cfg, cfg, start_from)
+            trainer.model.load_state_dict(denoiser.state_dict())
+            trainer.ema.load_state_dict(denoiser.state_dict())
     resumed_from = trainer.step
     pairs = PairCropSampler(train, cfg.resolution, seed=config.seed * 1_000_003 + trainer.step,
                             augment=config.augment)
@@ -453,6 +474,28 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
         },
         data_version=dg.DataVersion(f"{run_key}-{trainer.step}"),
     )
+
+
+def _pretrained(context: dg.AssetExecutionContext, config: AutoencoderTrainingConfig | LdmTrainingConfig,
+                shipped: Path) -> Path | None:
+    """The weights to fine-tune from: the configured file (must exist), else the shipped one, else none."""
+    if config.from_scratch:
+        return None
+    if config.pretrained:
+        if not Path(config.pretrained).is_file():
+            raise CheckpointError(f"pretrained file {config.pretrained} does not exist; fix the path or unset it")
+        return Path(config.pretrained)
+    if shipped.is_file():
+        context.log.info(f"fine-tuning from the shipped {shipped.name}")
+        return shipped
+    context.log.info(f"no shipped weights for this preset ({shipped.name}); training from random weights")
+    return None
+
+
+def _require_same(found, expected, path: Path) -> None:
+    if found != expected:
+        raise CheckpointError(f"pretrained file {path} holds a {found} but this run builds a {expected}; pick a "
+                              "matching preset / class map, or set from_scratch: true")
 
 
 def _pair_grid(images: np.ndarray, masks: np.ndarray, colours) -> bytes:

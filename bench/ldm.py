@@ -30,8 +30,10 @@ The left three quarters of the image are for training, the right quarter is held
 
 Timings are wall-clock on whatever else the machine runs; compare ratios within one run, not absolute numbers across
 runs. ``--threads`` defaults to 1: on a shared 2-core machine two OpenMP threads often wait on each other and run
-slower than one. ``--quick`` (under ~4 min on 2 cores): fewer timed steps, one timed 256-px step, 20 s autoencoder
-and 45 s per LDM. Full: under ~12 min.
+slower than one. ``--quick`` (under ~4 min on 2 cores): 5 timed demo steps, one 256-px step without warm-up (the
+first 256-px step is not slower), one sampling repeat, 20 s autoencoder, 45 s per LDM, 32 scored images. Full
+(under ~12 min): 15 timed demo steps, 2 timed 256-px steps after one warm-up, 2 sampling repeats, 75 s autoencoder,
+180 s per LDM, 64 scored images.
 
 Last line: ``ldm_train_steps_per_s_demo_concat=<x> ldm_train_steps_per_s_demo_xattn=<x>
 ldm_train_steps_per_s_256_concat=<x> ldm_train_steps_per_s_256_xattn=<x> sample_img_per_s_demo_ddim20=<x>
@@ -255,14 +257,17 @@ def main() -> None:
                     "quick 20)")
     ap.add_argument("--ldm-seconds", type=float, default=None,
                     help="LDM training step time per conditioning (default 180, quick 45)")
-    ap.add_argument("--eval-images", type=int, default=64, help="generated images scored for mask agreement")
+    ap.add_argument("--eval-images", type=int, default=None,
+                    help="generated images scored for mask agreement (default 64, quick 32)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ae_seconds = args.ae_seconds if args.ae_seconds is not None else (20.0 if args.quick else 75.0)
     ldm_seconds = args.ldm_seconds if args.ldm_seconds is not None else (45.0 if args.quick else 180.0)
-    rounds = {"demo": 5 if args.quick else 15, "256": 1 if args.quick else 3}
+    eval_images = args.eval_images or (32 if args.quick else 64)
+    rounds = {"demo": 5 if args.quick else 15, "256": 1 if args.quick else 2}
+    warmup = {"demo": 2, "256": 0 if args.quick else 1}
     preset = yaml.safe_load(DEMO_PRESET.read_text())["ops"]
     ae_batch = int(preset["autoencoder"]["config"]["batch_size"])
     ldm_batch = int(preset["ldm_model"]["config"]["batch_size"])
@@ -277,9 +282,9 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f}", flush=True)
 
     # 1. Training speed.
-    train_s = {p: ldm_train_speed(p, image, labels, 2 if p == "demo" else 1, rounds[p]) for p in ("demo", "256")}
+    train_s = {p: ldm_train_speed(p, image, labels, warmup[p], rounds[p]) for p in ("demo", "256")}
     for p, per in train_s.items():
-        timed = f"median of {rounds[p]} timed step{'s' if rounds[p] > 1 else ''}"
+        timed = f"median of {rounds[p]} timed step{'s' if rounds[p] > 1 else ''} after {warmup[p]} warm-up"
         print(f"LDM train {p:>4} preset, batch {BATCH[p]:2d} ({timed}): " + "  ".join(
             f"{c} {1 / t:6.2f} steps/s {BATCH[p] / t:7.2f} img/s" for c, t in per.items())
               + f"  (cross_attention / concat time per step {per['cross_attention'] / per['concat']:.2f}x)",
@@ -291,7 +296,7 @@ def main() -> None:
     # 2. Sampling speed.
     held_bank = MaskBank.from_masks(crops(image, labels, 256, 64, (HOLDOUT_X, 512), seed=3)[1], N_CLASSES)
     bank_masks = held_bank.sample(np.arange(SAMPLE_IMAGES) + 5_000_000)
-    sample = demo_sample_speed(bank_masks, 1 if args.quick else 3)
+    sample = demo_sample_speed(bank_masks, 1 if args.quick else 2)
     print(f"sample demo preset, {SAMPLE_IMAGES} bank masks, {SAMPLE_STEPS} steps + decode to uint8: "
           f"concat DDIM {sample['concat_ddim']:.2f} img/s, concat SC {sample['concat_sc']:.2f} img/s "
           f"(SC / DDIM time {sample['concat_ddim'] / sample['concat_sc']:.1f}x), cross_attention DDIM "
@@ -317,12 +322,12 @@ def main() -> None:
               f"{c} {i['steps']} steps ({i['images'] / i['seconds']:.1f} img/s, loss last 50 {i['loss']:.4f})"
               for c, i in ldm_info.items()), flush=True)
 
-    eval_seeds = np.arange(args.eval_images, dtype=np.int64) + 9_000_000
+    eval_seeds = np.arange(eval_images, dtype=np.int64) + 9_000_000
     eval_masks = held_bank.sample(eval_seeds)
     ref_images, ref_masks = crops(image, labels, 128, 64, (HOLDOUT_X, 512), seed=7)
-    real_images, real_masks = crops(image, labels, args.eval_images, 64, (HOLDOUT_X, 512), seed=8)
+    real_images, real_masks = crops(image, labels, eval_images, 64, (HOLDOUT_X, 512), seed=8)
     real = mask_agreement(real_images, real_masks, ref_images, ref_masks, N_CLASSES)
-    print(f"  mask agreement on {args.eval_images} images from held-out bank masks, {SAMPLE_STEPS} steps; class "
+    print(f"  mask agreement on {eval_images} images from held-out bank masks, {SAMPLE_STEPS} steps; class "
           f"colours from {len(ref_images)} held-out real pairs:", flush=True)
     print(_agreement_line("real held-out pairs (ceiling)", real), flush=True)
     scores = {}
