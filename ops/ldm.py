@@ -365,3 +365,19 @@ def load_denoiser(path: str | os.PathLike[str], device: str | torch.device = "cp
         raise CheckpointError(f"LDM checkpoint {path}: weights do not fit its config ({err}); delete it") from err
     device = device if isinstance(device, torch.device) else pick_device(device)
     return model.to(device).eval().requires_grad_(False)
+
+
+def export_pretrained_denoiser(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """A shippable copy of a training checkpoint: configs and the EMA weights in float16, no optimiser state.
+
+    ``load_denoiser`` reads it (weights are cast back to float32 on load); the ``ldm_model`` asset fine-tunes from it.
+    """
+    payload = read_ldm_checkpoint(checkpoint)
+    slim = {"format": CHECKPOINT_FORMAT, "config": payload["config"], "train_config": payload["train_config"],
+            "ema": {k: v.half() if v.is_floating_point() else v for k, v in payload["ema"].items()},
+            "step": payload["step"], "images_seen": payload["images_seen"]}
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    torch.save(slim, tmp)
+    os.replace(tmp, out)
+    return out

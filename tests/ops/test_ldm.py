@@ -14,6 +14,7 @@ from ops.ldm import (
     LdmTrainConfig,
     LdmTrainer,
     MaskConditionedUNet,
+    export_pretrained_denoiser,
     get_ldm_config,
     load_denoiser,
     mask_onehot,
@@ -183,3 +184,16 @@ def test_mask_agreement_separates_conditioned_from_unconditioned_images() -> Non
     assert 0.6 < bad["mask_agreement"] < 1.4
     with pytest.raises(ValueError, match="expected images"):
         mask_agreement(faithful[:1], masks[:1], faithful, masks, 3)
+
+
+def test_exported_pretrained_denoiser_loads_in_half_the_size(tmp_path: Path) -> None:
+    trainer = LdmTrainer(TINY, LdmTrainConfig(batch_size=4))
+    trainer.train_step(_latents_for(_masks(4)), _masks(4))
+    full = trainer.save_checkpoint(tmp_path / "full.pt")
+    slim = export_pretrained_denoiser(full, tmp_path / "slim.pt")
+    assert slim.stat().st_size < 0.3 * full.stat().st_size
+    a, b = load_denoiser(full), load_denoiser(slim)
+    z = torch.randn(2, 4, 8, 8)
+    cond = mask_onehot(_masks(2), 3)
+    t = torch.tensor([10, 500])
+    torch.testing.assert_close(a(z, t, cond), b(z, t, cond), atol=5e-2, rtol=5e-2)
