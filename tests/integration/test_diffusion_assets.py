@@ -15,6 +15,7 @@ from factory_helpers import TINY_LDM, resources_for
 from assets.diffusion import autoencoder, ldm_model, mask_bank, tile_annotations
 from assets.generative import training_tiles
 from ops.annotations import AnnotationError
+from ops.gan_training import CheckpointError
 from ops.slide_annotations import open_mask_array
 from resources import MlflowTracking
 
@@ -97,6 +98,14 @@ def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
     meta2 = again.asset_materializations_for_node("ldm_model")[0].metadata
     assert meta2["resumed_from_step"].value == 4 == meta2["step"].value
     assert meta2["mlflow_run_id"].value == current["mlflow_run_id"]
+
+    # A missing or mismatched pretrained file is refused with the fix (a fresh run key, so no checkpoint to resume).
+    cfg = TINY_LDM["ldm_model"]["config"]
+    with pytest.raises(CheckpointError, match=r"nothing\.pt does not exist; fix the path or unset it"):
+        _run([ldm_model], instance, home, {"ldm_model": {"config": {**cfg, "pretrained": str(home / "nothing.pt")}}})
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt holds a LdmConfig.*set from_scratch: true"):
+        _run([ldm_model], instance, home, {"ldm_model": {"config": {**cfg, "conditioning": "cross_attention",
+                                                                    "pretrained": current["checkpoint"]}}})
 
     # A bank at another resolution than the autoencoder's is refused with the fix.
     _run([mask_bank], instance, home, {"mask_bank": {"config": {"resolution": 32, "crops": 8}}})
