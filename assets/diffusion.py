@@ -220,7 +220,7 @@ class AutoencoderTrainingConfig(dg.Config):
     kind: str | None = Field(default=None, description="Override the preset's kind: kl (AutoencoderKL) or vq.")
     kimg: float = Field(default=2.0, description="Thousands of tile crops to train on (across resumes).")
     batch_size: int = Field(default=16, description="Crops per step.")
-    lr: float = Field(default=2e-3, description="Adam learning rate.")
+    lr: float = Field(default=1e-3, description="Adam learning rate.")
     kl_weight: float = Field(default=1e-6, description="KL weight (LDM: 1e-6).")
     checkpoint_every: int = Field(default=50, description="Steps between checkpoints and reconstruction checks.")
     log_every: int = Field(default=10, description="Steps between loss logs.")
