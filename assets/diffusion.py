@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 
 from assets.generative import training_tiles
-from assets.lineage import package_versions, png_array, png_markdown
+from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
 from ops.annotations import get_class_map
 from ops.autoencoder import (
     AutoencoderTrainer,
@@ -55,15 +55,6 @@ LDM_MODEL_NAME = "histofactory-mask-ldm"
 AUTOENCODER_MODEL_NAME = "histofactory-autoencoder"
 
 
-def _hash(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_json_atomic(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,7 +126,7 @@ def tile_annotations(context: dg.AssetExecutionContext, config: TileAnnotationCo
     (tmp / "class_map.txt").write_text(config.class_map)
     replace_dir(tmp, storage.tile_annotations_dir)
     share = shares(stacked, class_map.n_classes)
-    version = _hash({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()})
+    version = content_hash({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()})
     return dg.MaterializeResult(
         metadata={
             "annotated_tiles": len(table),
@@ -243,11 +234,8 @@ def autoencoder(context: dg.AssetExecutionContext, config: AutoencoderTrainingCo
     cfg = dataclasses.replace(cfg, kind=config.kind) if config.kind else cfg
     tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
     train, holdout = tiles[tiles["split"] == "train"], tiles[tiles["split"] == "holdout"]
-    run_key = _hash({"config": config.model_dump(), "tiles": _hash(tiles[["slide_id", "x", "y", "split"]]
-                                                                     .to_dict("list"))})
-    run_dir = storage.ldm_root / "autoencoder" / run_key
-    checkpoint, state_file = run_dir / "checkpoint.pt", run_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    run_key = content_hash({"config": config.model_dump(), "tiles": tile_set_hash(tiles)})
+    run_dir, checkpoint, state_file, state = _run_files(storage.ldm_root / "autoencoder" / run_key)
     if checkpoint.exists():
         trainer = AutoencoderTrainer.from_checkpoint(checkpoint, device)
         context.log.info(f"resuming autoencoder training from {checkpoint} at step {trainer.step}")
@@ -300,7 +288,7 @@ def autoencoder(context: dg.AssetExecutionContext, config: AutoencoderTrainingCo
                "model_version": version, "preset": config.preset, "resolution": cfg.resolution,
                "factor": cfg.factor, "latent_channels": cfg.latent_channels, "latent_scale": scale,
                "step": trainer.step}
-    _write_json_atomic(storage.ldm_root / "autoencoder.json", current)
+    write_json_atomic(storage.ldm_root / "autoencoder.json", current)
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": state["mlflow_run_id"],
@@ -375,11 +363,9 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
     train = _annotated_train(storage)
     annotation_version = context.instance.get_latest_materialization_event(tile_annotations.key) \
         .asset_materialization.metadata["annotation_version"].value
-    run_key = _hash({"config": config.model_dump(), "autoencoder": ae_info["run_key"],
-                     "annotations": annotation_version})
-    run_dir = storage.ldm_root / "model" / run_key
-    checkpoint, state_file = run_dir / "checkpoint.pt", run_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    run_key = content_hash({"config": config.model_dump(), "autoencoder": ae_info["run_key"],
+                            "annotations": annotation_version})
+    run_dir, checkpoint, state_file, state = _run_files(storage.ldm_root / "model" / run_key)
     if checkpoint.exists():
         trainer = LdmTrainer.from_checkpoint(checkpoint, device)
         context.log.info(f"resuming LDM training from {checkpoint} at step {trainer.step}")
@@ -455,7 +441,7 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
                "autoencoder": ae_info["path"], "autoencoder_mlflow_run": ae_info["mlflow_run_id"],
                "mask_bank": str(storage.ldm_root / "mask_bank.npz"), "annotation_version": annotation_version,
                "train_slide_ids": sorted(train["slide_id"].unique().tolist())}
-    _write_json_atomic(storage.ldm_root / "current.json", current)
+    write_json_atomic(storage.ldm_root / "current.json", current)
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": state["mlflow_run_id"],
@@ -474,6 +460,13 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
         },
         data_version=dg.DataVersion(f"{run_key}-{trainer.step}"),
     )
+
+
+def _run_files(run_dir: Path) -> tuple[Path, Path, Path, dict]:
+    """A training run's folder, checkpoint, state file and state (MLflow run id, baselines) if it was started."""
+    state_file = run_dir / "state.json"
+    return run_dir, run_dir / "checkpoint.pt", state_file, json.loads(state_file.read_text()) if state_file.exists() \
+        else {}
 
 
 def _pretrained(context: dg.AssetExecutionContext, config: AutoencoderTrainingConfig | LdmTrainingConfig,

@@ -4,7 +4,6 @@ Checkpoints and sample stores are written through ``FactoryStorage`` and referen
 the registered model version travel in metadata. Nothing is pickled between steps.
 """
 
-import hashlib
 import json
 import time
 import warnings
@@ -17,7 +16,7 @@ import torch
 import zarr
 from pydantic import Field
 
-from assets.lineage import package_versions, png_array, png_markdown
+from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
 from assets.partitions import slide_partitions
 from assets.tiling import tissue_tiles
 from ops.gan_loop import LoopConfig, fit, generate, image_grid_png, swd_against
@@ -90,7 +89,7 @@ def training_tiles(context: dg.AssetExecutionContext, config: TrainingSplitConfi
             "per_slide": dg.MetadataValue.md(f"```\n{per_slide.to_string()}\n```"),
             "path": dg.MetadataValue.path(str(storage.training_dir / "tiles.parquet")),
         },
-        data_version=dg.DataVersion(_hash(out[["slide_id", "x", "y", "split"]].to_dict("list"))),
+        data_version=dg.DataVersion(tile_set_hash(out)),
     )
 
 
@@ -118,9 +117,6 @@ class GanTrainingConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds weights, latents and the crop stream.")
 
 
-def _hash(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
 
 def _reference_sets(holdout: pd.DataFrame, n: int, resolution: int, downsample: int) -> tuple[np.ndarray, ...]:
     """Two disjoint-by-seed sets of held-out crops: A is the SWD reference, A vs B the noise floor."""
@@ -140,8 +136,7 @@ def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, stor
     train_cfg = TrainConfig(batch_size=config.batch_size, lr=config.lr, augment=config.augment, seed=config.seed)
     tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
     train, holdout = tiles[tiles["split"] == "train"], tiles[tiles["split"] == "holdout"]
-    run_key = _hash({"config": config.model_dump(), "tiles": _hash(tiles[["slide_id", "x", "y", "split"]]
-                                                                      .to_dict("list"))})
+    run_key = content_hash({"config": config.model_dump(), "tiles": tile_set_hash(tiles)})
     run_dir = storage.gan_root / run_key
     checkpoint, state_file = run_dir / "checkpoint.pt", run_dir / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
@@ -214,7 +209,7 @@ def gan_model(context: dg.AssetExecutionContext, config: GanTrainingConfig, stor
                "model_version": version, "preset": config.preset, "resolution": gan_cfg.resolution,
                "step": trainer.step, "images_seen": trainer.images_seen,
                "train_slide_ids": sorted(train["slide_id"].unique().tolist())}
-    _write_json_atomic(storage.gan_root / "current.json", current)
+    write_json_atomic(storage.gan_root / "current.json", current)
     floor, untrained = ({int(k): v for k, v in state["baselines"][name].items()} for name in ("floor", "untrained"))
     return dg.MaterializeResult(
         metadata={
@@ -244,12 +239,6 @@ def floor_ratio(swd: dict[int, float], floor: dict[int, float]) -> float:
     """Max over pyramid levels of SWD(samples, held-out) / SWD(held-out A, held-out B); 1.0 = as close as real."""
     return max(swd[k] / max(floor[k], 1e-12) for k in floor)
 
-
-def _write_json_atomic(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
 
 
 class SamplesConfig(dg.Config):
@@ -299,7 +288,7 @@ def generated_samples(context: dg.AssetExecutionContext, config: SamplesConfig, 
             "seconds": round(time.perf_counter() - start, 2),
             "store": dg.MetadataValue.path(str(storage.samples_dir / "samples.zarr")),
         },
-        data_version=dg.DataVersion(_hash([current["checkpoint"], current["step"], config.model_dump()])),
+        data_version=dg.DataVersion(content_hash([current["checkpoint"], current["step"], config.model_dump()])),
     )
 
 

@@ -10,7 +10,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from assets.lineage import package_versions, png_markdown
+from assets.lineage import content_hash, package_versions, png_markdown
 from assets.partitions import slide_partitions
 from ops.slide_reader import open_slide
 from ops.tile_extraction import extract_tiles, grid_thumbnail
@@ -110,7 +110,7 @@ def tile_grid(context: dg.AssetExecutionContext, config: TileGridConfig, storage
             "mask_preview": png_markdown(grid_thumbnail(plan), "tissue mask and candidate grid"),
             "config": dg.MetadataValue.json(params.to_dict()),
         },
-        data_version=dg.DataVersion(entry.sha256[:16] + "-" + _short_hash(params.to_dict())),
+        data_version=dg.DataVersion(entry.sha256[:16] + "-" + content_hash(params.to_dict())),
     )
 
 
@@ -164,12 +164,7 @@ def tissue_tiles(context: dg.AssetExecutionContext, config: TileFilterConfig, st
             "package_versions": dg.MetadataValue.json(package_versions()),
             "code_version": TILING_CODE_VERSION,
         },
-        data_version=dg.DataVersion(_short_hash(result.table[["x", "y", "tissue_fraction"]].to_dict("list"))),
+        data_version=dg.DataVersion(content_hash(result.table[["x", "y", "tissue_fraction"]].to_dict("list"))),
     )
 
 
-def _short_hash(value: object) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]

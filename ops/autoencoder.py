@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import pickle
@@ -47,7 +46,9 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, VQModel
 
+from ops.config_dict import DictConfig
 from ops.device import pick_device
+from ops.file_io import atomic_torch_save, half_state
 from ops.gan_training import CheckpointError
 
 AE_KINDS = ("kl", "vq")
@@ -64,7 +65,7 @@ Autoencoder = AutoencoderKL | VQModel
 
 
 @dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(DictConfig):
     """Architecture of one autoencoder (diffusers ``AutoencoderKL`` or ``VQModel``).
 
     The encoder has one block per entry of ``block_out_channels`` and halves the resolution after every block
@@ -117,18 +118,6 @@ class AutoencoderConfig:
         """Latent grid side at the training resolution, px."""
         return self.resolution // self.factor
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for checkpoints and metadata."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AutoencoderConfig:
-        """Rebuild from :meth:`to_dict`; unknown keys are an error (they mean a different code version)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"AutoencoderConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
 
 
 AE_PRESETS: dict[str, AutoencoderConfig] = {
@@ -286,19 +275,6 @@ def reconstruction_metrics(model: Autoencoder, x: torch.Tensor) -> dict[str, flo
 # Files.
 
 
-def _atomic_save(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _read(path: Path, formats: tuple[str, ...], keys: tuple[str, ...], what: str, fix: str) -> dict[str, Any]:
     """Load ``path`` with ``weights_only=True`` and check its format tag and keys, or raise CheckpointError."""
     if not path.is_file():
@@ -351,7 +327,7 @@ def save_autoencoder(
         raise ValueError(f"save_autoencoder: latent_scale must be a finite positive number (from fit_latent_scale), "
                          f"received {latent_scale!r}")
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    return _atomic_save({"format": MODEL_FORMAT, "config": cfg.to_dict(), "model": state,
+    return atomic_torch_save({"format": MODEL_FORMAT, "config": cfg.to_dict(), "model": state,
                          "latent_scale": float(latent_scale)}, path)
 
 
@@ -511,7 +487,7 @@ class AutoencoderTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write one checkpoint file atomically (temp file in the same folder, then ``os.replace``)."""
-        return _atomic_save(self.state_dict(), path)
+        return atomic_torch_save(self.state_dict(), path)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Restore this trainer's full state from ``path`` (made for the same config).
@@ -575,6 +551,5 @@ def export_pretrained_autoencoder(path: str | os.PathLike[str], out: str | os.Pa
     from it, and the shipped LDM was trained on its latents.
     """
     model, cfg, scale = load_autoencoder(path)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    return _atomic_save({"format": MODEL_FORMAT, "config": cfg.to_dict(), "model": state,
+    return atomic_torch_save({"format": MODEL_FORMAT, "config": cfg.to_dict(), "model": half_state(model.state_dict()),
                          "latent_scale": float(scale)}, out)

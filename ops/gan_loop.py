@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ops.file_io import atomic_torch_save, half_state
 from ops.gan_training import GanTrainer
 from ops.stylegan2 import Generator, images_to_uint8
 from ops.swd import SwdResult, sliced_wasserstein_distance
@@ -133,11 +134,6 @@ def export_pretrained(checkpoint: str | Path, out: str | Path) -> Path:
     payload = read_checkpoint(checkpoint)
     fresh = GanTrainer(GanConfig.from_dict(payload["gan_config"]), TrainConfig.from_dict(payload["train_config"]))
     for net in ("G", "D", "G_ema"):
-        payload[net] = {k: v.half() if v.is_floating_point() else v for k, v in payload[net].items()}
+        payload[net] = half_state(payload[net])
     payload["opt_G"], payload["opt_D"] = fresh.opt_G.state_dict(), fresh.opt_D.state_dict()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(out)
-    return out
+    return atomic_torch_save(payload, out)

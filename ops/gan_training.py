@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import os
 import pickle
 import zipfile
@@ -38,7 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from ops.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
+from ops.config_dict import DictConfig
 from ops.device import pick_device
+from ops.file_io import atomic_torch_save
 from ops.stylegan2 import Discriminator, GanConfig, Generator
 
 CHECKPOINT_FORMAT = "histofactory.stylegan2/1"
@@ -55,7 +56,7 @@ class CheckpointError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Hyperparameters of the training loop (the architecture lives in :class:`GanConfig`)."""
 
     batch_size: int = 16  # real images per step (and generated images per phase)
@@ -91,16 +92,6 @@ class TrainConfig:
                 f"TrainConfig.augment_preset: unknown {self.augment_preset!r}; known: {sorted(AUGMENT_PRESETS)}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,15 +290,7 @@ class GanTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write one checkpoint file atomically (temp file in the same folder, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return atomic_torch_save(self.state_dict(), path)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Restore this trainer's full state from ``path`` (its GAN config must match this trainer's).

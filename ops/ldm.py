@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from torch import nn
 
+from ops.config_dict import DictConfig
 from ops.device import pick_device
+from ops.file_io import atomic_torch_save, half_state
 from ops.gan_training import CheckpointError
 
 CHECKPOINT_FORMAT = "histofactory.ldm/1"
@@ -49,7 +51,7 @@ CONDITIONINGS = ("concat", "cross_attention")
 
 
 @dataclass(frozen=True)
-class LdmConfig:
+class LdmConfig(DictConfig):
     """Architecture of the denoiser and its noise schedule."""
 
     n_classes: int = 6  # mask classes K (class ids 0..K-1)
@@ -71,6 +73,8 @@ class LdmConfig:
     cond_dropout: float = 0.1  # share of training masks replaced by the null mask (classifier-free guidance); 0 = off
 
     def __post_init__(self) -> None:
+        for name in ("block_out_channels", "attention_levels"):  # JSON / YAML give lists; keep it hashable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"LdmConfig.conditioning: unknown {self.conditioning!r}; expected one of {CONDITIONINGS}")
         if len(self.attention_levels) != len(self.block_out_channels):
@@ -92,18 +96,6 @@ class LdmConfig:
             raise ValueError(f"LdmConfig.cond_dropout: expected [0, 1), received {self.cond_dropout}")
         if self.n_classes < 2:
             raise ValueError(f"LdmConfig.n_classes: expected >= 2, received {self.n_classes}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LdmConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"LdmConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**fixed)
 
     def scheduler(self) -> DDPMScheduler:
         """The DDPM training schedule; DDIM sampling is built from its config (``ops.ldm_sampling``)."""
@@ -304,17 +296,12 @@ class LdmTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write everything needed to resume, atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "train_config": self.train_cfg.to_dict(),
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
             "step": self.step, "images_seen": self.images_seen, "rng": self.gen.get_state(),
         }
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return atomic_torch_save(payload, path)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Restore weights, optimiser, counters and RNG from a checkpoint of the same architecture."""
@@ -376,10 +363,6 @@ def export_pretrained_denoiser(checkpoint: str | os.PathLike[str], out: str | os
     """
     payload = read_ldm_checkpoint(checkpoint)
     slim = {"format": CHECKPOINT_FORMAT, "config": payload["config"], "train_config": payload["train_config"],
-            "ema": {k: v.half() if v.is_floating_point() else v for k, v in payload["ema"].items()},
+            "ema": half_state(payload["ema"]),
             "step": payload["step"], "images_seen": payload["images_seen"]}
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    torch.save(slim, tmp)
-    os.replace(tmp, out)
-    return out
+    return atomic_torch_save(slim, out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ops.file_io import atomic_torch_save
 
 CHECKPOINT_FORMAT = "histofactory.pixel_ensemble"
 CHECKPOINT_VERSION = 1
@@ -380,8 +381,6 @@ class PixelEnsemble(nn.Module):
     def save(self, path: str | os.PathLike[str], train_config: TrainConfig | None = None,
              extra: dict[str, Any] | None = None) -> Path:
         """Write config + state dict (no pickled objects) to ``path``, atomically (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -390,13 +389,7 @@ class PixelEnsemble(nn.Module):
             "extra": extra or {},
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], map_location: str = "cpu") -> PixelEnsemble:

@@ -19,15 +19,15 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ops.config_dict import DictConfig
 
 NOISE_MODES = ("random", "const", "none")
 
@@ -36,7 +36,7 @@ NOISE_MODES = ("random", "const", "none")
 
 
 @dataclass(frozen=True)
-class GanConfig:
+class GanConfig(DictConfig):
     """Architecture of one StyleGAN2 generator/discriminator pair.
 
     Channels per resolution come from ``min(channel_base // res, channel_max)`` for both networks, so
@@ -84,18 +84,6 @@ class GanConfig:
         """Resolutions of the synthesis blocks, lowest first: ``[4, 8, …, resolution]``."""
         return [2**i for i in range(2, int(math.log2(self.resolution)) + 1)]
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for checkpoints and metadata."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GanConfig:
-        """Rebuild from :meth:`to_dict`; unknown keys are an error (they mean a different code version)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"GanConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
 
 
 GAN_PRESETS: dict[str, GanConfig] = {

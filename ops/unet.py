@@ -23,13 +23,11 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ops.config_dict import DictConfig
 from ops.device import pick_device
 from ops.metrics import IGNORE_INDEX, confusion_matrix, segmentation_report
 
@@ -50,7 +49,7 @@ EpochCallback = Callable[[int, float], None]  # (epoch index from 0, mean traini
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(DictConfig):
     """Architecture of one U-Net. Level ``i`` works at ``1 / 2**i`` of the input size with ``base·2**i`` channels."""
 
     n_classes: int  # K output classes (logit channels)
@@ -75,18 +74,6 @@ class UNetConfig:
         """Feature channels at ``level`` (0 = full resolution)."""
         return self.base_channels * 2**level
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for checkpoints and metadata."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UNetConfig:
-        """Rebuild from :meth:`to_dict`; unknown keys are an error (they mean a different code version)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"UNetConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
 
 
 # ----------------------------------------------------------------------------------------------------------------
