@@ -22,7 +22,7 @@ def test_weekly_retraining_requests_only_stale_assets(factory_home):
     assert isinstance(result, dg.RunRequest)  # nothing trained yet: everything is missing
     assert {k.to_user_string() for k in result.asset_selection} == {
         "training_tiles", "gan_model", "generated_samples", "annotations", "generated_features",
-        "pixel_classifier", "classifier_eval"}
+        "pixel_classifier", "classifier_eval", "tile_annotations", "mask_bank", "autoencoder", "ldm_model"}
     assert weekly_retraining.cron_schedule == "0 3 * * 0"
 
 
@@ -30,7 +30,7 @@ def test_training_assets_share_one_pool_limited_to_one(factory_home):
     graph = defs.get_repository_def().asset_graph
     pools = {k.to_user_string(): graph.get(k).pools for k in graph.get_all_asset_keys()}
     assert {name for name, p in pools.items() if p and "training" in p} == {
-        "gan_model", "pixel_classifier", "downstream_eval"}
+        "gan_model", "pixel_classifier", "downstream_eval", "autoencoder", "ldm_model"}
     config = get_instance().get_concurrency_config().pool_config
     assert config.default_pool_limit == 1
 
