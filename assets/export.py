@@ -5,6 +5,7 @@ memorization check, written as a versioned, documented export folder.
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
 
 import dagster as dg
@@ -134,23 +135,23 @@ def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, s
     class_map = get_class_map(lineage["class_map"])
     tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
     start = time.perf_counter()
-    parts = []  # (generator, images, masks, uncertainty, ids, arrays)
+    routes: list[_Route] = []
     if "stylegan2" in lineage["generators"]:
         result = _gan_batch(context, lineage, batch, params, device, dask, storage)
-        parts.append(("stylegan2", result.images, result.masks, result.uncertainty,
-                      [sample_id(s) for s in result.seeds], {"latents.npz": result.latent_arrays()}))
+        routes.append(_Route("stylegan2", result.images, result.masks, result.uncertainty, result.seeds,
+                             [sample_id(s) for s in result.seeds], "latents.npz", result.latent_arrays()))
     if "ldm" in lineage["generators"]:
-        ldm = synthesize_ldm_pairs(load_denoiser(lineage["ldm_checkpoint"], device),
-                                   *load_autoencoder(lineage["autoencoder"], device)[::2],
+        ae, _, scale = load_autoencoder(lineage["autoencoder"], device)
+        ldm = synthesize_ldm_pairs(load_denoiser(lineage["ldm_checkpoint"], device), ae, scale,
                                    MaskBank.load(lineage["mask_bank"]), params.seeds(batch),
                                    weights_by_name(class_map.classes, config.class_weights), config.ldm_sampler,
                                    config.ldm_steps, config.ldm_guidance)
-        parts.append(("ldm", ldm.images, ldm.masks, np.full(len(ldm.seeds), np.nan, np.float32),
-                      [f"ldm_{int(s):010d}" for s in ldm.seeds], {"ldm_latents.npz": ldm.latent_arrays()}))
-    images = np.concatenate([p[1] for p in parts])
-    masks = np.concatenate([p[2] for p in parts])
-    uncertainty = np.concatenate([p[3] for p in parts])
-    generator = np.concatenate([[p[0]] * len(p[1]) for p in parts])
+        routes.append(_Route("ldm", ldm.images, ldm.masks, np.full(len(ldm.seeds), np.nan, np.float32), ldm.seeds,
+                             [f"ldm_{int(s):010d}" for s in ldm.seeds], "ldm_latents.npz", ldm.latent_arrays()))
+    images = np.concatenate([r.images for r in routes])
+    masks = np.concatenate([r.masks for r in routes])
+    uncertainty = np.concatenate([r.uncertainty for r in routes])
+    generator = np.concatenate([[r.generator] * len(r.images) for r in routes])
 
     train = tiles[tiles["split"] == "train"]
     bank = TileCropSampler(train, lineage["resolution"], seed=4242, crops_per_tile=1).batch_uint8(
@@ -164,14 +165,13 @@ def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, s
                                             config.drop_uncertain)
     keep = ~(uncertain | near_copy)
 
-    rows = pd.concat([_manifest_rows(gen, ids, batch, masks_, unc, lineage, class_map, tiles["mpp"].dropna(),
-                                     next(iter(arrays)), arrays[next(iter(arrays))]["seeds"])
-                      for gen, _, masks_, unc, ids, arrays in parts], ignore_index=True)
+    rows = pd.concat([_manifest_rows(r, batch, lineage, class_map, tiles["mpp"].dropna()) for r in routes],
+                     ignore_index=True)
     rows["nn_pixel_distance"] = memo["nn_pixel"].to_numpy(np.float32)
     rows["nn_feature_distance"] = memo["nn_feature"].to_numpy(np.float32)
     rows["near_copy"] = near_copy
     tmp = temp_dir_beside(export_dir / "batches" / f"{batch:03d}")
-    write_batch(tmp, images, masks, keep, rows, class_map.palette(), {k: v for p in parts for k, v in p[5].items()})
+    write_batch(tmp, images, masks, keep, rows, class_map.palette(), {r.latents_file: r.arrays for r in routes})
     replace_dir(tmp, export_dir / "batches" / f"{batch:03d}")
     full = assemble_manifest(export_dir)
     _write_card(export_dir, version, lineage, params, config, class_map, full)
@@ -199,6 +199,20 @@ def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, s
     )
 
 
+@dataclass
+class _Route:
+    """One generator's share of a batch, before filtering."""
+
+    generator: str  # "stylegan2" | "ldm"
+    images: np.ndarray  # uint8 [B, R, R, 3]
+    masks: np.ndarray  # uint8 [B, R, R]
+    uncertainty: np.ndarray  # float32 [B]; NaN where the mask is the input (LDM)
+    seeds: np.ndarray  # int64 [B]
+    ids: list[str]  # sample ids (file names)
+    latents_file: str  # npz in the batch folder that regenerates the samples
+    arrays: dict[str, np.ndarray]  # its content
+
+
 def _gan_batch(context: dg.AssetExecutionContext, lineage: dict, batch: int, params: ExportParams,
                device: torch.device, dask: DaskResource, storage: FactoryStorage) -> SyntheticBatch:
     """The DatasetGAN route: generate, then label with the pixel-classifier ensemble (on dask when configured)."""
@@ -216,12 +230,12 @@ def _quantiles(values: pd.Series) -> dict[str, float]:
     return {f"q{q}": round(float(np.quantile(v, q / 100)), 4) for q in (0, 5, 50, 95, 100)} if len(v) else {}
 
 
-def _manifest_rows(generator: str, ids: list[str], batch: int, masks: np.ndarray, uncertainty: np.ndarray,
-                   lineage: dict, class_map, mpps: pd.Series, latents_file: str, seeds: np.ndarray) -> pd.DataFrame:
+def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd.Series) -> pd.DataFrame:
     """One manifest row per sample of one generator; source slides appear only as opaque ids.
 
     Lineage columns of the other route stay empty, so one table serves both generators.
     """
+    generator, ids, masks = route.generator, route.ids, route.masks
     n_classes = class_map.n_classes
     fractions = np.stack([np.bincount(m.ravel(), minlength=n_classes)[:n_classes] / m.size for m in masks])
     gan = generator == "stylegan2"
@@ -230,9 +244,9 @@ def _manifest_rows(generator: str, ids: list[str], batch: int, masks: np.ndarray
         "image": [f"batches/{batch:03d}/images/{i}.png" for i in ids],
         "mask": [f"batches/{batch:03d}/masks/{i}.png" for i in ids],
         "batch": batch,
-        "seed": seeds,
-        "latents": [f"batches/{batch:03d}/{latents_file}#{j}" for j in range(len(ids))],
-        "uncertainty": uncertainty.astype(np.float32),
+        "seed": route.seeds,
+        "latents": [f"batches/{batch:03d}/{route.latents_file}#{j}" for j in range(len(ids))],
+        "uncertainty": route.uncertainty.astype(np.float32),
         "mpp": float(mpps.median()) if len(mpps) else float("nan"),
         "generator": generator,
         "gan_mlflow_run": lineage["gan_mlflow_run"] if gan else "",
