@@ -171,7 +171,7 @@ def mask_bank(context: dg.AssetExecutionContext, config: MaskBankConfig,
               storage: FactoryStorage) -> dg.MaterializeResult:
     storage.require("tile_annotations")
     train = _annotated_train(storage)
-    class_map = get_class_map(_class_map_name(storage))
+    class_map = get_class_map(tile_annotation_class_map(storage))
     _, masks = PairCropSampler(train, config.resolution, seed=config.seed).batch_uint8(config.crops)
     bank = MaskBank.from_masks(masks, class_map.n_classes, min_area=config.min_area)
     bank.save(storage.ldm_root / "mask_bank.npz")
@@ -189,7 +189,7 @@ def mask_bank(context: dg.AssetExecutionContext, config: MaskBankConfig,
     })
 
 
-def _class_map_name(storage: FactoryStorage) -> str:
+def tile_annotation_class_map(storage: FactoryStorage) -> str:
     """The class map the tile annotations were made with (``tile_annotations`` records it)."""
     return (storage.tile_annotations_dir / "class_map.txt").read_text().strip()
 
@@ -350,7 +350,7 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
     device = torch_device.device()
     ae_info = json.loads((storage.ldm_root / "autoencoder.json").read_text())
     ae, ae_cfg, scale = load_autoencoder(ae_info["path"], device)
-    class_map = get_class_map(_class_map_name(storage))
+    class_map = get_class_map(tile_annotation_class_map(storage))
     bank = MaskBank.load(storage.ldm_root / "mask_bank.npz")
     cfg = get_ldm_config(config.preset, class_map.n_classes, conditioning=config.conditioning,
                          latent_channels=ae_cfg.latent_channels, latent_size=ae_cfg.latent_resolution,

@@ -1,7 +1,7 @@
 """Proof of value: does adding the synthetic pairs help a segmentation model on real, held-out tiles?
 
-``real_annotations`` gives real image-mask pairs (for the demo: held-out real tile crops labelled by the demo
-stand-in annotator; with expert data: masks drawn on real tiles). ``downstream_eval`` trains a small U-Net on
+``real_annotations`` gives real image-mask pairs of held-out slides (with expert data: crops of the tiles their QuPath
+slide annotations cover, ``source: slide_annotations``; for the demo: held-out crops labelled by the stand-in). ``downstream_eval`` trains a small U-Net on
 (a) real pairs only and (b) real + the pairs of each generator in the export (StyleGAN2 route, LDM route), for
 several seeds, and scores every set on the same held-out real pairs. The asset check warns when no synthetic set
 helps.
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from assets.diffusion import tile_annotation_class_map, tile_annotations
 from assets.export import synthetic_dataset
 from assets.generative import gan_model, training_tiles
 from assets.lineage import png_markdown
@@ -22,42 +23,63 @@ from ops.demo_annotator import demo_annotate
 from ops.gan_loop import image_grid_png
 from ops.metrics import overlay_png
 from ops.synthetic_dataset import SyntheticSegmentationDataset
-from ops.tile_dataset import TileCropSampler
+from ops.tile_dataset import PairCropSampler, TileCropSampler
 from ops.unet import UNetConfig, compare_training_sets, summarise
 from resources import FactoryStorage, MlflowTracking, TorchDevice
 
 DOWNSTREAM_CODE_VERSION = "downstream-1"
 
 
-class RealAnnotationConfig(dg.Config):
-    """DEMO stand-in for real annotated tiles: held-out real crops labelled by the rule-based annotator."""
+REAL_SOURCES = ("demo_annotator", "slide_annotations")
 
-    n: int = Field(default=48, description="Real crops to label (first real_train of them train, the rest test).")
+
+class RealAnnotationConfig(dg.Config):
+    """Real image-mask pairs of held-out slides: expert slide annotations, or the demo stand-in annotator."""
+
+    source: str = Field(
+        default="demo_annotator",
+        description="slide_annotations: crops of held-out tiles annotated in QuPath (asset tile_annotations); "
+        "demo_annotator: DEMO ONLY, held-out crops labelled by the rule-based stand-in.",
+    )
+    n: int = Field(default=48, description="Real crops (first real_train of them train, the rest test).")
     seed: int = Field(default=0, description="Seeds crop positions.")
 
 
-@dg.asset(group_name="downstream", deps=[training_tiles, gan_model], code_version=DOWNSTREAM_CODE_VERSION,
-          kinds={"python"},
-          description="Real image-mask pairs from held-out slides (demo: labelled by the stand-in annotator).")
+@dg.asset(group_name="downstream", deps=[training_tiles, gan_model, tile_annotations],
+          code_version=DOWNSTREAM_CODE_VERSION, kinds={"python"},
+          description="Real image-mask pairs from held-out slides (slide annotations, or the demo stand-in).")
 def real_annotations(context: dg.AssetExecutionContext, config: RealAnnotationConfig,
                      storage: FactoryStorage) -> dg.MaterializeResult:
     storage.require("training_tiles", "gan_model")
-    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
-    holdout = tiles[tiles["split"] == "holdout"]
-    if holdout.empty:
-        raise ValueError("training_tiles has no held-out tiles; real test pairs must come from unseen slides")
+    if config.source not in REAL_SOURCES:
+        raise ValueError(f"real_annotations.source: unknown {config.source!r}; expected one of {REAL_SOURCES}")
     resolution = json.loads((storage.gan_root / "current.json").read_text())["resolution"]
-    context.log.warning("DEMO: real tiles are labelled by the rule-based stand-in annotator, not an expert")
-    images = TileCropSampler(holdout, resolution, seed=config.seed, crops_per_tile=1).batch_uint8(config.n)
-    masks = np.stack([demo_annotate(img) for img in images])
+    if config.source == "slide_annotations":
+        storage.require("tile_annotations")
+        table = pd.read_parquet(storage.tile_annotations_dir / "tiles.parquet")
+        held = table[table["split"] == "holdout"]
+        if held.empty:
+            raise ValueError(f"no annotated tile lies on a held-out slide; put the QuPath GeoJSON of a held-out slide "
+                             f"into {storage.slide_annotation_inbox} and rematerialize tile_annotations")
+        images, masks = PairCropSampler(held, resolution, seed=config.seed, crops_per_tile=1).batch_uint8(config.n)
+        colours = get_class_map(tile_annotation_class_map(storage)).colours
+    else:
+        tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+        holdout = tiles[tiles["split"] == "holdout"]
+        if holdout.empty:
+            raise ValueError("training_tiles has no held-out tiles; real test pairs must come from unseen slides")
+        context.log.warning("DEMO: real tiles are labelled by the rule-based stand-in annotator, not an expert")
+        images = TileCropSampler(holdout, resolution, seed=config.seed, crops_per_tile=1).batch_uint8(config.n)
+        masks = np.stack([demo_annotate(img) for img in images])
+        colours = get_class_map("demo").colours
     out = storage.real_annotations_path
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.npz")
     np.savez_compressed(tmp, images=images, masks=masks)
     tmp.replace(out)
-    colours = get_class_map("demo").colours
     return dg.MaterializeResult(metadata={
         "pairs": config.n,
+        "source": config.source,
         "overlay": png_markdown(overlay_png(images[0], masks[0], colours), "real tile with its mask"),
         "path": dg.MetadataValue.path(str(out)),
     })

@@ -10,10 +10,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from factory_helpers import TINY_LDM, resources_for
+from factory_helpers import TINY_GAN, TINY_LDM, resources_for
 
 from assets.diffusion import autoencoder, ldm_model, mask_bank, tile_annotations
-from assets.generative import training_tiles
+from assets.downstream import real_annotations
+from assets.generative import gan_model, training_tiles
 from ops.annotations import AnnotationError
 from ops.gan_training import CheckpointError
 from ops.slide_annotations import open_mask_array
@@ -59,6 +60,20 @@ def test_slide_geojson_becomes_tile_masks_and_bad_files_are_named(tiled_home):
     expected = np.full((size, size), 4, np.uint8)  # stroma
     expected[50:150, 100:200] = 1  # nucleus interior
     np.testing.assert_array_equal(mask, expected)
+
+    # Expert annotations of a held-out slide become the downstream test pairs.
+    held = tiles[tiles["split"] == "holdout"].iloc[0]
+    hx, hy = int(held["x"]), int(held["y"])
+    (inbox / f"{held['slide']}.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [_square(hx, hy, size, "dab-positive region")]}))
+    _run([tile_annotations], instance, home, plain)
+    _run([gan_model], instance, home, {"gan_model": {"config": TINY_GAN}})
+    real = _run([real_annotations], instance, home, {"real_annotations": {"config": {
+        "source": "slide_annotations", "n": 6}}}).asset_materializations_for_node("real_annotations")[0].metadata
+    assert real["source"].value == "slide_annotations"
+    pairs = np.load(home / "annotations" / "real" / "pairs.npz")
+    assert pairs["images"].shape == (6, 64, 64, 3) and (pairs["masks"] == 3).all(), "only the held-out tile's label"
+    (inbox / f"{held['slide']}.geojson").unlink()
 
     # Drawn on another (bigger) image, or with a class the map does not know: the error names the file and the fix.
     (inbox / f"{tile['slide']}.geojson").write_text(json.dumps(
