@@ -39,7 +39,7 @@ from ops.ldm_sampling import sample_latents, self_distill
 from ops.mask_bank import MaskBank, shares
 from ops.metrics import mask_agreement
 from ops.slide_annotations import (
-    labelled_fraction,
+    labelled_tiles,
     load_slide_annotations,
     rasterize_onto_tiles,
     write_demo_slide_annotations,
@@ -105,11 +105,9 @@ def tile_annotations(context: dg.AssetExecutionContext, config: TileAnnotationCo
         with open_slide(slide_path) as reader:
             size = reader.info.level_dimensions[0]
         polygons = load_slide_annotations(files[slide], class_map.classes, slide_size=size)
-        slide_masks = rasterize_onto_tiles(polygons, rows)
-        labelled = labelled_fraction(slide_masks)
-        keep = labelled >= config.min_labelled
-        masks.append(slide_masks[keep])
-        tables.append(rows[keep].assign(labelled_fraction=labelled[keep].astype(np.float32)))
+        kept_rows, kept_masks = labelled_tiles(rasterize_onto_tiles(polygons, rows), rows, config.min_labelled)
+        masks.append(kept_masks)  # filtered per slide, so memory holds the kept tiles, not every candidate
+        tables.append(kept_rows)
     if not tables or not sum(len(t) for t in tables):
         raise ValueError(
             f"no kept tile is annotated on at least {config.min_labelled:.0%} of its pixels. Put QuPath GeoJSON "
@@ -121,12 +119,15 @@ def tile_annotations(context: dg.AssetExecutionContext, config: TileAnnotationCo
     tmp = temp_dir_beside(storage.tile_annotations_dir)
     write_mask_store(tmp / "masks.zarr", stacked)
     table = table.assign(mask_store=str(storage.tile_annotations_dir / "masks.zarr"),
-                         mask_index=np.arange(len(table)))
+                         mask_index=np.arange(len(table)))  # rows of the concatenated store
     table.to_parquet(tmp / "tiles.parquet", index=False)
     (tmp / "class_map.txt").write_text(config.class_map)
     replace_dir(tmp, storage.tile_annotations_dir)
     share = shares(stacked, class_map.n_classes)
-    version = content_hash({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()})
+    # The masks depend on the files, the settings and which tiles were kept: all three make the version (the LDM's
+    # run key includes it, so a changed min_labelled never resumes a run trained on another tile set).
+    version = content_hash({"files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()},
+                            "config": config.model_dump(), "tiles": tile_set_hash(table)})
     return dg.MaterializeResult(
         metadata={
             "annotated_tiles": len(table),
