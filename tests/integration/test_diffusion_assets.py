@@ -5,6 +5,12 @@ LDM with MLflow lineage, and resuming from the checkpoint.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -17,6 +23,7 @@ from assets.downstream import real_annotations
 from assets.generative import gan_model, training_tiles
 from ops.annotations import AnnotationError
 from ops.gan_training import CheckpointError
+from ops.ldm import read_ldm_checkpoint
 from ops.slide_annotations import open_mask_array
 from resources import MlflowTracking
 
@@ -126,3 +133,35 @@ def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
     _run([mask_bank], instance, home, {"mask_bank": {"config": {"resolution": 32, "crops": 8}}})
     with pytest.raises(ValueError, match="set mask_bank's resolution to 64"):
         _run([ldm_model], instance, home, {"ldm_model": TINY_LDM["ldm_model"]})
+
+
+def test_killed_ldm_training_resumes_from_its_checkpoint(tiled_home, tmp_path):
+    home, instance = tiled_home
+    _run([training_tiles, tile_annotations, mask_bank, autoencoder], instance, home,
+         {k: TINY_LDM[k] for k in ("tile_annotations", "mask_bank", "autoencoder")})
+    config = {"ops": {"ldm_model": {"config": {**TINY_LDM["ldm_model"]["config"], "kimg": 0.32}}}}  # 40 steps
+    env = {**os.environ, "HISTOFACTORY_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipelines", "--select",
+         "ldm_model", "--config-json", json.dumps(config)],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        checkpoints: list[Path] = []
+        while time.monotonic() < deadline and not checkpoints:
+            checkpoints = list((home / "ldm" / "model").glob("*/checkpoint.pt"))
+            time.sleep(0.2)
+        assert checkpoints, "no checkpoint appeared"
+        time.sleep(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # abrupt, as a crash or a pre-empted node
+        proc.wait()
+    state = json.loads((checkpoints[0].parent / "state.json").read_text())
+    step_at_kill = int(read_ldm_checkpoint(checkpoints[0])["step"])
+    assert 0 < step_at_kill < 40
+
+    result = _run([ldm_model], instance, home, config["ops"])
+    meta = result.asset_materializations_for_node("ldm_model")[0].metadata
+    assert meta["resumed_from_step"].value == step_at_kill and meta["step"].value == 40
+    assert meta["mlflow_run_id"].value == state["mlflow_run_id"], "the resumed run continues the same MLflow run"
