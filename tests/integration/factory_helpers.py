@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -49,3 +55,26 @@ TINY_LDM = {
     "ldm_model": {"config": {"kimg": 0.032, "batch_size": 8, "checkpoint_every": 2, "preview_steps": 2,
                              "preview_images": 4}},
 }
+
+
+def kill_after_first_checkpoint(home: Path, asset: str, run_config: dict, pattern: str, cwd: Path) -> Path:
+    """Materialize ``asset`` with the ``dagster`` CLI, SIGKILL its process group once a checkpoint matching
+    ``pattern`` (a glob under ``home``) exists, as a crash or a pre-empted node would; returns the checkpoint."""
+    env = {**os.environ, "HISTOFACTORY_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipelines", "--select", asset,
+         "--config-json", json.dumps(run_config)],
+        env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        found: list[Path] = []
+        while time.monotonic() < deadline and not found:
+            found = sorted(home.glob(pattern))
+            time.sleep(0.2)
+        assert found, f"no checkpoint {pattern} appeared"
+        time.sleep(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return found[0]

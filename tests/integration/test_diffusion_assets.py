@@ -5,18 +5,12 @@ LDM with MLflow lineage, and resuming from the checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from factory_helpers import TINY_GAN, TINY_LDM, resources_for
+from factory_helpers import TINY_GAN, TINY_LDM, kill_after_first_checkpoint, resources_for
 
 from assets.diffusion import autoencoder, ldm_model, mask_bank, tile_annotations
 from assets.downstream import real_annotations
@@ -140,25 +134,9 @@ def test_killed_ldm_training_resumes_from_its_checkpoint(tiled_home, tmp_path):
     _run([training_tiles, tile_annotations, mask_bank, autoencoder], instance, home,
          {k: TINY_LDM[k] for k in ("tile_annotations", "mask_bank", "autoencoder")})
     config = {"ops": {"ldm_model": {"config": {**TINY_LDM["ldm_model"]["config"], "kimg": 0.32}}}}  # 40 steps
-    env = {**os.environ, "HISTOFACTORY_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipelines", "--select",
-         "ldm_model", "--config-json", json.dumps(config)],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        checkpoints: list[Path] = []
-        while time.monotonic() < deadline and not checkpoints:
-            checkpoints = list((home / "ldm" / "model").glob("*/checkpoint.pt"))
-            time.sleep(0.2)
-        assert checkpoints, "no checkpoint appeared"
-        time.sleep(1.0)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # abrupt, as a crash or a pre-empted node
-        proc.wait()
-    state = json.loads((checkpoints[0].parent / "state.json").read_text())
-    step_at_kill = int(read_ldm_checkpoint(checkpoints[0])["step"])
+    checkpoint = kill_after_first_checkpoint(home, "ldm_model", config, "ldm/model/*/checkpoint.pt", tmp_path)
+    state = json.loads((checkpoint.parent / "state.json").read_text())
+    step_at_kill = int(read_ldm_checkpoint(checkpoint)["step"])
     assert 0 < step_at_kill < 40
 
     result = _run([ldm_model], instance, home, config["ops"])

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -17,6 +11,7 @@ import pandas as pd
 import pytest
 import zarr
 from factory_helpers import TINY_GAN as TINY
+from factory_helpers import kill_after_first_checkpoint
 from factory_helpers import resources_for as _resources
 
 from assets.generative import gan_model, generated_samples, training_tiles
@@ -74,25 +69,9 @@ def test_interrupted_training_resumes_from_checkpoint(tiled_home, tmp_path):
     home, instance = tiled_home
     assert dg.materialize([training_tiles], instance=instance, resources=_resources(home)).success
     config = {"ops": {"gan_model": {"config": {**TINY, "kimg": 0.2}}}}
-    env = {**os.environ, "HISTOFACTORY_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipelines", "--select",
-         "gan_model", "--config-json", json.dumps(config)],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        checkpoints = []
-        while time.monotonic() < deadline and not checkpoints:
-            checkpoints = list((home / "gan").glob("*/checkpoint.pt"))
-            time.sleep(0.2)
-        assert checkpoints, "no checkpoint appeared"
-        time.sleep(1.0)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # an abrupt kill, as a crash or a pre-empted node would
-        proc.wait()
-    state = json.loads((checkpoints[0].parent / "state.json").read_text())
-    step_at_kill = int(read_checkpoint(checkpoints[0])["step"])
+    checkpoint = kill_after_first_checkpoint(home, "gan_model", config, "gan/*/checkpoint.pt", tmp_path)
+    state = json.loads((checkpoint.parent / "state.json").read_text())
+    step_at_kill = int(read_checkpoint(checkpoint)["step"])
     assert 0 < step_at_kill < 50
 
     result = dg.materialize([gan_model], instance=instance, resources=_resources(home),
