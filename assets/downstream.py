@@ -1,10 +1,10 @@
 """Proof of value: does adding the synthetic pairs help a segmentation model on real, held-out tiles?
 
-``real_annotations`` gives real image-mask pairs of held-out slides (with expert data: crops of the tiles their QuPath
-slide annotations cover, ``source: slide_annotations``; for the demo: held-out crops labelled by the stand-in). ``downstream_eval`` trains a small U-Net on
-(a) real pairs only and (b) real + the pairs of each generator in the export (StyleGAN2 route, LDM route), for
-several seeds, and scores every set on the same held-out real pairs. The asset check warns when no synthetic set
-helps.
+``real_annotations`` gives real image-mask pairs of held-out slides (with expert data: crops of the tiles their
+QuPath slide annotations cover, ``source: slide_annotations``; for the demo: held-out crops labelled by the
+stand-in). ``downstream_eval`` trains a small U-Net on (a) real pairs only and (b) real + the pairs of each generator
+in the export (StyleGAN2 route, LDM route), for several seeds, and scores every set on the same held-out real pairs.
+The asset check warns when no synthetic set helps.
 """
 
 import json

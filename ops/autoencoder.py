@@ -36,8 +36,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pickle
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +46,7 @@ from diffusers import AutoencoderKL, VQModel
 
 from ops.config_dict import DictConfig
 from ops.device import pick_device
-from ops.file_io import atomic_torch_save, half_state
-from ops.gan_training import CheckpointError
+from ops.file_io import CheckpointError, atomic_torch_save, half_state, read_torch_file
 
 AE_KINDS = ("kl", "vq")
 CHECKPOINT_FORMAT = "histofactory.autoencoder-checkpoint/1"  # training state, to resume
@@ -275,26 +272,6 @@ def reconstruction_metrics(model: Autoencoder, x: torch.Tensor) -> dict[str, flo
 # Files.
 
 
-def _read(path: Path, formats: tuple[str, ...], keys: tuple[str, ...], what: str, fix: str) -> dict[str, Any]:
-    """Load ``path`` with ``weights_only=True`` and check its format tag and keys, or raise CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist; {fix}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise CheckpointError(
-            f"{what} {path} is corrupt or truncated ({type(err).__name__}: {err}); {fix}"
-        ) from err
-    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-    if found not in formats:
-        raise CheckpointError(f"{what} {path}: expected format {' or '.join(map(repr, formats))}, found {found!r}; "
-                              f"{fix}")
-    missing = [k for k in keys if k not in payload]
-    if missing:
-        raise CheckpointError(f"{what} {path} lacks {missing}; {fix}")
-    return payload
-
-
 def _config_from(payload: dict[str, Any], path: Path, what: str, fix: str) -> AutoencoderConfig:
     try:
         return AutoencoderConfig.from_dict(payload["config"])
@@ -345,7 +322,7 @@ def load_autoencoder(
     """
     path = Path(path)
     what, fix = "autoencoder file", "train the autoencoder first, or fix the path"
-    payload = _read(path, (MODEL_FORMAT, CHECKPOINT_FORMAT), _MODEL_KEYS, what, fix)
+    payload = read_torch_file(path, (MODEL_FORMAT, CHECKPOINT_FORMAT), _MODEL_KEYS, what, fix)
     cfg = _config_from(payload, path, what, fix)
     scale = payload["latent_scale"]
     if scale is None:
@@ -501,7 +478,7 @@ class AutoencoderTrainer:
         """
         path = Path(path)
         what, fix = "autoencoder checkpoint", "delete it to train from scratch, or fix the path"
-        payload = _read(path, (CHECKPOINT_FORMAT,), _CHECKPOINT_KEYS, what, fix)
+        payload = read_torch_file(path, (CHECKPOINT_FORMAT,), _CHECKPOINT_KEYS, what, fix)
         theirs = _config_from(payload, path, what, fix)
         if theirs != self.cfg:
             diffs = [f"{k}={v!r} (trainer: {getattr(self.cfg, k)!r})" for k, v in theirs.to_dict().items()
@@ -536,7 +513,7 @@ class AutoencoderTrainer:
         """Rebuild a trainer from the config and hyperparameters stored in the checkpoint, to resume."""
         path = Path(path)
         what, fix = "autoencoder checkpoint", "delete it to train from scratch, or fix the path"
-        payload = _read(path, (CHECKPOINT_FORMAT,), _CHECKPOINT_KEYS, what, fix)
+        payload = read_torch_file(path, (CHECKPOINT_FORMAT,), _CHECKPOINT_KEYS, what, fix)
         hp = payload["hparams"]
         trainer = cls(_config_from(payload, path, what, fix), lr=hp["lr"], kl_weight=hp["kl_weight"],
                       device=device, seed=hp["seed"])

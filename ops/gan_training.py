@@ -26,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import pickle
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +37,12 @@ import torch.nn.functional as F
 from ops.augment import AUGMENT_PRESETS, AdaController, AugmentPipe
 from ops.config_dict import DictConfig
 from ops.device import pick_device
-from ops.file_io import atomic_torch_save
+from ops.file_io import CheckpointError, atomic_torch_save, read_torch_file
 from ops.stylegan2 import Discriminator, GanConfig, Generator
 
 CHECKPOINT_FORMAT = "histofactory.stylegan2/1"
 _CHECKPOINT_KEYS = ("format", "gan_config", "train_config", "G", "D", "G_ema", "opt_G", "opt_D", "augment",
                     "ada", "step", "images_seen", "rng")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be used: missing, corrupt, truncated, or made for another configuration."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -358,28 +352,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         CheckpointError: missing, unreadable, corrupt, truncated, or not a histofactory StyleGAN2 checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"GAN checkpoint {path} does not exist; train a GAN first or fix the path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise CheckpointError(
-            f"GAN checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); "
-            f"delete it or set from_scratch=True to retrain"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(
-            f"GAN checkpoint {path}: expected format {CHECKPOINT_FORMAT!r}, found {found!r}; "
-            f"delete it or set from_scratch=True to retrain"
-        )
-    missing = [k for k in _CHECKPOINT_KEYS if k not in payload]
-    if missing:
-        raise CheckpointError(
-            f"GAN checkpoint {path} lacks {missing}; delete it or set from_scratch=True to retrain"
-        )
-    return payload
+    return read_torch_file(path, (CHECKPOINT_FORMAT,), _CHECKPOINT_KEYS, "GAN checkpoint",
+                           "delete it or set from_scratch=True to retrain", "train a GAN first or fix the path")
 
 
 def _configs_from(payload: dict[str, Any], path: Path) -> tuple[GanConfig, TrainConfig]:

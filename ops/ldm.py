@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +37,7 @@ from torch import nn
 
 from ops.config_dict import DictConfig
 from ops.device import pick_device
-from ops.file_io import atomic_torch_save, half_state
-from ops.gan_training import CheckpointError
+from ops.file_io import CheckpointError, atomic_torch_save, half_state, read_torch_file
 
 CHECKPOINT_FORMAT = "histofactory.ldm/1"
 CONDITIONINGS = ("concat", "cross_attention")
@@ -330,18 +327,8 @@ class LdmTrainer:
 
 def read_ldm_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate an LDM checkpoint (``weights_only=True``) onto the CPU; a clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"LDM checkpoint {path} does not exist; train the LDM first or fix the path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"LDM checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); "
-                              "delete it to retrain") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"LDM checkpoint {path}: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
-    return payload
+    return read_torch_file(path, (CHECKPOINT_FORMAT,), ("config",), "LDM checkpoint", "delete it to retrain",
+                           "train the LDM first or fix the path")
 
 
 def load_denoiser(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> MaskConditionedUNet:
