@@ -8,7 +8,6 @@ balance a user asks for) and generates the images that fit them. Heavy artifacts
 """
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,10 +18,11 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from assets.generative import training_tiles
+from assets.labelling import tile_annotation_class_map, tile_annotations
 from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
-from ops.annotations import get_class_map
-from ops.autoencoder import (
+from assets.slides import training_tiles
+from ops.common.train_loop import fit_steps
+from ops.diffusion.autoencoder import (
     AutoencoderTrainer,
     encode,
     get_autoencoder_config,
@@ -30,24 +30,15 @@ from ops.autoencoder import (
     reconstruction_metrics,
     save_autoencoder,
 )
-from ops.gan_loop import image_grid_png
-from ops.gan_training import CheckpointError
-from ops.ldm import LdmTrainConfig, LdmTrainer, get_ldm_config, load_denoiser
-from ops.ldm_export import latents_to_uint8
-from ops.ldm_loop import fit_steps
-from ops.ldm_sampling import sample_latents, self_distill
-from ops.mask_bank import MaskBank, shares
-from ops.metrics import mask_agreement
-from ops.slide_annotations import (
-    labelled_tiles,
-    load_slide_annotations,
-    rasterize_onto_tiles,
-    write_demo_slide_annotations,
-    write_mask_store,
-)
-from ops.slide_reader import open_slide
-from ops.tile_dataset import PairCropSampler, TileCropSampler
-from ops.tile_store import replace_dir, temp_dir_beside
+from ops.diffusion.denoiser import LdmTrainConfig, LdmTrainer, get_ldm_config, load_denoiser
+from ops.diffusion.mask_bank import MaskBank
+from ops.diffusion.samplers import sample_latents, self_distill
+from ops.evaluation.metrics import mask_agreement
+from ops.export.ldm_route import latents_to_uint8
+from ops.gan.loop import image_grid_png
+from ops.gan.trainer import CheckpointError
+from ops.labelling.annotations import get_class_map
+from ops.slides.crops import PairCropSampler, TileCropSampler
 from resources import FactoryStorage, MlflowTracking, TorchDevice
 
 DIFFUSION_CODE_VERSION = "ldm-1"
@@ -55,100 +46,14 @@ LDM_MODEL_NAME = "histofactory-mask-ldm"
 AUTOENCODER_MODEL_NAME = "histofactory-autoencoder"
 
 
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Real tile masks from slide annotations.
-
-
-class TileAnnotationConfig(dg.Config):
-    """QuPath GeoJSON drawn on the slides, rasterized onto the kept tiles."""
-
-    class_map: str = Field(default="demo", description="Class map: demo (IHC demo classes) or paper (HDGAN kidney).")
-    demo_annotator: bool = Field(
-        default=False,
-        description="DEMO ONLY: for training slides without a GeoJSON, label a few kept tiles with the rule-based "
-        "stand-in annotator and write them as a QuPath GeoJSON in slide coordinates (as an expert would deliver).",
-    )
-    demo_tiles_per_slide: int = Field(default=8, description="Tiles per slide the demo annotator labels.")
-    min_labelled: float = Field(
-        default=0.9, description="Keep a tile when at least this share of its pixels is annotated."
-    )
-    seed: int = Field(default=0, description="Seeds the demo annotator's tile choice.")
-
-
-@dg.asset(group_name="diffusion", deps=[training_tiles], code_version=DIFFUSION_CODE_VERSION,
-          kinds={"python", "zarr"},
-          description="QuPath GeoJSON drawn on the slides, rasterized onto the kept tiles: real image-mask pairs.")
-def tile_annotations(context: dg.AssetExecutionContext, config: TileAnnotationConfig,
-                     storage: FactoryStorage) -> dg.MaterializeResult:
-    storage.require("training_tiles")
-    class_map = get_class_map(config.class_map)
-    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
-    inbox = storage.slide_annotation_inbox
-    inbox.mkdir(parents=True, exist_ok=True)
-    if config.demo_annotator:
-        context.log.warning("DEMO: slide annotations are drawn by the rule-based stand-in annotator, not an expert")
-        for slide, rows in tiles[tiles["split"] == "train"].groupby("slide"):
-            if not (inbox / f"{slide}.geojson").exists():
-                write_demo_slide_annotations(rows, inbox / f"{slide}.geojson", class_map,
-                                             config.demo_tiles_per_slide, seed=config.seed)
-    files = {p.stem: p for p in sorted(inbox.glob("*.geojson"))}
-    strays = sorted(set(files) - set(tiles["slide"]))
-    if strays:
-        context.log.warning(f"GeoJSON files in {inbox} match no slide with kept tiles and are skipped: {strays}")
-    masks, tables = [], []
-    for slide, rows in tiles.groupby("slide"):
-        if slide not in files:
-            continue
-        _, slide_path = storage.slide(slide)
-        with open_slide(slide_path) as reader:
-            size = reader.info.level_dimensions[0]
-        polygons = load_slide_annotations(files[slide], class_map.classes, slide_size=size)
-        kept_rows, kept_masks = labelled_tiles(rasterize_onto_tiles(polygons, rows), rows, config.min_labelled)
-        masks.append(kept_masks)  # filtered per slide, so memory holds the kept tiles, not every candidate
-        tables.append(kept_rows)
-    if not tables or not sum(len(t) for t in tables):
-        raise ValueError(
-            f"no kept tile is annotated on at least {config.min_labelled:.0%} of its pixels. Put QuPath GeoJSON "
-            f"exports (level-0 pixel coordinates) named <slide key>.geojson into {inbox} (slide keys: "
-            f"{sorted(tiles['slide'].unique())}), lower min_labelled, or set demo_annotator for the demo"
-        )
-    table = pd.concat(tables, ignore_index=True)
-    stacked = np.concatenate(masks)
-    tmp = temp_dir_beside(storage.tile_annotations_dir)
-    write_mask_store(tmp / "masks.zarr", stacked)
-    table = table.assign(mask_store=str(storage.tile_annotations_dir / "masks.zarr"),
-                         mask_index=np.arange(len(table)))  # rows of the concatenated store
-    table.to_parquet(tmp / "tiles.parquet", index=False)
-    (tmp / "class_map.txt").write_text(config.class_map)
-    replace_dir(tmp, storage.tile_annotations_dir)
-    share = shares(stacked, class_map.n_classes)
-    # The masks depend on the files, the settings and which tiles were kept: all three make the version (the LDM's
-    # run key includes it, so a changed min_labelled never resumes a run trained on another tile set).
-    version = content_hash({"files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()},
-                            "config": config.model_dump(), "tiles": tile_set_hash(table)})
-    return dg.MaterializeResult(
-        metadata={
-            "annotated_tiles": len(table),
-            "train_tiles": int((table["split"] == "train").sum()),
-            "holdout_tiles": int((table["split"] == "holdout").sum()),
-            "slides": sorted(table["slide"].unique().tolist()),
-            "class_shares": dg.MetadataValue.json({n: round(float(s), 4) for n, s in zip(class_map.classes, share,
-                                                                                          strict=True)}),
-            "annotation_version": version,
-            "path": dg.MetadataValue.path(str(storage.tile_annotations_dir)),
-        },
-        data_version=dg.DataVersion(version),
-    )
-
-
 def _annotated_train(storage: FactoryStorage) -> pd.DataFrame:
     table = pd.read_parquet(storage.tile_annotations_dir / "tiles.parquet")
     train = table[table["split"] == "train"]
     if train.empty:
-        raise ValueError("tile_annotations has no annotated training tiles (only held-out slides are annotated); "
-                         "annotate tiles of the training slides")
+        raise ValueError(
+            "tile_annotations has no annotated training tiles (only held-out slides are annotated); "
+            "annotate tiles of the training slides"
+        )
     return train
 
 
@@ -165,11 +70,16 @@ class MaskBankConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds the crop positions.")
 
 
-@dg.asset(group_name="diffusion", deps=[tile_annotations], code_version=DIFFUSION_CODE_VERSION,
-          kinds={"numpy"},
-          description="Real mask layouts and the annotation shapes in them; new masks are sampled from it.")
-def mask_bank(context: dg.AssetExecutionContext, config: MaskBankConfig,
-              storage: FactoryStorage) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="diffusion",
+    deps=[tile_annotations],
+    code_version=DIFFUSION_CODE_VERSION,
+    kinds={"numpy"},
+    description="Real mask layouts and the annotation shapes in them; new masks are sampled from it.",
+)
+def mask_bank(
+    context: dg.AssetExecutionContext, config: MaskBankConfig, storage: FactoryStorage
+) -> dg.MaterializeResult:
     storage.require("tile_annotations")
     train = _annotated_train(storage)
     class_map = get_class_map(tile_annotation_class_map(storage))
@@ -178,21 +88,21 @@ def mask_bank(context: dg.AssetExecutionContext, config: MaskBankConfig,
     bank.save(storage.ldm_root / "mask_bank.npz")
     preview = bank.sample(np.arange(16))
     per_class = np.bincount(bank.shape_class, minlength=class_map.n_classes)
-    return dg.MaterializeResult(metadata={
-        "masks": len(masks),
-        "shapes_per_class": dg.MetadataValue.json({n: int(c) for n, c in zip(class_map.classes, per_class,
-                                                                             strict=True)}),
-        "base_shares": dg.MetadataValue.json({n: round(float(s), 4) for n, s in zip(class_map.classes,
-                                                                                    bank.base_shares, strict=True)}),
-        "sampled_masks": png_markdown(image_grid_png(_colour(preview, class_map.colours), columns=8, scale=2),
-                                      "masks sampled from the bank"),
-        "path": dg.MetadataValue.path(str(storage.ldm_root / "mask_bank.npz")),
-    })
-
-
-def tile_annotation_class_map(storage: FactoryStorage) -> str:
-    """The class map the tile annotations were made with (``tile_annotations`` records it)."""
-    return (storage.tile_annotations_dir / "class_map.txt").read_text().strip()
+    return dg.MaterializeResult(
+        metadata={
+            "masks": len(masks),
+            "shapes_per_class": dg.MetadataValue.json(
+                {n: int(c) for n, c in zip(class_map.classes, per_class, strict=True)}
+            ),
+            "base_shares": dg.MetadataValue.json(
+                {n: round(float(s), 4) for n, s in zip(class_map.classes, bank.base_shares, strict=True)}
+            ),
+            "sampled_masks": png_markdown(
+                image_grid_png(_colour(preview, class_map.colours), columns=8, scale=2), "masks sampled from the bank"
+            ),
+            "path": dg.MetadataValue.path(str(storage.ldm_root / "mask_bank.npz")),
+        }
+    )
 
 
 def _colour(masks: np.ndarray, colours) -> np.ndarray:
@@ -206,7 +116,7 @@ def _colour(masks: np.ndarray, colours) -> np.ndarray:
 
 
 class AutoencoderTrainingConfig(dg.Config):
-    """The LDM's first stage (see ``ops.autoencoder``)."""
+    """The LDM's first stage (see ``ops.diffusion.autoencoder``)."""
 
     preset: str = Field(default="demo", description="Architecture preset: demo (64 px), 256, paper (512 px, KL-f4).")
     kind: str | None = Field(default=None, description="Override the preset's kind: kl (AutoencoderKL) or vq.")
@@ -224,11 +134,21 @@ class AutoencoderTrainingConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds weights and the crop stream.")
 
 
-@dg.asset(group_name="diffusion", deps=[training_tiles], code_version=DIFFUSION_CODE_VERSION,
-          kinds={"pytorch", "mlflow"}, pool="training",
-          description="Autoencoder (diffusers AutoencoderKL / VQModel, factor 4) trained on the kept tiles.")
-def autoencoder(context: dg.AssetExecutionContext, config: AutoencoderTrainingConfig, storage: FactoryStorage,
-                mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="diffusion",
+    deps=[training_tiles],
+    code_version=DIFFUSION_CODE_VERSION,
+    kinds={"pytorch", "mlflow"},
+    pool="training",
+    description="Autoencoder (diffusers AutoencoderKL / VQModel, factor 4) trained on the kept tiles.",
+)
+def autoencoder(
+    context: dg.AssetExecutionContext,
+    config: AutoencoderTrainingConfig,
+    storage: FactoryStorage,
+    mlflow_tracking: MlflowTracking,
+    torch_device: TorchDevice,
+) -> dg.MaterializeResult:
     storage.require("training_tiles")
     device = torch_device.device()
     cfg = get_autoencoder_config(config.preset)
@@ -249,31 +169,47 @@ def autoencoder(context: dg.AssetExecutionContext, config: AutoencoderTrainingCo
             trainer.model.load_state_dict(model.state_dict())
     resumed_from = trainer.step
     eval_x = TileCropSampler(holdout if len(holdout) else train, cfg.resolution, seed=12345).batch(
-        config.eval_images, device)
+        config.eval_images, device
+    )
     sampler = TileCropSampler(train, cfg.resolution, seed=config.seed * 1_000_003 + trainer.step)
     tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "autoencoder", "run_key": run_key}
     start = time.perf_counter()
-    with mlflow_tracking.start_run(f"autoencoder-{config.preset}-{run_key[:8]}", tags,
-                                   state.get("mlflow_run_id")) as run:
+    with mlflow_tracking.start_run(
+        f"autoencoder-{config.preset}-{run_key[:8]}", tags, state.get("mlflow_run_id")
+    ) as run:
         import mlflow
 
         state["mlflow_run_id"] = run.info.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         if "init" not in state:
-            mlflow.log_params({**config.model_dump(), **{f"ae_{k}": v for k, v in cfg.to_dict().items()},
-                               "train_tiles": len(train), "device": str(device)})
+            mlflow.log_params(
+                {
+                    **config.model_dump(),
+                    **{f"ae_{k}": v for k, v in cfg.to_dict().items()},
+                    "train_tiles": len(train),
+                    "device": str(device),
+                }
+            )
             state["init"] = reconstruction_metrics(trainer.model, eval_x)
             mlflow.log_metrics({f"init_{k}": v for k, v in state["init"].items()}, step=0)
         state_file.write_text(json.dumps(state))
 
         def on_checkpoint(t: AutoencoderTrainer) -> None:
-            mlflow.log_metrics({f"eval_{k}": v for k, v in reconstruction_metrics(t.model, eval_x).items()},
-                               step=t.step)
+            mlflow.log_metrics(
+                {f"eval_{k}": v for k, v in reconstruction_metrics(t.model, eval_x).items()}, step=t.step
+            )
 
-        fit_steps(trainer, lambda: (sampler.batch(config.batch_size, device),), int(config.kimg * 1000), checkpoint,
-                  config.checkpoint_every, config.log_every,
-                  on_log=lambda step, stats: mlflow.log_metrics(stats, step=step), on_checkpoint=on_checkpoint,
-                  desc="autoencoder")
+        fit_steps(
+            trainer,
+            lambda: (sampler.batch(config.batch_size, device),),
+            int(config.kimg * 1000),
+            checkpoint,
+            config.checkpoint_every,
+            config.log_every,
+            on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
+            on_checkpoint=on_checkpoint,
+            desc="autoencoder",
+        )
         final = reconstruction_metrics(trainer.model, eval_x)
         scale = trainer.fit_latent_scale([sampler.batch(config.batch_size, device) for _ in range(4)])
         model_file = save_autoencoder(run_dir / "autoencoder.pt", trainer.model, cfg, scale)
@@ -285,10 +221,18 @@ def autoencoder(context: dg.AssetExecutionContext, config: AutoencoderTrainingCo
         mlflow.log_image(png_array(grid), artifact_file="reconstructions.png")
         mlflow.log_artifact(str(model_file), "model")
         version = mlflow_tracking.register(AUTOENCODER_MODEL_NAME, run.info.run_id, "model")
-    current = {"path": str(model_file), "run_key": run_key, "mlflow_run_id": state["mlflow_run_id"],
-               "model_version": version, "preset": config.preset, "resolution": cfg.resolution,
-               "factor": cfg.factor, "latent_channels": cfg.latent_channels, "latent_scale": scale,
-               "step": trainer.step}
+    current = {
+        "path": str(model_file),
+        "run_key": run_key,
+        "mlflow_run_id": state["mlflow_run_id"],
+        "model_version": version,
+        "preset": config.preset,
+        "resolution": cfg.resolution,
+        "factor": cfg.factor,
+        "latent_channels": cfg.latent_channels,
+        "latent_scale": scale,
+        "step": trainer.step,
+    }
     write_json_atomic(storage.ldm_root / "autoencoder.json", current)
     return dg.MaterializeResult(
         metadata={
@@ -298,8 +242,7 @@ def autoencoder(context: dg.AssetExecutionContext, config: AutoencoderTrainingCo
             "psnr_db_at_init": state["init"]["psnr"],
             "mse": final["mse"],
             "latent_scale": scale,
-            "latent_shape": dg.MetadataValue.json([cfg.latent_channels, cfg.latent_resolution,
-                                                   cfg.latent_resolution]),
+            "latent_shape": dg.MetadataValue.json([cfg.latent_channels, cfg.latent_resolution, cfg.latent_resolution]),
             "step": trainer.step,
             "resumed_from_step": resumed_from,
             "train_seconds": round(time.perf_counter() - start, 1),
@@ -315,7 +258,7 @@ def autoencoder(context: dg.AssetExecutionContext, config: AutoencoderTrainingCo
 
 
 class LdmTrainingConfig(dg.Config):
-    """The denoiser (see ``ops.ldm``) and how it is previewed."""
+    """The denoiser (see ``ops.diffusion.denoiser``) and how it is previewed."""
 
     preset: str = Field(default="demo", description="Architecture preset: demo, 256, paper (match the autoencoder).")
     conditioning: str = Field(default="concat", description="Mask conditioning: concat or cross_attention.")
@@ -331,41 +274,70 @@ class LdmTrainingConfig(dg.Config):
     preview_steps: int = Field(default=20, description="DDIM steps of the preview samples.")
     preview_images: int = Field(default=32, description="Preview samples (mask agreement is measured on them).")
     guidance: float = Field(default=1.0, description="Classifier-free guidance scale of the previews (1 = off).")
-    self_distill_pairs: int = Field(default=0, description="DISC self-distillation: SC samples to fine-tune on; "
-                                    "0 = off.")
+    self_distill_pairs: int = Field(
+        default=0, description="DISC self-distillation: SC samples to fine-tune on; 0 = off."
+    )
     self_distill_steps: int = Field(default=0, description="Self-distillation fine-tuning steps.")
     from_scratch: bool = Field(default=False, description="Ignore the pretrained weights; start from random ones.")
     pretrained: str | None = Field(
-        default=None, description="LDM checkpoint to fine-tune from; unset = the shipped one for the preset and "
-        "conditioning, if any (its autoencoder must be the shipped one too: the latent spaces must match)."
+        default=None,
+        description="LDM checkpoint to fine-tune from; unset = the shipped one for the preset and "
+        "conditioning, if any (its autoencoder must be the shipped one too: the latent spaces must match).",
     )
     seed: int = Field(default=0, description="Seeds weights, crops and noise.")
 
 
-@dg.asset(group_name="diffusion", deps=[autoencoder, tile_annotations, mask_bank],
-          code_version=DIFFUSION_CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="training",
-          description="Mask-conditioned latent diffusion model (diffusers UNet, DDPM T=1000), resumable, in MLflow.")
-def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, storage: FactoryStorage,
-              mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="diffusion",
+    deps=[autoencoder, tile_annotations, mask_bank],
+    code_version=DIFFUSION_CODE_VERSION,
+    kinds={"pytorch", "mlflow"},
+    pool="training",
+    description="Mask-conditioned latent diffusion model (diffusers UNet, DDPM T=1000), resumable, in MLflow.",
+)
+def ldm_model(
+    context: dg.AssetExecutionContext,
+    config: LdmTrainingConfig,
+    storage: FactoryStorage,
+    mlflow_tracking: MlflowTracking,
+    torch_device: TorchDevice,
+) -> dg.MaterializeResult:
     storage.require("autoencoder", "tile_annotations", "mask_bank")
     device = torch_device.device()
     ae_info = json.loads((storage.ldm_root / "autoencoder.json").read_text())
     ae, ae_cfg, scale = load_autoencoder(ae_info["path"], device)
     class_map = get_class_map(tile_annotation_class_map(storage))
     bank = MaskBank.load(storage.ldm_root / "mask_bank.npz")
-    cfg = get_ldm_config(config.preset, class_map.n_classes, conditioning=config.conditioning,
-                         latent_channels=ae_cfg.latent_channels, latent_size=ae_cfg.latent_resolution,
-                         resolution=ae_cfg.resolution, cond_dropout=config.cond_dropout)
+    cfg = get_ldm_config(
+        config.preset,
+        class_map.n_classes,
+        conditioning=config.conditioning,
+        latent_channels=ae_cfg.latent_channels,
+        latent_size=ae_cfg.latent_resolution,
+        resolution=ae_cfg.resolution,
+        cond_dropout=config.cond_dropout,
+    )
     if bank.resolution != cfg.resolution:
-        raise ValueError(f"mask_bank holds {bank.resolution}-px masks but the autoencoder works at {cfg.resolution} "
-                         f"px; set mask_bank's resolution to {cfg.resolution} and rematerialize it")
-    train_cfg = LdmTrainConfig(batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
-                               ema_decay=config.ema_decay, seed=config.seed)
+        raise ValueError(
+            f"mask_bank holds {bank.resolution}-px masks but the autoencoder works at {cfg.resolution} "
+            f"px; set mask_bank's resolution to {cfg.resolution} and rematerialize it"
+        )
+    train_cfg = LdmTrainConfig(
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup_steps=config.warmup_steps,
+        ema_decay=config.ema_decay,
+        seed=config.seed,
+    )
     train = _annotated_train(storage)
-    annotation_version = context.instance.get_latest_materialization_event(tile_annotations.key) \
-        .asset_materialization.metadata["annotation_version"].value
-    run_key = content_hash({"config": config.model_dump(), "autoencoder": ae_info["run_key"],
-                            "annotations": annotation_version})
+    annotation_version = (
+        context.instance.get_latest_materialization_event(tile_annotations.key)
+        .asset_materialization.metadata["annotation_version"]
+        .value
+    )
+    run_key = content_hash(
+        {"config": config.model_dump(), "autoencoder": ae_info["run_key"], "annotations": annotation_version}
+    )
     run_dir, checkpoint, state_file, state = _run_files(storage.ldm_root / "model" / run_key)
     if checkpoint.exists():
         trainer = LdmTrainer.from_checkpoint(checkpoint, device)
@@ -379,8 +351,7 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
             trainer.model.load_state_dict(denoiser.state_dict())
             trainer.ema.load_state_dict(denoiser.state_dict())
     resumed_from = trainer.step
-    pairs = PairCropSampler(train, cfg.resolution, seed=config.seed * 1_000_003 + trainer.step,
-                            augment=config.augment)
+    pairs = PairCropSampler(train, cfg.resolution, seed=config.seed * 1_000_003 + trainer.step, augment=config.augment)
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
         x, masks = pairs.batch(config.batch_size, device)
@@ -392,39 +363,68 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
     preview_masks = bank.sample(preview_seeds)
 
     def preview(t: LdmTrainer) -> tuple[np.ndarray, dict[str, float]]:
-        z = sample_latents(t.sampling_model, torch.from_numpy(preview_masks).long(), preview_seeds, "ddim",
-                           config.preview_steps, config.guidance)
+        z = sample_latents(
+            t.sampling_model,
+            torch.from_numpy(preview_masks).long(),
+            preview_seeds,
+            "ddim",
+            config.preview_steps,
+            config.guidance,
+        )
         images = latents_to_uint8(ae, z, scale)
         return images, mask_agreement(images, preview_masks, real_images, real_masks, class_map.n_classes)
 
     tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "ldm_model", "run_key": run_key}
     start = time.perf_counter()
-    with mlflow_tracking.start_run(f"ldm-{config.preset}-{config.conditioning}-{run_key[:8]}", tags,
-                                   state.get("mlflow_run_id")) as run:
+    with mlflow_tracking.start_run(
+        f"ldm-{config.preset}-{config.conditioning}-{run_key[:8]}", tags, state.get("mlflow_run_id")
+    ) as run:
         import mlflow
 
         state["mlflow_run_id"] = run.info.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(state))
         if resumed_from == 0:
-            mlflow.log_params({**config.model_dump(), **{f"ldm_{k}": v for k, v in cfg.to_dict().items()},
-                               "annotated_train_tiles": len(train), "autoencoder_run": ae_info["mlflow_run_id"],
-                               "device": str(device)})
+            mlflow.log_params(
+                {
+                    **config.model_dump(),
+                    **{f"ldm_{k}": v for k, v in cfg.to_dict().items()},
+                    "annotated_train_tiles": len(train),
+                    "autoencoder_run": ae_info["mlflow_run_id"],
+                    "device": str(device),
+                }
+            )
 
         def on_checkpoint(t: LdmTrainer) -> None:
             images, agreement = preview(t)
             mlflow.log_metrics({f"preview_{k}": v for k, v in agreement.items()}, step=t.step)
-            mlflow.log_image(png_array(_pair_grid(images[:8], preview_masks[:8], class_map.colours)),
-                             artifact_file=f"samples/step_{t.step:07d}.png")
+            mlflow.log_image(
+                png_array(_pair_grid(images[:8], preview_masks[:8], class_map.colours)),
+                artifact_file=f"samples/step_{t.step:07d}.png",
+            )
 
-        fit_steps(trainer, next_batch, int(config.kimg * 1000), checkpoint, config.checkpoint_every,
-                  config.log_every, on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
-                  on_checkpoint=on_checkpoint, desc="LDM")
+        fit_steps(
+            trainer,
+            next_batch,
+            int(config.kimg * 1000),
+            checkpoint,
+            config.checkpoint_every,
+            config.log_every,
+            on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
+            on_checkpoint=on_checkpoint,
+            desc="LDM",
+        )
         distill = {}
         if config.self_distill_pairs and config.self_distill_steps and not state.get("distilled"):
-            distill = self_distill(trainer, bank.sample, config.self_distill_pairs, config.self_distill_steps,
-                                   config.preview_steps, config.guidance,
-                                   on_log=lambda step, stats: mlflow.log_metrics(stats, step=step))
+            distill = self_distill(
+                trainer,
+                bank.sample,
+                config.self_distill_pairs,
+                config.self_distill_steps,
+                config.preview_steps,
+                config.guidance,
+                on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
+            )
             trainer.save_checkpoint(checkpoint)
             state["distilled"] = True
             state_file.write_text(json.dumps(state))
@@ -436,12 +436,22 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
         mlflow.log_dict(cfg.to_dict(), "checkpoint/ldm_config.json")
         mlflow.log_artifact(str(checkpoint), "checkpoint")
         version = mlflow_tracking.register(LDM_MODEL_NAME, run.info.run_id, "checkpoint")
-    current = {"checkpoint": str(checkpoint), "run_key": run_key, "mlflow_run_id": state["mlflow_run_id"],
-               "model_version": version, "preset": config.preset, "conditioning": config.conditioning,
-               "resolution": cfg.resolution, "class_map": class_map.name, "step": trainer.step,
-               "autoencoder": ae_info["path"], "autoencoder_mlflow_run": ae_info["mlflow_run_id"],
-               "mask_bank": str(storage.ldm_root / "mask_bank.npz"), "annotation_version": annotation_version,
-               "train_slide_ids": sorted(train["slide_id"].unique().tolist())}
+    current = {
+        "checkpoint": str(checkpoint),
+        "run_key": run_key,
+        "mlflow_run_id": state["mlflow_run_id"],
+        "model_version": version,
+        "preset": config.preset,
+        "conditioning": config.conditioning,
+        "resolution": cfg.resolution,
+        "class_map": class_map.name,
+        "step": trainer.step,
+        "autoencoder": ae_info["path"],
+        "autoencoder_mlflow_run": ae_info["mlflow_run_id"],
+        "mask_bank": str(storage.ldm_root / "mask_bank.npz"),
+        "annotation_version": annotation_version,
+        "train_slide_ids": sorted(train["slide_id"].unique().tolist()),
+    }
     write_json_atomic(storage.ldm_root / "current.json", current)
     return dg.MaterializeResult(
         metadata={
@@ -466,12 +476,17 @@ def ldm_model(context: dg.AssetExecutionContext, config: LdmTrainingConfig, stor
 def _run_files(run_dir: Path) -> tuple[Path, Path, Path, dict]:
     """A training run's folder, checkpoint, state file and state (MLflow run id, baselines) if it was started."""
     state_file = run_dir / "state.json"
-    return run_dir, run_dir / "checkpoint.pt", state_file, json.loads(state_file.read_text()) if state_file.exists() \
-        else {}
+    return (
+        run_dir,
+        run_dir / "checkpoint.pt",
+        state_file,
+        json.loads(state_file.read_text()) if state_file.exists() else {},
+    )
 
 
-def _pretrained(context: dg.AssetExecutionContext, config: AutoencoderTrainingConfig | LdmTrainingConfig,
-                shipped: Path) -> Path | None:
+def _pretrained(
+    context: dg.AssetExecutionContext, config: AutoencoderTrainingConfig | LdmTrainingConfig, shipped: Path
+) -> Path | None:
     """The weights to fine-tune from: the configured file (must exist), else the shipped one, else none."""
     if config.from_scratch:
         return None
@@ -488,8 +503,10 @@ def _pretrained(context: dg.AssetExecutionContext, config: AutoencoderTrainingCo
 
 def _require_same(found, expected, path: Path) -> None:
     if found != expected:
-        raise CheckpointError(f"pretrained file {path} holds a {found} but this run builds a {expected}; pick a "
-                              "matching preset / class map, or set from_scratch: true")
+        raise CheckpointError(
+            f"pretrained file {path} holds a {found} but this run builds a {expected}; pick a "
+            "matching preset / class map, or set from_scratch: true"
+        )
 
 
 def _pair_grid(images: np.ndarray, masks: np.ndarray, colours) -> bytes:
@@ -498,5 +515,5 @@ def _pair_grid(images: np.ndarray, masks: np.ndarray, colours) -> bytes:
     columns = min(8, n)
     rows = []
     for i in range(0, n, columns):
-        rows += [_colour(masks[i:i + columns], colours), images[i:i + columns]]
+        rows += [_colour(masks[i : i + columns], colours), images[i : i + columns]]
     return image_grid_png(np.concatenate(rows), columns=columns, scale=2)

@@ -17,16 +17,10 @@ from pydantic import Field
 from assets.diffusion import ldm_model
 from assets.labelling import classifier_eval, pixel_classifier
 from assets.lineage import png_markdown
-from ops.annotations import get_class_map
-from ops.autoencoder import load_autoencoder
-from ops.gan_loop import image_grid_png
-from ops.gan_training import load_generator
-from ops.ldm import load_denoiser
-from ops.ldm_export import synthesize_ldm_pairs
-from ops.mask_bank import MaskBank, weights_by_name
-from ops.memorization import check_memorization
-from ops.pixel_classifier import PixelEnsemble
-from ops.synthetic_export import (
+from ops.diffusion.autoencoder import load_autoencoder
+from ops.diffusion.denoiser import load_denoiser
+from ops.diffusion.mask_bank import MaskBank, weights_by_name
+from ops.export.gan_route import (
     ExportParams,
     SyntheticBatch,
     assemble_manifest,
@@ -36,8 +30,14 @@ from ops.synthetic_export import (
     uncertain_to_drop,
     write_batch,
 )
-from ops.tile_dataset import TileCropSampler
-from ops.tile_store import replace_dir, temp_dir_beside
+from ops.export.ldm_route import synthesize_ldm_pairs
+from ops.export.memorization import check_memorization
+from ops.gan.loop import image_grid_png
+from ops.gan.trainer import load_generator
+from ops.labelling.annotations import get_class_map
+from ops.labelling.pixel_classifier import PixelEnsemble
+from ops.slides.crops import TileCropSampler
+from ops.slides.tile_store import replace_dir, temp_dir_beside
 from resources import DaskResource, FactoryStorage, TorchDevice
 
 EXPORT_CODE_VERSION = "export-2"
@@ -47,7 +47,7 @@ export_batches = dg.StaticPartitionsDefinition([f"{i:03d}" for i in range(MAX_BA
 
 
 class ExportConfig(dg.Config):
-    """One batch of the synthetic dataset (see ``ops.synthetic_export.ExportParams``)."""
+    """One batch of the synthetic dataset (see ``ops.export.gan_route.ExportParams``)."""
 
     batch_size: int = Field(default=100, description="Samples per batch; N = batches materialized x batch_size.")
     psi: float = Field(default=0.7, description="Truncation psi.")
@@ -67,15 +67,17 @@ class ExportConfig(dg.Config):
     ldm_steps: int = Field(default=20, description="LDM DDIM steps (DISC: 200).")
     ldm_guidance: float = Field(default=1.0, description="LDM classifier-free guidance scale (1 = off).")
     class_weights: dict[str, float] = Field(
-        default={}, description="LDM masks: class name -> multiple of its pixel share in the real masks, "
-        "e.g. {\"arteriole\": 3.0} for three times as many arteriole pixels.",
+        default={},
+        description="LDM masks: class name -> multiple of its pixel share in the real masks, "
+        'e.g. {"arteriole": 3.0} for three times as many arteriole pixels.',
     )
 
 
 def export_version(lineage: dict, params: ExportParams, config: ExportConfig) -> str:
     """Hash of the upstream versions and the config: a changed GAN, classifier, labels or setting = new folder."""
-    payload = json.dumps({"lineage": lineage, "params": params.to_dict(), "config": config.model_dump()},
-                         sort_keys=True)
+    payload = json.dumps(
+        {"lineage": lineage, "params": params.to_dict(), "config": config.model_dump()}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -90,26 +92,41 @@ def _lineage(storage: FactoryStorage, generators: list[str]) -> dict:
         storage.require("gan_model", "pixel_classifier")
         gan = json.loads((storage.gan_root / "current.json").read_text())
         classifier = json.loads((storage.classifier_dir / "lineage.json").read_text())
-        lineage.update({
-            "gan_mlflow_run": gan["mlflow_run_id"], "gan_model_version": gan["model_version"], "gan_step": gan["step"],
-            "gan_checkpoint": gan["checkpoint"], "classifier_mlflow_run": classifier["mlflow_run_id"],
-            "annotation_version": classifier["annotation_version"], "blocks": classifier.get("blocks", 5),
-            "class_map": classifier.get("class_map", "demo"), "resolution": gan["resolution"],
-        })
+        lineage.update(
+            {
+                "gan_mlflow_run": gan["mlflow_run_id"],
+                "gan_model_version": gan["model_version"],
+                "gan_step": gan["step"],
+                "gan_checkpoint": gan["checkpoint"],
+                "classifier_mlflow_run": classifier["mlflow_run_id"],
+                "annotation_version": classifier["annotation_version"],
+                "blocks": classifier.get("blocks", 5),
+                "class_map": classifier.get("class_map", "demo"),
+                "resolution": gan["resolution"],
+            }
+        )
         slides |= set(gan["train_slide_ids"])
     if "ldm" in generators:
         storage.require("ldm_model", "mask_bank")
         ldm = json.loads((storage.ldm_root / "current.json").read_text())
         for key, value in (("class_map", ldm["class_map"]), ("resolution", ldm["resolution"])):
             if lineage.setdefault(key, value) != value:
-                raise ValueError(f"the GAN route uses {key} {lineage[key]!r} but the LDM {value!r}; export them "
-                                 f"separately (generators: [stylegan2] / [ldm]) or retrain one to match")
-        lineage.update({
-            "ldm_mlflow_run": ldm["mlflow_run_id"], "ldm_model_version": ldm["model_version"],
-            "ldm_step": ldm["step"], "ldm_checkpoint": ldm["checkpoint"], "autoencoder": ldm["autoencoder"],
-            "autoencoder_mlflow_run": ldm["autoencoder_mlflow_run"], "mask_bank": ldm["mask_bank"],
-            "ldm_annotation_version": ldm["annotation_version"],
-        })
+                raise ValueError(
+                    f"the GAN route uses {key} {lineage[key]!r} but the LDM {value!r}; export them "
+                    f"separately (generators: [stylegan2] / [ldm]) or retrain one to match"
+                )
+        lineage.update(
+            {
+                "ldm_mlflow_run": ldm["mlflow_run_id"],
+                "ldm_model_version": ldm["model_version"],
+                "ldm_step": ldm["step"],
+                "ldm_checkpoint": ldm["checkpoint"],
+                "autoencoder": ldm["autoencoder"],
+                "autoencoder_mlflow_run": ldm["autoencoder_mlflow_run"],
+                "mask_bank": ldm["mask_bank"],
+                "ldm_annotation_version": ldm["annotation_version"],
+            }
+        )
         slides |= set(ldm["train_slide_ids"])
     lineage["source_slides"] = sorted(slides)
     return lineage
@@ -118,18 +135,34 @@ def _lineage(storage: FactoryStorage, generators: list[str]) -> dict:
 _PATHS = ("gan_checkpoint", "ldm_checkpoint", "autoencoder", "mask_bank")  # where, not what: not in the version
 
 
-@dg.asset(group_name="export", partitions_def=export_batches, deps=[pixel_classifier, classifier_eval, ldm_model],
-          code_version=EXPORT_CODE_VERSION, kinds={"pytorch", "parquet"},
-          description="Synthetic image-mask pairs (GAN and/or LDM), one batch per partition, uncertainty- and "
-          "memorization-filtered.")
-def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, storage: FactoryStorage,
-                      torch_device: TorchDevice, dask: DaskResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="export",
+    partitions_def=export_batches,
+    deps=[pixel_classifier, classifier_eval, ldm_model],
+    code_version=EXPORT_CODE_VERSION,
+    kinds={"pytorch", "parquet"},
+    description="Synthetic image-mask pairs (GAN and/or LDM), one batch per partition, uncertainty- and "
+    "memorization-filtered.",
+)
+def synthetic_dataset(
+    context: dg.AssetExecutionContext,
+    config: ExportConfig,
+    storage: FactoryStorage,
+    torch_device: TorchDevice,
+    dask: DaskResource,
+) -> dg.MaterializeResult:
     storage.require("training_tiles")
     device = torch_device.device()
     batch = int(context.partition_key)
     lineage = _lineage(storage, config.generators)
-    params = ExportParams(batch_size=config.batch_size, psi=config.psi, blocks=lineage.get("blocks", 5),
-                          mode=config.mode, drop_uncertain=config.drop_uncertain, top_frac=config.top_frac)
+    params = ExportParams(
+        batch_size=config.batch_size,
+        psi=config.psi,
+        blocks=lineage.get("blocks", 5),
+        mode=config.mode,
+        drop_uncertain=config.drop_uncertain,
+        top_frac=config.top_frac,
+    )
     version = export_version({k: v for k, v in lineage.items() if k not in _PATHS}, params, config)
     export_dir = storage.export_root / version
     class_map = get_class_map(lineage["class_map"])
@@ -138,16 +171,43 @@ def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, s
     routes: list[_Route] = []
     if "stylegan2" in lineage["generators"]:
         result = _gan_batch(context, lineage, batch, params, device, dask, storage)
-        routes.append(_Route("stylegan2", result.images, result.masks, result.uncertainty, result.seeds,
-                             [sample_id(s) for s in result.seeds], "latents.npz", result.latent_arrays()))
+        routes.append(
+            _Route(
+                "stylegan2",
+                result.images,
+                result.masks,
+                result.uncertainty,
+                result.seeds,
+                [sample_id(s) for s in result.seeds],
+                "latents.npz",
+                result.latent_arrays(),
+            )
+        )
     if "ldm" in lineage["generators"]:
         ae, _, scale = load_autoencoder(lineage["autoencoder"], device)
-        ldm = synthesize_ldm_pairs(load_denoiser(lineage["ldm_checkpoint"], device), ae, scale,
-                                   MaskBank.load(lineage["mask_bank"]), params.seeds(batch),
-                                   weights_by_name(class_map.classes, config.class_weights), config.ldm_sampler,
-                                   config.ldm_steps, config.ldm_guidance)
-        routes.append(_Route("ldm", ldm.images, ldm.masks, np.full(len(ldm.seeds), np.nan, np.float32), ldm.seeds,
-                             [f"ldm_{int(s):010d}" for s in ldm.seeds], "ldm_latents.npz", ldm.latent_arrays()))
+        ldm = synthesize_ldm_pairs(
+            load_denoiser(lineage["ldm_checkpoint"], device),
+            ae,
+            scale,
+            MaskBank.load(lineage["mask_bank"]),
+            params.seeds(batch),
+            weights_by_name(class_map.classes, config.class_weights),
+            config.ldm_sampler,
+            config.ldm_steps,
+            config.ldm_guidance,
+        )
+        routes.append(
+            _Route(
+                "ldm",
+                ldm.images,
+                ldm.masks,
+                np.full(len(ldm.seeds), np.nan, np.float32),
+                ldm.seeds,
+                [f"ldm_{int(s):010d}" for s in ldm.seeds],
+                "ldm_latents.npz",
+                ldm.latent_arrays(),
+            )
+        )
     images = np.concatenate([r.images for r in routes])
     masks = np.concatenate([r.masks for r in routes])
     uncertainty = np.concatenate([r.uncertainty for r in routes])
@@ -155,18 +215,20 @@ def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, s
 
     train = tiles[tiles["split"] == "train"]
     bank = TileCropSampler(train, lineage["resolution"], seed=4242, crops_per_tile=1).batch_uint8(
-        min(config.memorization_bank, max(len(train), 1) * 8))
-    memo = check_memorization(images, bank, checkpoint=lineage.get("gan_checkpoint"),
-                              quantile=config.copy_quantile)
+        min(config.memorization_bank, max(len(train), 1) * 8)
+    )
+    memo = check_memorization(images, bank, checkpoint=lineage.get("gan_checkpoint"), quantile=config.copy_quantile)
     near_copy = memo["near_copy"].to_numpy()
     uncertain = np.zeros(len(images), bool)
     gan_rows = generator == "stylegan2"  # only the GAN route has labels to be unsure about
-    uncertain[gan_rows] = uncertain_to_drop(np.where(near_copy[gan_rows], -np.inf, uncertainty[gan_rows]),
-                                            config.drop_uncertain)
+    uncertain[gan_rows] = uncertain_to_drop(
+        np.where(near_copy[gan_rows], -np.inf, uncertainty[gan_rows]), config.drop_uncertain
+    )
     keep = ~(uncertain | near_copy)
 
-    rows = pd.concat([_manifest_rows(r, batch, lineage, class_map, tiles["mpp"].dropna()) for r in routes],
-                     ignore_index=True)
+    rows = pd.concat(
+        [_manifest_rows(r, batch, lineage, class_map, tiles["mpp"].dropna()) for r in routes], ignore_index=True
+    )
     rows["nn_pixel_distance"] = memo["nn_pixel"].to_numpy(np.float32)
     rows["nn_feature_distance"] = memo["nn_feature"].to_numpy(np.float32)
     rows["near_copy"] = near_copy
@@ -188,12 +250,17 @@ def synthetic_dataset(context: dg.AssetExecutionContext, config: ExportConfig, s
             "uncertainty_mean": float(np.nanmean(uncertainty)) if gan_rows.any() else float("nan"),
             "nn_pixel_distance": dg.MetadataValue.json(_quantiles(memo["nn_pixel"])),
             "nn_feature_distance": dg.MetadataValue.json(_quantiles(memo["nn_feature"])),
-            "copy_thresholds": dg.MetadataValue.json({k: float(v) for k, v in memo.attrs.items()
-                                                      if isinstance(v, int | float)}),
+            "copy_thresholds": dg.MetadataValue.json(
+                {k: float(v) for k, v in memo.attrs.items() if isinstance(v, int | float)}
+            ),
             "pairs_per_second": round(len(images) / seconds, 2),
             "export_samples_total": len(full),
-            **{f"samples_{g}": png_markdown(image_grid_png(images[keep & (generator == g)][:16], columns=8, scale=2),
-                                            f"kept {g} samples") for g in lineage["generators"]},
+            **{
+                f"samples_{g}": png_markdown(
+                    image_grid_png(images[keep & (generator == g)][:16], columns=8, scale=2), f"kept {g} samples"
+                )
+                for g in lineage["generators"]
+            },
             "path": dg.MetadataValue.path(str(export_dir)),
         },
     )
@@ -213,14 +280,22 @@ class _Route:
     arrays: dict[str, np.ndarray]  # its content
 
 
-def _gan_batch(context: dg.AssetExecutionContext, lineage: dict, batch: int, params: ExportParams,
-               device: torch.device, dask: DaskResource, storage: FactoryStorage) -> SyntheticBatch:
+def _gan_batch(
+    context: dg.AssetExecutionContext,
+    lineage: dict,
+    batch: int,
+    params: ExportParams,
+    device: torch.device,
+    dask: DaskResource,
+    storage: FactoryStorage,
+) -> SyntheticBatch:
     """The DatasetGAN route: generate, then label with the pixel-classifier ensemble (on dask when configured)."""
     cluster = dask.spec().address
     if cluster:  # scale out: workers regenerate their share of the batch's seeds from the checkpoint files
         context.log.info(f"generating batch {batch} on the dask cluster at {cluster}")
-        return synthesize_on_dask(lineage["gan_checkpoint"], storage.classifier_dir / "ensemble.pt", batch,
-                                  params, address=cluster)
+        return synthesize_on_dask(
+            lineage["gan_checkpoint"], storage.classifier_dir / "ensemble.pt", batch, params, address=cluster
+        )
     G = load_generator(lineage["gan_checkpoint"], device)
     return synthesize_batch(G, PixelEnsemble.load(storage.classifier_dir / "ensemble.pt"), batch, params, device)
 
@@ -239,27 +314,29 @@ def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd
     n_classes = class_map.n_classes
     fractions = np.stack([np.bincount(m.ravel(), minlength=n_classes)[:n_classes] / m.size for m in masks])
     gan = generator == "stylegan2"
-    rows = pd.DataFrame({
-        "sample_id": ids,
-        "image": [f"batches/{batch:03d}/images/{i}.png" for i in ids],
-        "mask": [f"batches/{batch:03d}/masks/{i}.png" for i in ids],
-        "batch": batch,
-        "seed": route.seeds,
-        "latents": [f"batches/{batch:03d}/{route.latents_file}#{j}" for j in range(len(ids))],
-        "uncertainty": route.uncertainty.astype(np.float32),
-        "mpp": float(mpps.median()) if len(mpps) else float("nan"),
-        "generator": generator,
-        "gan_mlflow_run": lineage["gan_mlflow_run"] if gan else "",
-        "gan_model_version": lineage["gan_model_version"] if gan else "",
-        "classifier_mlflow_run": lineage["classifier_mlflow_run"] if gan else "",
-        "annotation_version": lineage["annotation_version"] if gan else lineage["ldm_annotation_version"],
-        "ldm_mlflow_run": "" if gan else lineage["ldm_mlflow_run"],
-        "ldm_model_version": "" if gan else lineage["ldm_model_version"],
-        "autoencoder_mlflow_run": "" if gan else lineage["autoencoder_mlflow_run"],
-        "source_slides": ";".join(lineage["source_slides"]),
-        "histofactory_version": package_version("histofactory"),
-        "torch_version": torch.__version__,
-    })
+    rows = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "image": [f"batches/{batch:03d}/images/{i}.png" for i in ids],
+            "mask": [f"batches/{batch:03d}/masks/{i}.png" for i in ids],
+            "batch": batch,
+            "seed": route.seeds,
+            "latents": [f"batches/{batch:03d}/{route.latents_file}#{j}" for j in range(len(ids))],
+            "uncertainty": route.uncertainty.astype(np.float32),
+            "mpp": float(mpps.median()) if len(mpps) else float("nan"),
+            "generator": generator,
+            "gan_mlflow_run": lineage["gan_mlflow_run"] if gan else "",
+            "gan_model_version": lineage["gan_model_version"] if gan else "",
+            "classifier_mlflow_run": lineage["classifier_mlflow_run"] if gan else "",
+            "annotation_version": lineage["annotation_version"] if gan else lineage["ldm_annotation_version"],
+            "ldm_mlflow_run": "" if gan else lineage["ldm_mlflow_run"],
+            "ldm_model_version": "" if gan else lineage["ldm_model_version"],
+            "autoencoder_mlflow_run": "" if gan else lineage["autoencoder_mlflow_run"],
+            "source_slides": ";".join(lineage["source_slides"]),
+            "histofactory_version": package_version("histofactory"),
+            "torch_version": torch.__version__,
+        }
+    )
     for k, name in enumerate(class_map.classes):
         rows[f"frac_{name.replace(' ', '_')}"] = fractions[:, k].astype(np.float32)
     return rows
@@ -287,15 +364,22 @@ def _route_lines(lineage: dict, params: ExportParams, config: ExportConfig) -> s
     return "\n".join(lines)
 
 
-def _write_card(export_dir, version: str, lineage: dict, params: ExportParams, config: ExportConfig, class_map,
-                manifest) -> None:
-    classes = [{"id": i, "name": n, "colour": list(c)} for i, (n, c) in
-               enumerate(zip(class_map.classes, class_map.colours, strict=True))]
+def _write_card(
+    export_dir, version: str, lineage: dict, params: ExportParams, config: ExportConfig, class_map, manifest
+) -> None:
+    classes = [
+        {"id": i, "name": n, "colour": list(c)}
+        for i, (n, c) in enumerate(zip(class_map.classes, class_map.colours, strict=True))
+    ]
     (export_dir / "classes.json").write_text(json.dumps(classes, indent=1))
-    fractions = {c["name"]: round(float(manifest[f"frac_{c['name'].replace(' ', '_')}"].mean()), 4)
-                 for c in classes} if len(manifest) else {}
+    fractions = (
+        {c["name"]: round(float(manifest[f"frac_{c['name'].replace(' ', '_')}"].mean()), 4) for c in classes}
+        if len(manifest)
+        else {}
+    )
     counts = manifest["generator"].value_counts().to_dict() if len(manifest) else {}
-    card = f"""# Synthetic histopathology segmentation dataset `{version}`
+    card = (
+        f"""# Synthetic histopathology segmentation dataset `{version}`
 
 Made by histofactory {package_version("histofactory")} from tissue tiles of {len(lineage["source_slides"])} slides
 (opaque ids in the manifest). Column `generator` says which route made each pair:
@@ -309,8 +393,9 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
 
 ## Classes (mask pixel value, name, colour, mean pixel share)
 
-""" + "\n".join(f"- {c['id']}: {c['name']} {tuple(c['colour'])} {fractions.get(c['name'], 0):.2%}"
-                for c in classes) + """
+"""
+        + "\n".join(f"- {c['id']}: {c['name']} {tuple(c['colour'])} {fractions.get(c['name'], 0):.2%}" for c in classes)
+        + """
 
 ## Files
 
@@ -322,9 +407,10 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
 - `batches/<b>/dropped.parquet`: samples dropped and why (uncertainty, near_copy)
 - `classes.json`: class ids, names, colours
 
-Load in PyTorch: `SyntheticSegmentationDataset("<this folder>", generator="ldm")` from `ops.synthetic_dataset`
+Load in PyTorch: `SyntheticSegmentationDataset("<this folder>", generator="ldm")` from `ops.export.dataset`
 (`generator=None` loads every route).
 """
+    )
     tmp = export_dir / ".dataset_card.md.tmp"
     tmp.write_text(card)
     tmp.replace(export_dir / "dataset_card.md")

@@ -2,6 +2,7 @@
 resolution), the pixel-classifier ensemble, and its evaluation on the test split.
 """
 
+import hashlib
 import json
 import time
 
@@ -12,9 +13,13 @@ import torch
 import zarr
 from pydantic import Field
 
-from assets.generative import gan_model, generated_samples
-from assets.lineage import png_array, png_markdown
-from ops.annotations import (
+from assets.gan import gan_model, generated_samples
+from assets.lineage import content_hash, png_array, png_markdown, tile_set_hash
+from assets.slides import training_tiles
+from ops.diffusion.mask_bank import shares
+from ops.evaluation.metrics import confusion_matrix, confusion_matrix_png, overlay_png, segmentation_report
+from ops.gan.trainer import load_generator
+from ops.labelling.annotations import (
     MASK_SUFFIXES,
     AnnotationError,
     annotation_set_version,
@@ -23,15 +28,23 @@ from ops.annotations import (
     match_annotations,
     split_indices,
 )
-from ops.demo_annotator import write_demo_annotation
-from ops.feature_store import BatchStream, FeatureSampler, FeatureStoreWriter, write_upsampled_features
-from ops.gan_training import load_generator
-from ops.metrics import confusion_matrix, confusion_matrix_png, overlay_png, segmentation_report
-from ops.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble
-from ops.pixel_classifier import TrainConfig as MlpTrainConfig
-from ops.tile_store import replace_dir, temp_dir_beside
+from ops.labelling.demo_annotator import write_demo_annotation
+from ops.labelling.feature_store import BatchStream, FeatureSampler, FeatureStoreWriter, write_upsampled_features
+from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble
+from ops.labelling.pixel_classifier import TrainConfig as MlpTrainConfig
+from ops.labelling.slide_annotations import (
+    labelled_tiles,
+    load_slide_annotations,
+    rasterize_onto_tiles,
+    write_demo_slide_annotations,
+    write_mask_store,
+)
+from ops.slides.reader import open_slide
+from ops.slides.tile_store import replace_dir, temp_dir_beside
 from resources import FactoryStorage, MlflowTracking, TorchDevice
 
+# Unchanged from when tile_annotations lived with the diffusion assets, so existing masks are not reported stale.
+TILE_ANNOTATION_CODE_VERSION = "ldm-1"
 LABELLING_CODE_VERSION = "labelling-1"
 
 
@@ -51,11 +64,16 @@ class AnnotationConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds the split.")
 
 
-@dg.asset(group_name="labelling", deps=[generated_samples], code_version=LABELLING_CODE_VERSION,
-          kinds={"python", "zarr"},
-          description="Expert masks (indexed PNG or QuPath GeoJSON) of generated images, validated and versioned.")
-def annotations(context: dg.AssetExecutionContext, config: AnnotationConfig,
-                storage: FactoryStorage) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="labelling",
+    deps=[generated_samples],
+    code_version=LABELLING_CODE_VERSION,
+    kinds={"python", "zarr"},
+    description="Expert masks (indexed PNG or QuPath GeoJSON) of generated images, validated and versioned.",
+)
+def annotations(
+    context: dg.AssetExecutionContext, config: AnnotationConfig, storage: FactoryStorage
+) -> dg.MaterializeResult:
     storage.require("generated_samples")
     class_map = get_class_map(config.class_map)
     samples = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")
@@ -84,8 +102,14 @@ def annotations(context: dg.AssetExecutionContext, config: AnnotationConfig,
     split = np.full(len(ids), "unused", dtype=object)
     split[train], split[val], split[test] = "train", "val", "test"
     version = annotation_set_version(matched.values())
-    index = pd.DataFrame({"image_id": ids, "sample_index": [int(i.split("_")[1]) for i in ids],
-                          "file": [matched[i].name for i in ids], "split": split})
+    index = pd.DataFrame(
+        {
+            "image_id": ids,
+            "sample_index": [int(i.split("_")[1]) for i in ids],
+            "file": [matched[i].name for i in ids],
+            "split": split,
+        }
+    )
     tmp = temp_dir_beside(storage.annotations_dir)
     group = zarr.open_group(str(tmp / "labels.zarr"), mode="w", zarr_format=3)
     group.create_array("labels", data=masks, chunks=(1, *shape))
@@ -99,10 +123,12 @@ def annotations(context: dg.AssetExecutionContext, config: AnnotationConfig,
             "annotation_version": version,
             "images": len(ids),
             "split": dg.MetadataValue.json({s: int((split == s).sum()) for s in ("train", "val", "test", "unused")}),
-            "class_shares": dg.MetadataValue.json({c: round(float(v), 4) for c, v in zip(class_map.classes, shares,
-                                                                                          strict=True)}),
-            "overlay": png_markdown(overlay_png(images[index.sample_index[0]], masks[0], class_map.colours),
-                                    "first annotated image"),
+            "class_shares": dg.MetadataValue.json(
+                {c: round(float(v), 4) for c, v in zip(class_map.classes, shares, strict=True)}
+            ),
+            "overlay": png_markdown(
+                overlay_png(images[index.sample_index[0]], masks[0], class_map.colours), "first annotated image"
+            ),
             "path": dg.MetadataValue.path(str(storage.annotations_dir)),
         },
         data_version=dg.DataVersion(version),
@@ -120,11 +146,16 @@ class FeatureConfig(dg.Config):
     )
 
 
-@dg.asset(group_name="labelling", deps=[annotations, gan_model], code_version=LABELLING_CODE_VERSION,
-          kinds={"pytorch", "zarr"},
-          description="Features of the last K synthesis blocks of the annotated images, native resolution, zarr.")
-def generated_features(context: dg.AssetExecutionContext, config: FeatureConfig, storage: FactoryStorage,
-                       torch_device: TorchDevice) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="labelling",
+    deps=[annotations, gan_model],
+    code_version=LABELLING_CODE_VERSION,
+    kinds={"pytorch", "zarr"},
+    description="Features of the last K synthesis blocks of the annotated images, native resolution, zarr.",
+)
+def generated_features(
+    context: dg.AssetExecutionContext, config: FeatureConfig, storage: FactoryStorage, torch_device: TorchDevice
+) -> dg.MaterializeResult:
     if config.layout not in ("native", "both"):
         raise ValueError(f"layout must be 'native' or 'both', received {config.layout!r}")
     storage.require("annotations", "gan_model")
@@ -135,21 +166,25 @@ def generated_features(context: dg.AssetExecutionContext, config: FeatureConfig,
         raise ValueError(f"blocks must be in 1..{len(G.block_resolutions)} for this generator, got {config.blocks}")
     index = pd.read_parquet(storage.annotations_dir / "index.parquet")
     ws = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")["w"]
-    chans = G.block_channels[-config.blocks:]
-    resolutions = G.block_resolutions[-config.blocks:]
+    chans = G.block_channels[-config.blocks :]
+    resolutions = G.block_resolutions[-config.blocks :]
     native_bytes = len(index) * sum(c * r * r for c, r in zip(chans, resolutions, strict=True)) * 2
     upsampled_bytes = len(index) * sum(chans) * resolutions[-1] ** 2 * 2 if config.layout == "both" else 0
     storage.require_free_disk(native_bytes + upsampled_bytes, f"generated_features ({len(index)} images)")
     start = time.perf_counter()
     out = storage.features_dir / "native.zarr"
-    with FeatureStoreWriter(out, len(index), [(c, r, r) for c, r in zip(chans, resolutions, strict=True)],
-                            overwrite=True, attrs={"image_ids": index["image_id"].tolist(),
-                                                   "checkpoint": current["checkpoint"]}) as writer:
+    with FeatureStoreWriter(
+        out,
+        len(index),
+        [(c, r, r) for c, r in zip(chans, resolutions, strict=True)],
+        overwrite=True,
+        attrs={"image_ids": index["image_id"].tolist(), "checkpoint": current["checkpoint"]},
+    ) as writer:
         for row, sample in enumerate(index["sample_index"]):
             with torch.no_grad():
                 w = torch.from_numpy(np.asarray(ws[int(sample)])[None]).to(device)
                 _, feats = G.synthesis(w, noise_mode="const", return_features=True)
-            blocks = [f[0].float().cpu().numpy() for f in feats[-config.blocks:]]
+            blocks = [f[0].float().cpu().numpy() for f in feats[-config.blocks :]]
             writer.write(row, blocks)
             if config.layout == "both":
                 write_upsampled_features(storage.features_dir / "upsampled" / f"{row:05d}.npy", blocks)
@@ -198,15 +233,24 @@ def _class_map_name(storage: FactoryStorage) -> str:
 
 def _labels(storage: FactoryStorage) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     group = zarr.open_group(str(storage.annotations_dir / "labels.zarr"), mode="r")
-    return (pd.read_parquet(storage.annotations_dir / "index.parquet"), group["labels"],
-            list(group.attrs["classes"]))
+    return (pd.read_parquet(storage.annotations_dir / "index.parquet"), group["labels"], list(group.attrs["classes"]))
 
 
-@dg.asset(group_name="labelling", deps=[generated_features, annotations], code_version=LABELLING_CODE_VERSION,
-          kinds={"pytorch", "mlflow"}, pool="training",
-          description="Ensemble of MLP pixel classifiers trained on features streamed from zarr.")
-def pixel_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: FactoryStorage,
-                     mlflow_tracking: MlflowTracking, torch_device: TorchDevice) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="labelling",
+    deps=[generated_features, annotations],
+    code_version=LABELLING_CODE_VERSION,
+    kinds={"pytorch", "mlflow"},
+    pool="training",
+    description="Ensemble of MLP pixel classifiers trained on features streamed from zarr.",
+)
+def pixel_classifier(
+    context: dg.AssetExecutionContext,
+    config: ClassifierConfig,
+    storage: FactoryStorage,
+    mlflow_tracking: MlflowTracking,
+    torch_device: TorchDevice,
+) -> dg.MaterializeResult:
     storage.require("generated_features", "annotations")
     device = torch_device.device()
     index, labels, classes = _labels(storage)
@@ -214,17 +258,40 @@ def pixel_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig
     rows = {s: np.flatnonzero(index["split"].to_numpy() == s) for s in ("train", "val")}
 
     def stream(split: str, fixed: bool, batches: int) -> BatchStream:
-        return BatchStream(sampler, [labels[i] for i in rows[split]], rows[split], config.batch_size, batches,
-                           len(classes), config.class_balance, seed=config.seed, fixed=fixed, window=config.window)
+        return BatchStream(
+            sampler,
+            [labels[i] for i in rows[split]],
+            rows[split],
+            config.batch_size,
+            batches,
+            len(classes),
+            config.class_balance,
+            seed=config.seed,
+            fixed=fixed,
+            window=config.window,
+        )
 
-    ensemble = PixelEnsemble(EnsembleConfig(MLPConfig(sampler.n_features, len(classes), tuple(config.hidden),
-                                                      config.dropout), config.members), seed=config.seed)
-    train_cfg = MlpTrainConfig(optimizer=config.optimizer, lr=config.lr, label_smoothing=config.label_smoothing,
-                               max_epochs=config.max_epochs, patience=config.patience, seed=config.seed,
-                               device=str(device))
+    ensemble = PixelEnsemble(
+        EnsembleConfig(
+            MLPConfig(sampler.n_features, len(classes), tuple(config.hidden), config.dropout), config.members
+        ),
+        seed=config.seed,
+    )
+    train_cfg = MlpTrainConfig(
+        optimizer=config.optimizer,
+        lr=config.lr,
+        label_smoothing=config.label_smoothing,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        seed=config.seed,
+        device=str(device),
+    )
     annotation_version = json.loads((storage.annotations_dir / "version.json").read_text())["version"]
-    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "pixel_classifier",
-            "annotation_version": annotation_version}
+    tags = {
+        "dagster_run_id": context.run.run_id,
+        "dagster_asset": "pixel_classifier",
+        "annotation_version": annotation_version,
+    }
     start = time.perf_counter()
     with mlflow_tracking.start_run("pixel-classifier", tags) as run:
         import mlflow
@@ -243,10 +310,16 @@ def pixel_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig
         result = ensemble.fit(stream("train", False, config.batches_per_epoch), val, train_cfg, on_progress)
         tmp = temp_dir_beside(storage.classifier_dir)
         ensemble.save(tmp / "ensemble.pt", train_cfg)
-        (tmp / "lineage.json").write_text(json.dumps({
-            "mlflow_run_id": run.info.run_id, "annotation_version": annotation_version,
-            "blocks": len(sampler.feature_slices), "class_map": _class_map_name(storage),
-        }))
+        (tmp / "lineage.json").write_text(
+            json.dumps(
+                {
+                    "mlflow_run_id": run.info.run_id,
+                    "annotation_version": annotation_version,
+                    "blocks": len(sampler.feature_slices),
+                    "class_map": _class_map_name(storage),
+                }
+            )
+        )
         replace_dir(tmp, storage.classifier_dir)
         mlflow.log_artifact(str(storage.classifier_dir / "ensemble.pt"), "classifier")
     return dg.MaterializeResult(
@@ -273,11 +346,16 @@ def predict_image(ensemble: PixelEnsemble, sampler: FeatureSampler, row: int) ->
     return np.concatenate(bands, axis=1)
 
 
-@dg.asset(group_name="labelling", deps=[pixel_classifier], code_version=LABELLING_CODE_VERSION,
-          kinds={"python", "mlflow"},
-          description="Pixel accuracy per class, Dice, confusion matrix and overlays on the test split.")
-def classifier_eval(context: dg.AssetExecutionContext, storage: FactoryStorage,
-                    mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="labelling",
+    deps=[pixel_classifier],
+    code_version=LABELLING_CODE_VERSION,
+    kinds={"python", "mlflow"},
+    description="Pixel accuracy per class, Dice, confusion matrix and overlays on the test split.",
+)
+def classifier_eval(
+    context: dg.AssetExecutionContext, storage: FactoryStorage, mlflow_tracking: MlflowTracking
+) -> dg.MaterializeResult:
     storage.require("pixel_classifier")
     index, labels, classes = _labels(storage)
     ensemble = PixelEnsemble.load(storage.classifier_dir / "ensemble.pt")
@@ -288,8 +366,8 @@ def classifier_eval(context: dg.AssetExecutionContext, storage: FactoryStorage,
         raise ValueError("the annotation split has no test images; set n_test > 0 on `annotations`")
     cm = np.zeros((len(classes), len(classes)), np.int64)
     overlays = []
-    from ops.annotations import get_class_map
-    from ops.pixel_classifier import predict_from_proba
+    from ops.labelling.annotations import get_class_map
+    from ops.labelling.pixel_classifier import predict_from_proba
 
     colours = get_class_map(_class_map_name(storage)).colours
     for n, row in enumerate(test):
@@ -317,3 +395,106 @@ def classifier_eval(context: dg.AssetExecutionContext, storage: FactoryStorage,
         },
     )
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real tile masks from slide annotations.
+
+
+class TileAnnotationConfig(dg.Config):
+    """QuPath GeoJSON drawn on the slides, rasterized onto the kept tiles."""
+
+    class_map: str = Field(default="demo", description="Class map: demo (IHC demo classes) or paper (HDGAN kidney).")
+    demo_annotator: bool = Field(
+        default=False,
+        description="DEMO ONLY: for training slides without a GeoJSON, label a few kept tiles with the rule-based "
+        "stand-in annotator and write them as a QuPath GeoJSON in slide coordinates (as an expert would deliver).",
+    )
+    demo_tiles_per_slide: int = Field(default=8, description="Tiles per slide the demo annotator labels.")
+    min_labelled: float = Field(
+        default=0.9, description="Keep a tile when at least this share of its pixels is annotated."
+    )
+    seed: int = Field(default=0, description="Seeds the demo annotator's tile choice.")
+
+
+@dg.asset(
+    group_name="labelling",
+    deps=[training_tiles],
+    code_version=TILE_ANNOTATION_CODE_VERSION,
+    kinds={"python", "zarr"},
+    description="QuPath GeoJSON drawn on the slides, rasterized onto the kept tiles: real image-mask pairs.",
+)
+def tile_annotations(
+    context: dg.AssetExecutionContext, config: TileAnnotationConfig, storage: FactoryStorage
+) -> dg.MaterializeResult:
+    storage.require("training_tiles")
+    class_map = get_class_map(config.class_map)
+    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    inbox = storage.slide_annotation_inbox
+    inbox.mkdir(parents=True, exist_ok=True)
+    if config.demo_annotator:
+        context.log.warning("DEMO: slide annotations are drawn by the rule-based stand-in annotator, not an expert")
+        for slide, rows in tiles[tiles["split"] == "train"].groupby("slide"):
+            if not (inbox / f"{slide}.geojson").exists():
+                write_demo_slide_annotations(
+                    rows, inbox / f"{slide}.geojson", class_map, config.demo_tiles_per_slide, seed=config.seed
+                )
+    files = {p.stem: p for p in sorted(inbox.glob("*.geojson"))}
+    strays = sorted(set(files) - set(tiles["slide"]))
+    if strays:
+        context.log.warning(f"GeoJSON files in {inbox} match no slide with kept tiles and are skipped: {strays}")
+    masks, tables = [], []
+    for slide, rows in tiles.groupby("slide"):
+        if slide not in files:
+            continue
+        _, slide_path = storage.slide(slide)
+        with open_slide(slide_path) as reader:
+            size = reader.info.level_dimensions[0]
+        polygons = load_slide_annotations(files[slide], class_map.classes, slide_size=size)
+        kept_rows, kept_masks = labelled_tiles(rasterize_onto_tiles(polygons, rows), rows, config.min_labelled)
+        masks.append(kept_masks)  # filtered per slide, so memory holds the kept tiles, not every candidate
+        tables.append(kept_rows)
+    if not tables or not sum(len(t) for t in tables):
+        raise ValueError(
+            f"no kept tile is annotated on at least {config.min_labelled:.0%} of its pixels. Put QuPath GeoJSON "
+            f"exports (level-0 pixel coordinates) named <slide key>.geojson into {inbox} (slide keys: "
+            f"{sorted(tiles['slide'].unique())}), lower min_labelled, or set demo_annotator for the demo"
+        )
+    table = pd.concat(tables, ignore_index=True)
+    stacked = np.concatenate(masks)
+    tmp = temp_dir_beside(storage.tile_annotations_dir)
+    write_mask_store(tmp / "masks.zarr", stacked)
+    table = table.assign(
+        mask_store=str(storage.tile_annotations_dir / "masks.zarr"), mask_index=np.arange(len(table))
+    )  # rows of the concatenated store
+    table.to_parquet(tmp / "tiles.parquet", index=False)
+    (tmp / "class_map.txt").write_text(config.class_map)
+    replace_dir(tmp, storage.tile_annotations_dir)
+    share = shares(stacked, class_map.n_classes)
+    # The masks depend on the files, the settings and which tiles were kept: all three make the version (the LDM's
+    # run key includes it, so a changed min_labelled never resumes a run trained on another tile set).
+    version = content_hash(
+        {
+            "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()},
+            "config": config.model_dump(),
+            "tiles": tile_set_hash(table),
+        }
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "annotated_tiles": len(table),
+            "train_tiles": int((table["split"] == "train").sum()),
+            "holdout_tiles": int((table["split"] == "holdout").sum()),
+            "slides": sorted(table["slide"].unique().tolist()),
+            "class_shares": dg.MetadataValue.json(
+                {n: round(float(s), 4) for n, s in zip(class_map.classes, share, strict=True)}
+            ),
+            "annotation_version": version,
+            "path": dg.MetadataValue.path(str(storage.tile_annotations_dir)),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+def tile_annotation_class_map(storage: FactoryStorage) -> str:
+    """The class map the tile annotations were made with (``tile_annotations`` records it)."""
+    return (storage.tile_annotations_dir / "class_map.txt").read_text().strip()

@@ -10,8 +10,17 @@ from pathlib import Path
 
 import dagster as dg
 
-TRACKED_PACKAGES = ("histofactory", "torch", "openslide-python", "openslide-bin", "tifffile", "zarr", "dagster",
-                    "numpy", "scikit-image")
+TRACKED_PACKAGES = (
+    "histofactory",
+    "torch",
+    "openslide-python",
+    "openslide-bin",
+    "tifffile",
+    "zarr",
+    "dagster",
+    "numpy",
+    "scikit-image",
+)
 
 
 def package_versions() -> dict[str, str]:

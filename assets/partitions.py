@@ -2,5 +2,5 @@
 
 import dagster as dg
 
-# One partition per whole-slide image, keyed by the sanitized file stem (see ops.slide_registry).
+# One partition per whole-slide image, keyed by the sanitized file stem (see ops.slides.registry).
 slide_partitions = dg.DynamicPartitionsDefinition(name="slides")

@@ -9,8 +9,9 @@ import sys
 
 def run_child(script: str, spec: dict, label: str) -> dict:
     """Run ``script --child <spec json>`` and return the JSON its last stdout line prints."""
-    out = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         raise RuntimeError(f"child {label} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -41,13 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import child_process  # noqa: E402 - bench/ is on sys.path when a script runs
 
-from ops.demo_annotator import DEMO_CLASS_MAP  # noqa: E402
-from ops.device import pick_device  # noqa: E402
-from ops.gan_loop import generate  # noqa: E402
-from ops.gan_training import load_generator  # noqa: E402
-from ops.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble  # noqa: E402
-from ops.stylegan2 import Generator, get_gan_config  # noqa: E402
-from ops.synthetic_export import ExportParams, sample_id, synthesize_batch, uncertain_to_drop, write_batch  # noqa: E402
+from ops.common.device import pick_device  # noqa: E402
+from ops.export.gan_route import ExportParams, sample_id, synthesize_batch, uncertain_to_drop, write_batch  # noqa: E402
+from ops.gan.loop import generate  # noqa: E402
+from ops.gan.networks import Generator, get_gan_config  # noqa: E402
+from ops.gan.trainer import load_generator  # noqa: E402
+from ops.labelling.demo_annotator import DEMO_CLASS_MAP  # noqa: E402
+from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(__file__).resolve().parent / "out"
@@ -67,7 +67,7 @@ def child(spec: dict) -> None:
     device = pick_device(spec["device"])
     G, origin = _generator(spec["preset"], device, spec["generator"])
     params = ExportParams(batch_size=spec["batch_size"])
-    n_features = sum(G.block_channels[-params.blocks:])
+    n_features = sum(G.block_channels[-params.blocks :])
     ensemble = PixelEnsemble(EnsembleConfig(MLPConfig(n_features, DEMO_CLASS_MAP.n_classes), 10)).to(device).eval()
     palette = DEMO_CLASS_MAP.palette()
     n_gen = max(4, min(spec["n"] // 10, 50))
@@ -80,16 +80,33 @@ def child(spec: dict) -> None:
         for b in range(spec["n"] // params.batch_size):
             batch = synthesize_batch(G, ensemble, b, params, device)
             keep = ~uncertain_to_drop(batch.uncertainty, params.drop_uncertain)
-            rows = pd.DataFrame({"sample_id": [sample_id(s) for s in batch.seeds], "batch": b, "seed": batch.seeds,
-                                 "uncertainty": batch.uncertainty})
+            rows = pd.DataFrame(
+                {
+                    "sample_id": [sample_id(s) for s in batch.seeds],
+                    "batch": b,
+                    "seed": batch.seeds,
+                    "uncertainty": batch.uncertainty,
+                }
+            )
             out = Path(tmp) / f"{b:05d}"
             written += len(write_batch(out, batch, keep, rows, palette))
         seconds = time.perf_counter() - start
         bytes_written = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
     n = spec["n"] // params.batch_size * params.batch_size
-    print(json.dumps({"pairs_per_s": n / seconds, "gen_per_s": gen_per_s, "kept": written, "n": n,
-                      "bytes": bytes_written, "origin": origin, "n_features": n_features,
-                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    print(
+        json.dumps(
+            {
+                "pairs_per_s": n / seconds,
+                "gen_per_s": gen_per_s,
+                "kept": written,
+                "n": n,
+                "bytes": bytes_written,
+                "origin": origin,
+                "n_features": n_features,
+                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            }
+        )
+    )
 
 
 def run_child(spec: dict) -> dict:
@@ -98,14 +115,21 @@ def run_child(spec: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="demo 100 vs 400 pairs (batches of 25), 256-px preset 4 vs 16 (batches of 2), 1 thread")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="demo 100 vs 400 pairs (batches of 25), 256-px preset 4 vs 16 (batches of 2), 1 thread",
+    )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     ap.add_argument("--n-demo", type=int, nargs=2, default=None, help="pairs, small and large (default 1000 4000)")
     ap.add_argument("--n-256", type=int, nargs=2, default=None, help="pairs, small and large (default 100 400)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's; quick: 1, since on a shared 2-core machine two OpenMP "
-                         "threads under nice wait on each other)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's; quick: 1, since on a shared 2-core machine two OpenMP "
+        "threads under nice wait on each other)",
+    )
     ap.add_argument("--generator", default=str(PRETRAINED), help="demo generator checkpoint (random when missing)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -113,8 +137,10 @@ def main() -> None:
         child(json.loads(args.child))
         return
     threads = args.threads or (1 if args.quick else torch.get_num_threads())
-    sizes = {"demo": args.n_demo or ([100, 400] if args.quick else [1000, 4000]),
-             "256": args.n_256 or ([4, 16] if args.quick else [100, 400])}
+    sizes = {
+        "demo": args.n_demo or ([100, 400] if args.quick else [1000, 4000]),
+        "256": args.n_256 or ([4, 16] if args.quick else [100, 400]),
+    }
     # full: the demo preset's synthetic_dataset batch (100). Quick: smaller batches, so the small run too has several
     # batches (the allocator settles over the first few; one batch vs four would read that warm-up as growth)
     batch_size = {"demo": 25 if args.quick else 100, "256": 2 if args.quick else 100}
@@ -125,19 +151,33 @@ def main() -> None:
     for preset, ns in sizes.items():
         results[preset] = {}
         for n in ns:
-            r = run_child({"preset": preset, "n": n, "batch_size": min(batch_size[preset], n), "device": str(device),
-                           "threads": threads, "out": str(CACHE), "generator": args.generator})
+            r = run_child(
+                {
+                    "preset": preset,
+                    "n": n,
+                    "batch_size": min(batch_size[preset], n),
+                    "device": str(device),
+                    "threads": threads,
+                    "out": str(CACHE),
+                    "generator": args.generator,
+                }
+            )
             results[preset][n] = r
-            print(f"{preset:>4} preset ({r['origin']}, {r['n_features']} features/px) N={r['n']:5d}: "
-                  f"{r['pairs_per_s']:7.2f} pairs/s, generation alone {r['gen_per_s']:7.2f} img/s "
-                  f"(vs_generation={r['pairs_per_s'] / r['gen_per_s']:.3f}); kept {r['kept']}, "
-                  f"{r['bytes'] / 2**20:.1f} MiB written; peak RSS {r['peak_rss'] / 2**20:.0f} MiB", flush=True)
+            print(
+                f"{preset:>4} preset ({r['origin']}, {r['n_features']} features/px) N={r['n']:5d}: "
+                f"{r['pairs_per_s']:7.2f} pairs/s, generation alone {r['gen_per_s']:7.2f} img/s "
+                f"(vs_generation={r['pairs_per_s'] / r['gen_per_s']:.3f}); kept {r['kept']}, "
+                f"{r['bytes'] / 2**20:.1f} MiB written; peak RSS {r['peak_rss'] / 2**20:.0f} MiB",
+                flush=True,
+            )
     growth = {}
     for preset, by_n in results.items():
         small, large = by_n[min(by_n)], by_n[max(by_n)]
         growth[preset] = large["peak_rss"] / small["peak_rss"] - 1
-        print(f"{preset:>4} preset: peak RSS {min(by_n)} -> {max(by_n)} pairs: {growth[preset]:+.1%}; pairs/s "
-              f"{large['pairs_per_s'] / small['pairs_per_s']:.2f}x of the small run")
+        print(
+            f"{preset:>4} preset: peak RSS {min(by_n)} -> {max(by_n)} pairs: {growth[preset]:+.1%}; pairs/s "
+            f"{large['pairs_per_s'] / small['pairs_per_s']:.2f}x of the small run"
+        )
     head = results["demo"][max(results["demo"])]
     print(f"pairs_per_s={head['pairs_per_s']:.2f} rss_growth={max(growth.values()):.3f}")
 

@@ -52,8 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import child_process  # noqa: E402 - bench/ is on sys.path when a script runs
 
-from ops.demo_annotator import DEMO_CLASS_MAP, demo_annotate  # noqa: E402
-from ops.feature_store import (  # noqa: E402
+from ops.evaluation.metrics import confusion_matrix, mean_dice  # noqa: E402
+from ops.gan.loop import generate  # noqa: E402
+from ops.gan.networks import GanConfig, Generator, get_gan_config  # noqa: E402
+from ops.gan.trainer import load_generator  # noqa: E402
+from ops.labelling.demo_annotator import DEMO_CLASS_MAP, demo_annotate  # noqa: E402
+from ops.labelling.feature_store import (  # noqa: E402
     BatchStream,
     FeatureSampler,
     FeatureStoreWriter,
@@ -61,11 +65,7 @@ from ops.feature_store import (  # noqa: E402
     bytes_for_full_maps,
     write_upsampled_features,
 )
-from ops.gan_loop import generate  # noqa: E402
-from ops.gan_training import load_generator  # noqa: E402
-from ops.metrics import confusion_matrix, mean_dice  # noqa: E402
-from ops.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble, TrainConfig  # noqa: E402
-from ops.stylegan2 import GanConfig, Generator, get_gan_config  # noqa: E402
+from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble, TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(__file__).resolve().parent / "out"
@@ -100,7 +100,7 @@ def rgb_neighbourhoods(images: np.ndarray, size: int = 7) -> np.ndarray:
     r = size // 2
     padded = np.pad(images.astype(np.float32) / 127.5 - 1, ((0, 0), (r, r), (r, r), (0, 0)), mode="reflect")
     h, w = images.shape[1:3]
-    shifts = [padded[:, dy:dy + h, dx:dx + w] for dy in range(size) for dx in range(size)]
+    shifts = [padded[:, dy : dy + h, dx : dx + w] for dy in range(size) for dx in range(size)]
     return np.concatenate(shifts, axis=-1)
 
 
@@ -129,24 +129,45 @@ def child(spec: dict) -> None:
         feats = np.empty((n, h, w, native.n_features), np.float32)
         for i in range(n):
             for y, band in native.iter_row_bands(i, band_rows=64):
-                feats[i, y:y + band.shape[0]] = band
+                feats[i, y : y + band.shape[0]] = band
         source = InRamSource(feats)
     labels = [labels_all[i] for i in range(n)]
     # one batch per "epoch", so the progress callback times every batch; the median batch rate shrugs off load
     # spikes from other processes on a shared machine
-    stream = BatchStream(source, labels, None, spec["batch_size"], 1, n_classes=len(HDGAN_SHARES),
-                         class_balance=0.5, seed=0, window=spec["window"])
+    stream = BatchStream(
+        source,
+        labels,
+        None,
+        spec["batch_size"],
+        1,
+        n_classes=len(HDGAN_SHARES),
+        class_balance=0.5,
+        seed=0,
+        window=spec["window"],
+    )
     ensemble = PixelEnsemble(EnsembleConfig(MLPConfig(source.n_features, len(HDGAN_SHARES)), spec["members"]))
     marks: list[float] = []
-    ensemble.fit(stream, None, TrainConfig(max_epochs=spec["batches"], patience=0, norm_pixels=spec["batch_size"]),
-                 lambda event: marks.append(time.perf_counter()) if event.stage in ("normalisation", "epoch") else None)
+    ensemble.fit(
+        stream,
+        None,
+        TrainConfig(max_epochs=spec["batches"], patience=0, norm_pixels=spec["batch_size"]),
+        lambda event: marks.append(time.perf_counter()) if event.stage in ("normalisation", "epoch") else None,
+    )
     seconds = np.diff(marks)
-    print(json.dumps({"pixels_per_s": spec["batch_size"] / float(np.median(seconds)), "seconds": float(seconds.sum()),
-                      "rss_start": rss_start, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    print(
+        json.dumps(
+            {
+                "pixels_per_s": spec["batch_size"] / float(np.median(seconds)),
+                "seconds": float(seconds.sum()),
+                "rss_start": rss_start,
+                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            }
+        )
+    )
 
 
 def run_child(spec: dict) -> dict:
-    return child_process.run_child(__file__, spec, spec['layout'])
+    return child_process.run_child(__file__, spec, spec["layout"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,19 +193,25 @@ def layouts(resolution: int, counts: list[int], work: Path, args: argparse.Names
     res = G.block_resolutions[-BLOCKS:]
     n_features = sum(chans)
     rng = np.random.default_rng(0)
-    coarse = rng.choice(len(HDGAN_SHARES), p=HDGAN_SHARES / HDGAN_SHARES.sum(), size=(n_max, resolution // 16,
-                                                                                       resolution // 16))
+    coarse = rng.choice(
+        len(HDGAN_SHARES), p=HDGAN_SHARES / HDGAN_SHARES.sum(), size=(n_max, resolution // 16, resolution // 16)
+    )
     labels = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2).astype(np.uint8)  # 16-px label blobs
     labels_path = work / f"labels_{resolution}.npy"
     np.save(labels_path, labels)
     full_fp16 = bytes_for_full_maps((resolution, resolution), n_features)
     write_up = n_max * full_fp16 * 2 <= shutil.disk_usage(work).free
-    print(f"{resolution}px: blocks {res} x channels {chans} = {n_features} features/pixel; upsampled fp16 memmaps "
-          f"{n_max} x {full_fp16 / GiB:.2f} GiB: {'written' if write_up else 'NOT written (disk), bytes computed'}",
-          flush=True)
-    stores = {n: FeatureStoreWriter(work / f"native_{resolution}_{n}.zarr", n, [(c, r, r) for c, r in
-                                                                              zip(chans, res, strict=True)])
-              for n in counts}
+    print(
+        f"{resolution}px: blocks {res} x channels {chans} = {n_features} features/pixel; upsampled fp16 memmaps "
+        f"{n_max} x {full_fp16 / GiB:.2f} GiB: {'written' if write_up else 'NOT written (disk), bytes computed'}",
+        flush=True,
+    )
+    stores = {
+        n: FeatureStoreWriter(
+            work / f"native_{resolution}_{n}.zarr", n, [(c, r, r) for c, r in zip(chans, res, strict=True)]
+        )
+        for n in counts
+    }
     memmaps = []
     start = time.perf_counter()
     for i in range(n_max):
@@ -201,13 +228,24 @@ def layouts(resolution: int, counts: list[int], work: Path, args: argparse.Names
         writer.close()
     print(f"  generated and wrote {n_max} images in {time.perf_counter() - start:.1f} s", flush=True)
     rows = []
-    base = {"labels": str(labels_path), "batch_size": args.batch_size, "batches": args.batches,
-            "members": args.members, "window": args.window, "threads": torch.get_num_threads()}
+    base = {
+        "labels": str(labels_path),
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "members": args.members,
+        "window": args.window,
+        "threads": torch.get_num_threads(),
+    }
     for n in counts:
         store = work / f"native_{resolution}_{n}.zarr"
-        row = {"resolution": resolution, "n": n, "native_bytes": dir_bytes(store),
-               "up_fp16_bytes": sum(Path(p).stat().st_size for p in memmaps[:n]) if write_up else n * full_fp16,
-               "up_measured": write_up, "up_fp32_bytes": 2 * n * full_fp16}
+        row = {
+            "resolution": resolution,
+            "n": n,
+            "native_bytes": dir_bytes(store),
+            "up_fp16_bytes": sum(Path(p).stat().st_size for p in memmaps[:n]) if write_up else n * full_fp16,
+            "up_measured": write_up,
+            "up_fp32_bytes": 2 * n * full_fp16,
+        }
         row["native"] = run_child({**base, "layout": "native", "store": str(store), "n_images": n})
         if write_up:
             row["upsampled"] = run_child({**base, "layout": "upsampled", "memmaps": memmaps, "n_images": n})
@@ -222,14 +260,19 @@ def _print_row(row: dict) -> None:
     mib = 2**20
     ratio = row["up_fp32_bytes"] / row["native_bytes"]
     head = f"  R={row['resolution']:4d} N={row['n']:2d}"
-    print(f"{head} disk: ours {row['native_bytes'] / mib:8.1f} MiB | upsampled fp16 "
-          f"{row['up_fp16_bytes'] / mib:9.1f} MiB{'' if row['up_measured'] else ' (computed)'} | fp32 "
-          f"{row['up_fp32_bytes'] / mib:9.1f} MiB | fp32/ours {ratio:6.1f}x")
+    print(
+        f"{head} disk: ours {row['native_bytes'] / mib:8.1f} MiB | upsampled fp16 "
+        f"{row['up_fp16_bytes'] / mib:9.1f} MiB{'' if row['up_measured'] else ' (computed)'} | fp32 "
+        f"{row['up_fp32_bytes'] / mib:9.1f} MiB | fp32/ours {ratio:6.1f}x"
+    )
     for key, name in (("native", "ours (zarr, native)"), ("upsampled", "HDGAN (memmap)"), ("inram", "in-RAM")):
         if key in row:
             r = row[key]
-            print(f"{head} train {name:20}: {r['pixels_per_s']:9.0f} px/s  peak RSS {r['peak_rss'] / mib:7.0f} MiB "
-                  f"(process start {r['rss_start'] / mib:4.0f} MiB)", flush=True)
+            print(
+                f"{head} train {name:20}: {r['pixels_per_s']:9.0f} px/s  peak RSS {r['peak_rss'] / mib:7.0f} MiB "
+                f"(process start {r['rss_start'] / mib:4.0f} MiB)",
+                flush=True,
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,14 +284,27 @@ def _train_eval(source, labels: np.ndarray, split: dict[str, np.ndarray], cls: d
     k = DEMO_CLASS_MAP.n_classes
 
     def stream(name: str, fixed: bool, batches: int) -> BatchStream:
-        return BatchStream(source, [labels[i] for i in split[name]], split[name], cls["batch_size"], batches, k,
-                           cls["class_balance"], seed=0, fixed=fixed)
+        return BatchStream(
+            source,
+            [labels[i] for i in split[name]],
+            split[name],
+            cls["batch_size"],
+            batches,
+            k,
+            cls["class_balance"],
+            seed=0,
+            fixed=fixed,
+        )
 
-    ensemble = PixelEnsemble(EnsembleConfig(MLPConfig(source.n_features, k, tuple(cls["hidden"]), cls["dropout"]),
-                                            cls["members"]))
+    ensemble = PixelEnsemble(
+        EnsembleConfig(MLPConfig(source.n_features, k, tuple(cls["hidden"]), cls["dropout"]), cls["members"])
+    )
     train_cfg = TrainConfig(optimizer=cls["optimizer"], max_epochs=cls["max_epochs"], patience=cls["patience"])
-    ensemble.fit(stream("train", False, cls["batches_per_epoch"]),
-                 stream("val", True, max(2, cls["batches_per_epoch"] // 4)), train_cfg)
+    ensemble.fit(
+        stream("train", False, cls["batches_per_epoch"]),
+        stream("val", True, max(2, cls["batches_per_epoch"] // 4)),
+        train_cfg,
+    )
     cm = np.zeros((k, k), np.int64)
     for i in split["test"]:
         probs = predict(ensemble, int(i))
@@ -282,23 +338,27 @@ def demo_dice(work: Path, args: argparse.Namespace) -> dict:
     with FeatureStoreWriter(store, n, [(c, r, r) for c, r in zip(chans, res, strict=True)]) as writer:
         for i in range(n):
             with torch.no_grad():
-                _, feats = G.synthesis(torch.from_numpy(ws[i:i + 1]), noise_mode="const", return_features=True)
+                _, feats = G.synthesis(torch.from_numpy(ws[i : i + 1]), noise_mode="const", return_features=True)
             writer.write(i, [f[0].numpy() for f in feats[-BLOCKS:]])
     order = np.random.default_rng(0).permutation(n)
-    split = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    shares = np.bincount(labels[split["test"]].ravel(), minlength=DEMO_CLASS_MAP.n_classes) / labels[
-        split["test"]].size
-    print(f"demo benchmark: {origin}; {n_train}/{n_val}/{n_test} train/val/test generated images at "
-          f"{images.shape[1]} px, psi {psi}; test class shares "
-          + " ".join(f"{c}={s:.2f}" for c, s in zip(DEMO_CLASS_MAP.classes, shares, strict=True)), flush=True)
-    print(f"  classifier: {cls['members']} members, hidden {cls['hidden']}, batch {cls['batch_size']}, "
-          f"{cls['batches_per_epoch']} batches/epoch, <= {cls['max_epochs']} epochs", flush=True)
+    split = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+    shares = np.bincount(labels[split["test"]].ravel(), minlength=DEMO_CLASS_MAP.n_classes) / labels[split["test"]].size
+    print(
+        f"demo benchmark: {origin}; {n_train}/{n_val}/{n_test} train/val/test generated images at "
+        f"{images.shape[1]} px, psi {psi}; test class shares "
+        + " ".join(f"{c}={s:.2f}" for c, s in zip(DEMO_CLASS_MAP.classes, shares, strict=True)),
+        flush=True,
+    )
+    print(
+        f"  classifier: {cls['members']} members, hidden {cls['hidden']}, batch {cls['batch_size']}, "
+        f"{cls['batches_per_epoch']} batches/epoch, <= {cls['max_epochs']} epochs",
+        flush=True,
+    )
 
     sampler = FeatureSampler(store)
 
     def predict_features(ensemble: PixelEnsemble, i: int) -> np.ndarray:
-        return ensemble.predict_proba(sampler.read_rows(i, 0, sampler.output_shape[0]).reshape(-1,
-                                                                                                sampler.n_features))
+        return ensemble.predict_proba(sampler.read_rows(i, 0, sampler.output_shape[0]).reshape(-1, sampler.n_features))
 
     rgb = InRamSource(rgb_neighbourhoods(images))
 
@@ -307,30 +367,47 @@ def demo_dice(work: Path, args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     dice_features = _train_eval(sampler, labels, split, cls, predict_features)
-    print(f"  generator features ({sampler.n_features}/px): mean Dice {dice_features:.3f} "
-          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    print(
+        f"  generator features ({sampler.n_features}/px): mean Dice {dice_features:.3f} "
+        f"({time.perf_counter() - start:.0f} s)",
+        flush=True,
+    )
     start = time.perf_counter()
     dice_rgb = _train_eval(rgb, labels, split, cls, predict_rgb)
-    print(f"  7x7 RGB neighbourhood ({rgb.n_features}/px): mean Dice {dice_rgb:.3f} "
-          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    print(
+        f"  7x7 RGB neighbourhood ({rgb.n_features}/px): mean Dice {dice_rgb:.3f} "
+        f"({time.perf_counter() - start:.0f} s)",
+        flush=True,
+    )
     return {"features": dice_features, "rgb": dice_rgb}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="256 px, N in (2, 4), 5 training batches, small Dice run (3 members, 3 epochs), 1 thread")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="256 px, N in (2, 4), 5 training batches, small Dice run (3 members, 3 epochs), 1 thread",
+    )
     ap.add_argument("--resolutions", type=int, nargs="+", default=None, help="default 512 1024 (quick: 256)")
     ap.add_argument("--images", type=int, nargs="+", default=None, help="default 4 8 16 (quick: 2 4)")
     ap.add_argument("--batches", type=int, default=None, help="timed training batches per run (default 20, quick 5)")
     ap.add_argument("--batch-size", type=int, default=4096, help="pixels per batch (the demo preset's)")
     ap.add_argument("--members", type=int, default=10, help="ensemble members (the demo preset's)")
-    ap.add_argument("--window", type=int, default=None,
-                    help="BatchStream window (px); default none = uniform sampling, as pixel_classifier does")
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="BatchStream window (px); default none = uniform sampling, as pixel_classifier does",
+    )
     ap.add_argument("--generator", default=None, help="demo generator checkpoint (default: the shipped one)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's; quick: 1, since on a shared 2-core machine two OpenMP "
-                         "threads under nice wait on each other)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's; quick: 1, since on a shared 2-core machine two OpenMP "
+        "threads under nice wait on each other)",
+    )
     ap.add_argument("--skip-dice", action="store_true")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -343,8 +420,11 @@ def main() -> None:
     args.batches = args.batches or (5 if args.quick else 20)
     if 4 not in args.images:
         raise SystemExit("--images must include 4 (the in-RAM baseline and the RSS reference use 4 images)")
-    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; training runs: "
-          f"{args.members} members, {args.batches} batches x {args.batch_size} px, window {args.window}", flush=True)
+    print(
+        f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; training runs: "
+        f"{args.members} members, {args.batches} batches x {args.batch_size} px, window {args.window}",
+        flush=True,
+    )
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="features_") as tmp:
         work = Path(tmp)
@@ -357,18 +437,24 @@ def main() -> None:
         growth.append(peak[max(peak)] / peak[4] - 1 if max(peak) != 4 else peak[4] / peak[min(peak)] - 1)
         if "upsampled" in next(r for r in rows if r["resolution"] == res):
             up = {r["n"]: r["upsampled"]["peak_rss"] for r in rows if r["resolution"] == res}
-            print(f"R={res}: HDGAN memmap peak RSS growth {min(up)}->{max(up)} images: "
-                  f"{up[max(up)] / up[min(up)] - 1:+.1%}; ours {min(peak)}->{max(peak)}: "
-                  f"{peak[max(peak)] / peak[min(peak)] - 1:+.1%}")
+            print(
+                f"R={res}: HDGAN memmap peak RSS growth {min(up)}->{max(up)} images: "
+                f"{up[max(up)] / up[min(up)] - 1:+.1%}; ours {min(peak)}->{max(peak)}: "
+                f"{peak[max(peak)] / peak[min(peak)] - 1:+.1%}"
+            )
     ref = next(r for r in rows if r["resolution"] == args.resolutions[0] and r["n"] == 4)
     throughput_ratio = ref["native"]["pixels_per_s"] / ref["inram"]["pixels_per_s"]
     extra = ""
     if "upsampled" in ref:
         extra = f", HDGAN memmap / in-RAM {ref['upsampled']['pixels_per_s'] / ref['inram']['pixels_per_s']:.2f}"
-    print(f"R={args.resolutions[0]} N=4: ours / in-RAM training throughput {throughput_ratio:.2f}{extra}; in-RAM "
-          f"peak RSS {ref['inram']['peak_rss'] / 2**20:.0f} MiB vs ours {ref['native']['peak_rss'] / 2**20:.0f} MiB")
-    print(f"disk_ratio={disk_ratio:.1f} rss_growth={max(growth):.3f} throughput_ratio={throughput_ratio:.2f} "
-          f"mean_dice={dice['features']:.3f} features_vs_rgb={dice['features'] / dice['rgb']:.2f}")
+    print(
+        f"R={args.resolutions[0]} N=4: ours / in-RAM training throughput {throughput_ratio:.2f}{extra}; in-RAM "
+        f"peak RSS {ref['inram']['peak_rss'] / 2**20:.0f} MiB vs ours {ref['native']['peak_rss'] / 2**20:.0f} MiB"
+    )
+    print(
+        f"disk_ratio={disk_ratio:.1f} rss_growth={max(growth):.3f} throughput_ratio={throughput_ratio:.2f} "
+        f"mean_dice={dice['features']:.3f} features_vs_rgb={dice['features'] / dice['rgb']:.2f}"
+    )
 
 
 if __name__ == "__main__":

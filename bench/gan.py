@@ -43,14 +43,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.demo_slides import DEMO_SLIDES, write_demo_slide  # noqa: E402
-from ops.gan_loop import LoopConfig, fit, generate, swd_against  # noqa: E402
-from ops.gan_training import GanTrainer, TrainConfig  # noqa: E402
-from ops.slide_reader import open_slide  # noqa: E402
-from ops.stylegan2 import Generator, get_gan_config  # noqa: E402
-from ops.tile_dataset import TileCropSampler, split_tiles  # noqa: E402
-from ops.tile_extraction import extract_tiles  # noqa: E402
-from ops.tiling import ParallelSpec, TilingParams, plan_grid  # noqa: E402
+from ops.gan.loop import LoopConfig, fit, generate, swd_against  # noqa: E402
+from ops.gan.networks import Generator, get_gan_config  # noqa: E402
+from ops.gan.trainer import GanTrainer, TrainConfig  # noqa: E402
+from ops.slides.crops import TileCropSampler, split_tiles  # noqa: E402
+from ops.slides.demo_slides import DEMO_SLIDES, write_demo_slide  # noqa: E402
+from ops.slides.extraction import extract_tiles  # noqa: E402
+from ops.slides.reader import open_slide  # noqa: E402
+from ops.slides.tiling import ParallelSpec, TilingParams, plan_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(__file__).resolve().parent / "out"
@@ -103,18 +103,32 @@ def _interleaved(steps: dict[str, object], seconds: float, min_steps: int, warmu
     return {name: t / count for name, t in spent.items()}
 
 
-def throughput(preset: str, device: torch.device, tiles: pd.DataFrame, seconds: float, batch: int,
-               min_train_steps: int, warmup: int = 1) -> dict[str, float]:
+def throughput(
+    preset: str,
+    device: torch.device,
+    tiles: pd.DataFrame,
+    seconds: float,
+    batch: int,
+    min_train_steps: int,
+    warmup: int = 1,
+) -> dict[str, float]:
     """Images/s of a full training step, a bare G+D step, and batched sampling, for one preset on one device."""
     cfg = get_gan_config(preset)
     sampler = TileCropSampler(tiles, cfg.resolution, seed=0)
-    trainers = {"train": GanTrainer(cfg, TrainConfig(batch_size=batch), device),
-                "bare": GanTrainer(cfg, TrainConfig(batch_size=batch, augment=False, r1_gamma=0.0,
-                                                    style_mixing_prob=0.0), device)}
+    trainers = {
+        "train": GanTrainer(cfg, TrainConfig(batch_size=batch), device),
+        "bare": GanTrainer(
+            cfg, TrainConfig(batch_size=batch, augment=False, r1_gamma=0.0, style_mixing_prob=0.0), device
+        ),
+    }
     # step 0 runs the lazy R1 (every r1_interval steps); with one warm-up step and min_train_steps = r1_interval
     # the timed window holds R1 in the share a long run has (quick mode times fewer steps and under-counts it)
-    per_step = _interleaved({name: (lambda tr=tr: tr.train_step(sampler.batch(batch, device)))
-                             for name, tr in trainers.items()}, seconds, min_train_steps, warmup)
+    per_step = _interleaved(
+        {name: (lambda tr=tr: tr.train_step(sampler.batch(batch, device))) for name, tr in trainers.items()},
+        seconds,
+        min_train_steps,
+        warmup,
+    )
     result = {name: batch / t for name, t in per_step.items()}
     seeds = iter(range(10**9))
 
@@ -125,8 +139,16 @@ def throughput(preset: str, device: torch.device, tiles: pd.DataFrame, seconds: 
     return result
 
 
-def quality(tiles_train: pd.DataFrame, tiles_held: pd.DataFrame, kimg: float, swd_images: int, batch: int,
-            device: torch.device, pretrained: Path, seed: int = 0) -> dict[str, object]:
+def quality(
+    tiles_train: pd.DataFrame,
+    tiles_held: pd.DataFrame,
+    kimg: float,
+    swd_images: int,
+    batch: int,
+    device: torch.device,
+    pretrained: Path,
+    seed: int = 0,
+) -> dict[str, object]:
     """Fine-tune the demo config (from the shipped checkpoint if present) and compare SWD with the noise floor."""
     cfg = get_gan_config("demo")
     trainer = GanTrainer(cfg, TrainConfig(batch_size=batch, seed=seed), device)
@@ -155,24 +177,47 @@ def quality(tiles_train: pd.DataFrame, tiles_held: pd.DataFrame, kimg: float, sw
     def ratio(values: dict[int, float]) -> float:
         return max(values[k] / max(floor[k], 1e-12) for k in floor)
 
-    return {"start_from": start_from, "images": trainer.images_seen, "seconds": seconds, "floor": floor,
-            "swd": swd, "untrained": base, "swd_floor_ratio": ratio(swd), "untrained_floor_ratio": ratio(base)}
+    return {
+        "start_from": start_from,
+        "images": trainer.images_seen,
+        "seconds": seconds,
+        "floor": floor,
+        "swd": swd,
+        "untrained": base,
+        "swd_floor_ratio": ratio(swd),
+        "untrained_floor_ratio": ratio(base),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="tiny budget: 200 fine-tuning images, 1 torch thread, ~3 s per throughput measurement")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu"],
-                    help="auto: CPU, plus CUDA when available (CUDA is then the headline device)")
-    ap.add_argument("--kimg", type=float, default=None,
-                    help="fine-tuning budget in thousands of images (default: demo preset's, 0.2 with --quick)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny budget: 200 fine-tuning images, 1 torch thread, ~3 s per throughput measurement",
+    )
+    ap.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu"],
+        help="auto: CPU, plus CUDA when available (CUDA is then the headline device)",
+    )
+    ap.add_argument(
+        "--kimg",
+        type=float,
+        default=None,
+        help="fine-tuning budget in thousands of images (default: demo preset's, 0.2 with --quick)",
+    )
     ap.add_argument("--seconds", type=float, default=None, help="time per throughput measurement (default 20, quick 3)")
     ap.add_argument("--pretrained", type=Path, default=PRETRAINED, help="demo checkpoint to fine-tune from")
     ap.add_argument("--slide", default="demo_03", choices=[s.name for s in DEMO_SLIDES])
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's; quick: 1, since on a shared 2-core machine two OpenMP "
-                         "threads under nice wait on each other)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's; quick: 1, since on a shared 2-core machine two OpenMP "
+        "threads under nice wait on each other)",
+    )
     ap.add_argument("--presets", nargs="+", default=["demo", "256"], choices=sorted(BATCH))
     args = ap.parse_args()
 
@@ -187,8 +232,11 @@ def main() -> None:
 
     tiles = demo_tiles(args.slide)
     train, held = spatial_halves(tiles)
-    print(f"slide {args.slide}: {len(tiles)} tiles -> {len(train)} train (left) / {len(held)} held-out (right); "
-          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"slide {args.slide}: {len(tiles)} tiles -> {len(train)} train (left) / {len(held)} held-out (right); "
+        f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     rates: dict[tuple[str, str], dict[str, float]] = {}
     for device in devices:
@@ -196,29 +244,38 @@ def main() -> None:
             batch = (QUICK_BATCH if args.quick else BATCH)[preset]
             r = throughput(preset, device, train, seconds, batch, min_train_steps=2 if args.quick else 16)
             rates[(preset, device.type)] = r
-            print(f"{preset:>4} px-preset on {device.type:4}: batch {batch:2d}  train {r['train']:7.2f} img/s  "
-                  f"bare G+D {r['bare']:7.2f} img/s  sample {r['sample']:8.2f} img/s  "
-                  f"train_vs_bare={r['train'] / r['bare']:.2f}", flush=True)
+            print(
+                f"{preset:>4} px-preset on {device.type:4}: batch {batch:2d}  train {r['train']:7.2f} img/s  "
+                f"bare G+D {r['bare']:7.2f} img/s  sample {r['sample']:8.2f} img/s  "
+                f"train_vs_bare={r['train'] / r['bare']:.2f}",
+                flush=True,
+            )
     if ("demo", "cpu") in rates and ("256", "cpu") in rates:
         d, b = rates[("demo", "cpu")], rates[("256", "cpu")]
         print(f"256 vs demo on cpu: train {b['train'] / d['train']:.3f}x, sample {b['sample'] / d['sample']:.3f}x")
     if len(devices) > 1:
         for preset in args.presets:
             c, g = rates[(preset, "cpu")], rates[(preset, "cuda")]
-            print(f"{preset} cuda vs cpu: train {g['train'] / c['train']:.1f}x, "
-                  f"sample {g['sample'] / c['sample']:.1f}x")
+            print(
+                f"{preset} cuda vs cpu: train {g['train'] / c['train']:.1f}x, sample {g['sample'] / c['sample']:.1f}x"
+            )
 
-    q = quality(train, held, kimg, int(gan_preset.get("swd_images", 64)), int(gan_preset["batch_size"]), head,
-                args.pretrained)
-    print(f"quality (demo config, {head.type}): {q['start_from']}; {q['images']} images in {q['seconds']:.1f} s "
-          f"({q['images'] / q['seconds']:.1f} img/s incl. crop reading), kimg={kimg:g}")
+    q = quality(
+        train, held, kimg, int(gan_preset.get("swd_images", 64)), int(gan_preset["batch_size"]), head, args.pretrained
+    )
+    print(
+        f"quality (demo config, {head.type}): {q['start_from']}; {q['images']} images in {q['seconds']:.1f} s "
+        f"({q['images'] / q['seconds']:.1f} img/s incl. crop reading), kimg={kimg:g}"
+    )
     levels = sorted(q["floor"], reverse=True)
     for name in ("floor", "swd", "untrained"):
         label = {"floor": "held-out A vs B", "swd": "samples vs A", "untrained": "untrained vs A"}[name]
         print(f"  SWD x1e3 {label:16}: " + "  ".join(f"{k}px {q[name][k]:7.2f}" for k in levels))
     h = rates[("demo", head.type)] if ("demo", head.type) in rates else next(iter(rates.values()))
-    print(f"train_img_per_s={h['train']:.2f} sample_img_per_s={h['sample']:.2f} "
-          f"swd_floor_ratio={q['swd_floor_ratio']:.3f} untrained_floor_ratio={q['untrained_floor_ratio']:.3f}")
+    print(
+        f"train_img_per_s={h['train']:.2f} sample_img_per_s={h['sample']:.2f} "
+        f"swd_floor_ratio={q['swd_floor_ratio']:.3f} untrained_floor_ratio={q['untrained_floor_ratio']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ The left three quarters of the image are for training, the right quarter is held
    demo preset with ``ddim`` (concat and cross_attention) and ``sc`` (separated conditions: one UNet pass per class
    present, so its cost follows the masks). The 256-px preset runs 2 images for a few DDIM steps only; its 20-step
    rate is extrapolated from the time per step plus the measured decode, and the output says so.
-3. Mask agreement (``ops.metrics.mask_agreement``: each generated pixel takes the class of the nearest real class
+3. Mask agreement (``ops.evaluation.metrics.mask_agreement``: each generated pixel takes the class of the nearest
+   real class
    mean colour; accuracy against its own mask / against another image's mask). The demo autoencoder is trained for
    ``--ae-seconds`` of wall time, training crops are encoded once into a latent pool, then one demo LDM per
    conditioning trains for ``--ldm-seconds`` of its own step time (steps interleaved, same batches), so the two
@@ -58,19 +59,19 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.autoencoder import (  # noqa: E402
+from ops.diffusion.autoencoder import (  # noqa: E402
     AutoencoderTrainer,
     build_autoencoder,
     encode,
     get_autoencoder_config,
     reconstruction_metrics,
 )
-from ops.demo_annotator import DEMO_CLASS_MAP, demo_annotate  # noqa: E402
-from ops.ldm import CONDITIONINGS, LdmTrainConfig, LdmTrainer, MaskConditionedUNet, get_ldm_config  # noqa: E402
-from ops.ldm_export import latents_to_uint8  # noqa: E402
-from ops.ldm_sampling import ddim_sample, sample_latents  # noqa: E402
-from ops.mask_bank import MaskBank  # noqa: E402
-from ops.metrics import mask_agreement  # noqa: E402
+from ops.diffusion.denoiser import CONDITIONINGS, LdmTrainConfig, LdmTrainer, MaskConditionedUNet, get_ldm_config  # noqa: E402
+from ops.diffusion.mask_bank import MaskBank  # noqa: E402
+from ops.diffusion.samplers import ddim_sample, sample_latents  # noqa: E402
+from ops.evaluation.metrics import mask_agreement  # noqa: E402
+from ops.export.ldm_route import latents_to_uint8  # noqa: E402
+from ops.labelling.demo_annotator import DEMO_CLASS_MAP, demo_annotate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_PRESET = ROOT / "pipelines" / "presets" / "demo.yaml"
@@ -92,16 +93,17 @@ def _dihedral(a: np.ndarray, t: int) -> np.ndarray:
     return a[:, ::-1] if t >= 4 else a
 
 
-def crops(image: np.ndarray, labels: np.ndarray, n: int, size: int, columns: tuple[int, int],
-          seed: int) -> tuple[np.ndarray, np.ndarray]:
+def crops(
+    image: np.ndarray, labels: np.ndarray, n: int, size: int, columns: tuple[int, int], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` aligned random ``size``-px crops of image and labels inside ``columns`` [x0, x1), each flipped/rotated
     by one of the 8 dihedral transforms: ``uint8 [n, size, size, 3]`` and ``uint8 [n, size, size]``."""
     rng = np.random.default_rng(seed)
     ys = rng.integers(0, image.shape[0] - size + 1, n)
     xs = rng.integers(columns[0], columns[1] - size + 1, n)
     ts = rng.integers(0, 8, n)
-    images = np.stack([_dihedral(image[y:y + size, x:x + size], t) for y, x, t in zip(ys, xs, ts, strict=True)])
-    masks = np.stack([_dihedral(labels[y:y + size, x:x + size], t) for y, x, t in zip(ys, xs, ts, strict=True)])
+    images = np.stack([_dihedral(image[y : y + size, x : x + size], t) for y, x, t in zip(ys, xs, ts, strict=True)])
+    masks = np.stack([_dihedral(labels[y : y + size, x : x + size], t) for y, x, t in zip(ys, xs, ts, strict=True)])
     return np.ascontiguousarray(images), np.ascontiguousarray(masks)
 
 
@@ -136,8 +138,9 @@ def ldm_train_speed(preset: str, image: np.ndarray, labels: np.ndarray, warmup: 
     for conditioning in CONDITIONINGS:
         cfg = get_ldm_config(preset, N_CLASSES, conditioning=conditioning)
         trainer = LdmTrainer(cfg, LdmTrainConfig(batch_size=batch, seed=0))
-        z0 = torch.randn(batch, cfg.latent_channels, cfg.latent_size, cfg.latent_size,
-                         generator=torch.Generator().manual_seed(0))
+        z0 = torch.randn(
+            batch, cfg.latent_channels, cfg.latent_size, cfg.latent_size, generator=torch.Generator().manual_seed(0)
+        )
         masks = torch.from_numpy(crops(image, labels, batch, cfg.resolution, (0, HOLDOUT_X), seed=1)[1]).long()
         steps[conditioning] = lambda tr=trainer, z=z0, m=masks: tr.train_step(z, m)
     return _median_seconds(steps, warmup, rounds)
@@ -160,8 +163,9 @@ def demo_sample_speed(masks: np.ndarray, repeats: int) -> dict[str, float]:
     for conditioning, sampler in (("concat", "ddim"), ("concat", "sc"), ("cross_attention", "ddim")):
         model = MaskConditionedUNet(get_ldm_config("demo", N_CLASSES, conditioning=conditioning)).eval()
         sample_latents(model, m[:2], seeds[:2], sampler, 2)  # warm-up: allocator, kernels
-        calls[f"{SHORT[conditioning]}_{sampler}"] = (
-            lambda mo=model, s=sampler: latents_to_uint8(ae, sample_latents(mo, m, seeds, s, SAMPLE_STEPS), 1.0))
+        calls[f"{SHORT[conditioning]}_{sampler}"] = lambda mo=model, s=sampler: latents_to_uint8(
+            ae, sample_latents(mo, m, seeds, s, SAMPLE_STEPS), 1.0
+        )
     return {name: len(masks) / t for name, t in _median_seconds(calls, 0, repeats).items()}
 
 
@@ -178,16 +182,16 @@ def speed_256_sampling(masks: np.ndarray, steps: int) -> dict[str, float]:
     start = time.perf_counter()
     latents_to_uint8(ae, z, 1.0)
     decode = time.perf_counter() - start
-    return {"per_step": per_step, "decode": decode,
-            "img_per_s_20": len(masks) / (SAMPLE_STEPS * per_step + decode)}
+    return {"per_step": per_step, "decode": decode, "img_per_s_20": len(masks) / (SAMPLE_STEPS * per_step + decode)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Mask agreement at equal wall time.
 
 
-def train_autoencoder(image: np.ndarray, labels: np.ndarray, seconds: float, batch: int,
-                      held: torch.Tensor) -> tuple[AutoencoderTrainer, dict]:
+def train_autoencoder(
+    image: np.ndarray, labels: np.ndarray, seconds: float, batch: int, held: torch.Tensor
+) -> tuple[AutoencoderTrainer, dict]:
     """Demo autoencoder trained for ``seconds`` of wall time on training-region crops; latent scale fitted."""
     trainer = AutoencoderTrainer(get_autoencoder_config("demo"), seed=0)
     before = reconstruction_metrics(trainer.model, held)
@@ -195,28 +199,44 @@ def train_autoencoder(image: np.ndarray, labels: np.ndarray, seconds: float, bat
     while time.perf_counter() - start < seconds:
         trainer.train_step(as_input(crops(image, labels, batch, 64, (0, HOLDOUT_X), seed=10_000 + trainer.step)[0]))
     spent = time.perf_counter() - start
-    trainer.fit_latent_scale([as_input(crops(image, labels, 64, 64, (0, HOLDOUT_X), seed=20_000 + i)[0])
-                              for i in range(4)])
-    return trainer, {"steps": trainer.step, "seconds": spent, "psnr_before": before["psnr"],
-                     "psnr": reconstruction_metrics(trainer.model, held)["psnr"]}
+    trainer.fit_latent_scale(
+        [as_input(crops(image, labels, 64, 64, (0, HOLDOUT_X), seed=20_000 + i)[0]) for i in range(4)]
+    )
+    return trainer, {
+        "steps": trainer.step,
+        "seconds": spent,
+        "psnr_before": before["psnr"],
+        "psnr": reconstruction_metrics(trainer.model, held)["psnr"],
+    }
 
 
 def encode_pool(trainer: AutoencoderTrainer, images: np.ndarray, chunk: int = 256) -> torch.Tensor:
     """Scaled latents of ``images`` (encoded once; the LDM's wall budget then goes to its own steps)."""
-    return torch.cat([encode(trainer.model, as_input(images[i:i + chunk]), trainer.latent_scale)
-                      for i in range(0, len(images), chunk)])
+    return torch.cat(
+        [
+            encode(trainer.model, as_input(images[i : i + chunk]), trainer.latent_scale)
+            for i in range(0, len(images), chunk)
+        ]
+    )
 
 
-def train_ldms_equal_time(latents: torch.Tensor, masks: torch.Tensor, ae_cfg, batch: int,
-                          seconds: float) -> tuple[dict[str, LdmTrainer], dict[str, dict]]:
+def train_ldms_equal_time(
+    latents: torch.Tensor, masks: torch.Tensor, ae_cfg, batch: int, seconds: float
+) -> tuple[dict[str, LdmTrainer], dict[str, dict]]:
     """One demo LDM per conditioning, each trained for ``seconds`` of its own step time on the same batches.
 
     Steps are interleaved (the one with less time spent goes next), so load changes hit both alike.
     """
     trainers, rngs, spent, losses = {}, {}, {}, {}
     for conditioning in CONDITIONINGS:
-        cfg = get_ldm_config("demo", N_CLASSES, conditioning=conditioning, latent_channels=ae_cfg.latent_channels,
-                             latent_size=ae_cfg.latent_resolution, resolution=ae_cfg.resolution)
+        cfg = get_ldm_config(
+            "demo",
+            N_CLASSES,
+            conditioning=conditioning,
+            latent_channels=ae_cfg.latent_channels,
+            latent_size=ae_cfg.latent_resolution,
+            resolution=ae_cfg.resolution,
+        )
         trainers[conditioning] = LdmTrainer(cfg, LdmTrainConfig(batch_size=batch, seed=0, **LDM_TRAIN))
         rngs[conditioning] = np.random.default_rng(0)  # the same batch sequence for every conditioning
         spent[conditioning], losses[conditioning] = 0.0, []
@@ -227,13 +247,16 @@ def train_ldms_equal_time(latents: torch.Tensor, masks: torch.Tensor, ae_cfg, ba
         stats = trainers[conditioning].train_step(latents[idx], masks[idx])
         spent[conditioning] += time.perf_counter() - start
         losses[conditioning].append(stats["loss"])
-    info = {c: {"steps": t.step, "images": t.images_seen, "seconds": spent[c],
-                "loss": float(np.mean(losses[c][-50:]))} for c, t in trainers.items()}
+    info = {
+        c: {"steps": t.step, "images": t.images_seen, "seconds": spent[c], "loss": float(np.mean(losses[c][-50:]))}
+        for c, t in trainers.items()
+    }
     return trainers, info
 
 
-def generate(trainer: LdmTrainer, ae: AutoencoderTrainer, masks: np.ndarray, seeds: np.ndarray,
-             sampler: str) -> tuple[np.ndarray, float]:
+def generate(
+    trainer: LdmTrainer, ae: AutoencoderTrainer, masks: np.ndarray, seeds: np.ndarray, sampler: str
+) -> tuple[np.ndarray, float]:
     """uint8 images from the EMA denoiser for ``masks`` (20 DDIM steps), and the seconds it took."""
     start = time.perf_counter()
     z = sample_latents(trainer.sampling_model, torch.from_numpy(masks).long(), seeds, sampler, SAMPLE_STEPS)
@@ -242,23 +265,41 @@ def generate(trainer: LdmTrainer, ae: AutoencoderTrainer, masks: np.ndarray, see
 
 
 def _agreement_line(label: str, r: dict[str, float], extra: str = "") -> str:
-    return (f"  {label:34}: accuracy {r['accuracy']:.3f}  chance (rolled masks) {r['chance']:.3f}  "
-            f"mask_agreement {r['mask_agreement']:.3f}{extra}")
+    return (
+        f"  {label:34}: accuracy {r['accuracy']:.3f}  chance (rolled masks) {r['chance']:.3f}  "
+        f"mask_agreement {r['mask_agreement']:.3f}{extra}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="fewer timed steps (one at 256 px), 20 s autoencoder, 45 s per LDM; under ~4 min")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a shared 2-core machine two OpenMP threads often wait on "
-                         "each other and run slower than one)")
-    ap.add_argument("--ae-seconds", type=float, default=None, help="autoencoder training wall time (default 75, "
-                    "quick 20)")
-    ap.add_argument("--ldm-seconds", type=float, default=None,
-                    help="LDM training step time per conditioning (default 180, quick 45)")
-    ap.add_argument("--eval-images", type=int, default=None,
-                    help="generated images scored for mask agreement (default 64, quick 32)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer timed steps (one at 256 px), 20 s autoencoder, 45 s per LDM; under ~4 min",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine two OpenMP threads often wait on "
+        "each other and run slower than one)",
+    )
+    ap.add_argument(
+        "--ae-seconds", type=float, default=None, help="autoencoder training wall time (default 75, quick 20)"
+    )
+    ap.add_argument(
+        "--ldm-seconds",
+        type=float,
+        default=None,
+        help="LDM training step time per conditioning (default 180, quick 45)",
+    )
+    ap.add_argument(
+        "--eval-images",
+        type=int,
+        default=None,
+        help="generated images scored for mask agreement (default 64, quick 32)",
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -276,83 +317,116 @@ def main() -> None:
     image = data.immunohistochemistry()
     labels = demo_annotate(image)
     shares = np.bincount(labels.ravel(), minlength=N_CLASSES) / labels.size
-    print(f"skimage immunohistochemistry {image.shape[0]}x{image.shape[1]} labelled by the demo annotator (DEMO "
-          f"STAND-IN): " + " ".join(f"{c}={s:.2f}" for c, s in zip(DEMO_CLASS_MAP.classes, shares, strict=True))
-          + f"; columns >= {HOLDOUT_X} held out; torch threads {torch.get_num_threads()}, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"skimage immunohistochemistry {image.shape[0]}x{image.shape[1]} labelled by the demo annotator (DEMO "
+        f"STAND-IN): "
+        + " ".join(f"{c}={s:.2f}" for c, s in zip(DEMO_CLASS_MAP.classes, shares, strict=True))
+        + f"; columns >= {HOLDOUT_X} held out; torch threads {torch.get_num_threads()}, load average "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     # 1. Training speed.
     train_s = {p: ldm_train_speed(p, image, labels, warmup[p], rounds[p]) for p in ("demo", "256")}
     for p, per in train_s.items():
         timed = f"median of {rounds[p]} timed step{'s' if rounds[p] > 1 else ''} after {warmup[p]} warm-up"
-        print(f"LDM train {p:>4} preset, batch {BATCH[p]:2d} ({timed}): " + "  ".join(
-            f"{c} {1 / t:6.2f} steps/s {BATCH[p] / t:7.2f} img/s" for c, t in per.items())
-              + f"  (cross_attention / concat time per step {per['cross_attention'] / per['concat']:.2f}x)",
-              flush=True)
+        print(
+            f"LDM train {p:>4} preset, batch {BATCH[p]:2d} ({timed}): "
+            + "  ".join(f"{c} {1 / t:6.2f} steps/s {BATCH[p] / t:7.2f} img/s" for c, t in per.items())
+            + f"  (cross_attention / concat time per step {per['cross_attention'] / per['concat']:.2f}x)",
+            flush=True,
+        )
     ae_s = ae_train_speed(image, labels, ae_batch, 2, rounds["demo"])
-    print(f"autoencoder train demo preset, batch {ae_batch}: {1 / ae_s:.2f} steps/s {ae_batch / ae_s:.1f} img/s",
-          flush=True)
+    print(
+        f"autoencoder train demo preset, batch {ae_batch}: {1 / ae_s:.2f} steps/s {ae_batch / ae_s:.1f} img/s",
+        flush=True,
+    )
 
     # 2. Sampling speed.
     held_bank = MaskBank.from_masks(crops(image, labels, 256, 64, (HOLDOUT_X, 512), seed=3)[1], N_CLASSES)
     bank_masks = held_bank.sample(np.arange(SAMPLE_IMAGES) + 5_000_000)
     sample = demo_sample_speed(bank_masks, 1 if args.quick else 2)
-    print(f"sample demo preset, {SAMPLE_IMAGES} bank masks, {SAMPLE_STEPS} steps + decode to uint8: "
-          f"concat DDIM {sample['concat_ddim']:.2f} img/s, concat SC {sample['concat_sc']:.2f} img/s "
-          f"(SC / DDIM time {sample['concat_ddim'] / sample['concat_sc']:.1f}x), cross_attention DDIM "
-          f"{sample['xattn_ddim']:.2f} img/s", flush=True)
+    print(
+        f"sample demo preset, {SAMPLE_IMAGES} bank masks, {SAMPLE_STEPS} steps + decode to uint8: "
+        f"concat DDIM {sample['concat_ddim']:.2f} img/s, concat SC {sample['concat_sc']:.2f} img/s "
+        f"(SC / DDIM time {sample['concat_ddim'] / sample['concat_sc']:.1f}x), cross_attention DDIM "
+        f"{sample['xattn_ddim']:.2f} img/s",
+        flush=True,
+    )
     big_steps = 2 if args.quick else 4
     big = speed_256_sampling(crops(image, labels, 2, 256, (0, HOLDOUT_X), seed=4)[1], big_steps)
-    print(f"sample 256 preset, concat DDIM, 2 images: {big['per_step']:.2f} s per step (measured over {big_steps} "
-          f"steps), decode {big['decode']:.2f} s -> EXTRAPOLATED to {SAMPLE_STEPS} steps: "
-          f"{big['img_per_s_20']:.3f} img/s", flush=True)
+    print(
+        f"sample 256 preset, concat DDIM, 2 images: {big['per_step']:.2f} s per step (measured over {big_steps} "
+        f"steps), decode {big['decode']:.2f} s -> EXTRAPOLATED to {SAMPLE_STEPS} steps: "
+        f"{big['img_per_s_20']:.3f} img/s",
+        flush=True,
+    )
 
     # 3. Mask agreement at equal wall time.
     held_x = as_input(crops(image, labels, 64, 64, (HOLDOUT_X, 512), seed=5)[0])
     ae, ae_info = train_autoencoder(image, labels, ae_seconds, ae_batch, held_x)
-    print(f"quality: autoencoder demo preset, {ae_info['steps']} steps in {ae_info['seconds']:.0f} s: held-out "
-          f"PSNR {ae_info['psnr_before']:.1f} -> {ae_info['psnr']:.1f} dB, latent scale {ae.latent_scale:.3f}",
-          flush=True)
+    print(
+        f"quality: autoencoder demo preset, {ae_info['steps']} steps in {ae_info['seconds']:.0f} s: held-out "
+        f"PSNR {ae_info['psnr_before']:.1f} -> {ae_info['psnr']:.1f} dB, latent scale {ae.latent_scale:.3f}",
+        flush=True,
+    )
     pool_images, pool_masks = crops(image, labels, 2048 if args.quick else 4096, 64, (0, HOLDOUT_X), seed=6)
     latents = encode_pool(ae, pool_images)
-    trainers, ldm_info = train_ldms_equal_time(latents, torch.from_numpy(pool_masks).long(), ae.cfg, ldm_batch,
-                                               ldm_seconds)
-    print(f"  LDM demo preset, batch {ldm_batch}, {ldm_seconds:.0f} s of step time each (interleaved, same batches) "
-          f"on {len(latents)} encoded training crops: " + "; ".join(
-              f"{c} {i['steps']} steps ({i['images'] / i['seconds']:.1f} img/s, loss last 50 {i['loss']:.4f})"
-              for c, i in ldm_info.items()), flush=True)
+    trainers, ldm_info = train_ldms_equal_time(
+        latents, torch.from_numpy(pool_masks).long(), ae.cfg, ldm_batch, ldm_seconds
+    )
+    print(
+        f"  LDM demo preset, batch {ldm_batch}, {ldm_seconds:.0f} s of step time each (interleaved, same batches) "
+        f"on {len(latents)} encoded training crops: "
+        + "; ".join(
+            f"{c} {i['steps']} steps ({i['images'] / i['seconds']:.1f} img/s, loss last 50 {i['loss']:.4f})"
+            for c, i in ldm_info.items()
+        ),
+        flush=True,
+    )
 
     eval_seeds = np.arange(eval_images, dtype=np.int64) + 9_000_000
     eval_masks = held_bank.sample(eval_seeds)
     ref_images, ref_masks = crops(image, labels, 128, 64, (HOLDOUT_X, 512), seed=7)
     real_images, real_masks = crops(image, labels, eval_images, 64, (HOLDOUT_X, 512), seed=8)
     real = mask_agreement(real_images, real_masks, ref_images, ref_masks, N_CLASSES)
-    print(f"  mask agreement on {eval_images} images from held-out bank masks, {SAMPLE_STEPS} steps; class "
-          f"colours from {len(ref_images)} held-out real pairs:", flush=True)
+    print(
+        f"  mask agreement on {eval_images} images from held-out bank masks, {SAMPLE_STEPS} steps; class "
+        f"colours from {len(ref_images)} held-out real pairs:",
+        flush=True,
+    )
     print(_agreement_line("real held-out pairs (ceiling)", real), flush=True)
     scores = {}
-    for key, conditioning, sampler in (("concat", "concat", "ddim"), ("xattn", "cross_attention", "ddim"),
-                                       ("sc", "concat", "sc")):
+    for key, conditioning, sampler in (
+        ("concat", "concat", "ddim"),
+        ("xattn", "cross_attention", "ddim"),
+        ("sc", "concat", "sc"),
+    ):
         images, seconds = generate(trainers[conditioning], ae, eval_masks, eval_seeds, sampler)
         scores[key] = mask_agreement(images, eval_masks, ref_images, ref_masks, N_CLASSES)
         print(_agreement_line(f"{conditioning} {sampler.upper()}", scores[key], f"  ({seconds:.1f} s)"), flush=True)
     winner = max(("concat", "xattn"), key=lambda k: scores[k]["mask_agreement"])
-    print(f"  at equal wall time {'concat' if winner == 'concat' else 'cross_attention'} follows masks better "
-          f"({scores['concat']['mask_agreement']:.3f} concat vs {scores['xattn']['mask_agreement']:.3f} "
-          f"cross_attention, {ldm_info['concat']['steps']} vs {ldm_info['cross_attention']['steps']} steps); "
-          f"total {time.perf_counter() - begin:.0f} s", flush=True)
+    print(
+        f"  at equal wall time {'concat' if winner == 'concat' else 'cross_attention'} follows masks better "
+        f"({scores['concat']['mask_agreement']:.3f} concat vs {scores['xattn']['mask_agreement']:.3f} "
+        f"cross_attention, {ldm_info['concat']['steps']} vs {ldm_info['cross_attention']['steps']} steps); "
+        f"total {time.perf_counter() - begin:.0f} s",
+        flush=True,
+    )
 
-    print(f"ldm_train_steps_per_s_demo_concat={1 / train_s['demo']['concat']:.3f} "
-          f"ldm_train_steps_per_s_demo_xattn={1 / train_s['demo']['cross_attention']:.3f} "
-          f"ldm_train_steps_per_s_256_concat={1 / train_s['256']['concat']:.4f} "
-          f"ldm_train_steps_per_s_256_xattn={1 / train_s['256']['cross_attention']:.4f} "
-          f"sample_img_per_s_demo_ddim20={sample['concat_ddim']:.3f} "
-          f"sample_img_per_s_demo_sc20={sample['concat_sc']:.3f} "
-          f"sample_img_per_s_256_ddim20={big['img_per_s_20']:.4f} ae_train_steps_per_s={1 / ae_s:.3f} "
-          f"mask_agreement={scores['concat']['mask_agreement']:.3f} "
-          f"mask_agreement_xattn={scores['xattn']['mask_agreement']:.3f} "
-          f"mask_agreement_sc={scores['sc']['mask_agreement']:.3f} real_mask_agreement={real['mask_agreement']:.3f} "
-          f"mask_chance={scores['concat']['chance']:.3f}")
+    print(
+        f"ldm_train_steps_per_s_demo_concat={1 / train_s['demo']['concat']:.3f} "
+        f"ldm_train_steps_per_s_demo_xattn={1 / train_s['demo']['cross_attention']:.3f} "
+        f"ldm_train_steps_per_s_256_concat={1 / train_s['256']['concat']:.4f} "
+        f"ldm_train_steps_per_s_256_xattn={1 / train_s['256']['cross_attention']:.4f} "
+        f"sample_img_per_s_demo_ddim20={sample['concat_ddim']:.3f} "
+        f"sample_img_per_s_demo_sc20={sample['concat_sc']:.3f} "
+        f"sample_img_per_s_256_ddim20={big['img_per_s_20']:.4f} ae_train_steps_per_s={1 / ae_s:.3f} "
+        f"mask_agreement={scores['concat']['mask_agreement']:.3f} "
+        f"mask_agreement_xattn={scores['xattn']['mask_agreement']:.3f} "
+        f"mask_agreement_sc={scores['sc']['mask_agreement']:.3f} real_mask_agreement={real['mask_agreement']:.3f} "
+        f"mask_chance={scores['concat']['chance']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ import dask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.demo_slides import DEMO_SLIDES, write_demo_slide  # noqa: E402
-from ops.slide_reader import open_slide  # noqa: E402
-from ops.tile_extraction import extract_tiles  # noqa: E402
-from ops.tiling import ParallelSpec, TilingParams, plan_grid  # noqa: E402
+from ops.slides.demo_slides import DEMO_SLIDES, write_demo_slide  # noqa: E402
+from ops.slides.extraction import extract_tiles  # noqa: E402
+from ops.slides.reader import open_slide  # noqa: E402
+from ops.slides.tiling import ParallelSpec, TilingParams, plan_grid  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "out"
 
@@ -98,8 +98,10 @@ def main() -> None:
     union = kept_naive | kept_proj
     jaccard = len(kept_naive & kept_proj) / len(union) if union else 1.0
     background = 1 - len(kept_naive) / len(plan.grid)
-    print(f"slide {slide.name}: {len(plan.grid)} grid tiles, {int(plan.grid.candidate.sum())} candidates, "
-          f"{len(kept_naive)} kept by naive, {len(kept_proj)} by project ({background:.0%} of the grid not kept)")
+    print(
+        f"slide {slide.name}: {len(plan.grid)} grid tiles, {int(plan.grid.candidate.sum())} candidates, "
+        f"{len(kept_naive)} kept by naive, {len(kept_proj)} by project ({background:.0%} of the grid not kept)"
+    )
     print(f"workers={args.workers} scheduler={args.scheduler} repeats={args.repeats}")
     print(f"naive   {t_naive:7.3f} s  (openslide read_region of every grid tile + per-tile check + write)")
     print(f"project {t_proj:7.3f} s  (low-res mask, decode candidates only, QC, write)")

@@ -53,8 +53,11 @@ def stale_plan(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, 
     def status(name: str, partition: str | None = None) -> StaleStatus:
         return resolver.get_status(dg.AssetKey(name), partition)
 
-    slides = sorted(k for k in instance.get_dynamic_partitions(slide_partitions.name)
-                    if any(status(a, k) in redo for a in TILING_ASSETS))
+    slides = sorted(
+        k
+        for k in instance.get_dynamic_partitions(slide_partitions.name)
+        if any(status(a, k) in redo for a in TILING_ASSETS)
+    )
     factory = [a for a in FACTORY_ASSETS if status(a) in redo]
     from assets.export import export_batches
 
@@ -63,22 +66,33 @@ def stale_plan(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, 
     return {"slides": slides, "factory": factory, "export": batches, "downstream": downstream}
 
 
-def run_stale(instance: dg.DagsterInstance, defs: dg.Definitions, preset: str, run_job: RunJob,
-              echo: Callable[[str], None] = print) -> dict[str, list]:
+def run_stale(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    preset: str,
+    run_job: RunJob,
+    echo: Callable[[str], None] = print,
+) -> dict[str, list]:
     """Re-materialize only what is stale, stage by stage (each stage's staleness is re-read after the last)."""
     plan = stale_plan(instance, defs)
     if plan["slides"]:
         run_job(instance, "tiling", plan["slides"], "stale slides")
         plan = stale_plan(instance, defs)
     if plan["factory"]:
-        run_job(instance, f"factory_{preset}", [None], f"stale: {', '.join(plan['factory'])}",
-                asset_selection=[dg.AssetKey(a) for a in plan["factory"]])
+        run_job(
+            instance,
+            f"factory_{preset}",
+            [None],
+            f"stale: {', '.join(plan['factory'])}",
+            asset_selection=[dg.AssetKey(a) for a in plan["factory"]],
+        )
         plan = stale_plan(instance, defs)
     if plan["export"]:
         from pipelines.presets import load_preset, ops_subset
 
-        run_job(instance, "export", plan["export"], "stale export batches",
-                ops_subset(load_preset(preset), EXPORT_ASSETS))
+        run_job(
+            instance, "export", plan["export"], "stale export batches", ops_subset(load_preset(preset), EXPORT_ASSETS)
+        )
         plan = stale_plan(instance, defs)
     if plan["downstream"]:
         run_job(instance, f"downstream_{preset}", [None], "stale downstream check")

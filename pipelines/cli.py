@@ -105,8 +105,14 @@ def cmd_slides_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_job(instance, job_name: str, keys: Sequence[str | None], label: str,
-             run_config: dict | None = None, asset_selection: list | None = None) -> dict[str | None, bool]:
+def _run_job(
+    instance,
+    job_name: str,
+    keys: Sequence[str | None],
+    label: str,
+    run_config: dict | None = None,
+    asset_selection: list | None = None,
+) -> dict[str | None, bool]:
     """Run a job once per partition key (``None`` = unpartitioned) in the persistent instance, with progress."""
     from tqdm import tqdm
 
@@ -119,8 +125,13 @@ def _run_job(instance, job_name: str, keys: Sequence[str | None], label: str,
             if key is not None:
                 bar.set_postfix_str(key)
             config = {**(run_config or {}), **QUIET_RUN}
-            result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False,
-                                            run_config=config, asset_selection=asset_selection)
+            result = job.execute_in_process(
+                partition_key=key,
+                instance=instance,
+                raise_on_error=False,
+                run_config=config,
+                asset_selection=asset_selection,
+            )
             ok[key] = result.success
             if not result.success:
                 for event in result.all_events:
@@ -136,7 +147,7 @@ def _write_demo_slides(inbox: Path, count: int | None) -> None:
 
     from tqdm import tqdm
 
-    from ops.demo_slides import DEMO_SLIDES, write_demo_slide
+    from ops.slides.demo_slides import DEMO_SLIDES, write_demo_slide
 
     specs = DEMO_SLIDES[:count] if count else DEMO_SLIDES
     with ProcessPoolExecutor(max_workers=min(len(specs), os.cpu_count() or 1)) as pool:
@@ -155,7 +166,7 @@ def _latest(instance, asset: str, key: str) -> object:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole factory on demo slides: tiling, GAN, labelling, classifier, LDM, export, downstream check."""
-    from ops.slide_registry import is_slide_file
+    from ops.slides.registry import is_slide_file
     from pipelines.presets import load_preset, ops_subset
 
     home = _home()
@@ -225,19 +236,29 @@ def _summary(instance, home: Path, stages: list[tuple[str, float]], start: float
     for label, value in rows:
         print(f"  {label:<42} {value}")
     real = _latest(instance, "downstream_eval", "mean_dice_real")
-    mixed = [v for v in (_latest(instance, "downstream_eval", f"mean_dice_real_plus_{g}") for g in ("stylegan2", "ldm"))
-             if v is not None]
+    mixed = [
+        v
+        for v in (_latest(instance, "downstream_eval", f"mean_dice_real_plus_{g}") for g in ("stylegan2", "ldm"))
+        if v is not None
+    ]
     if real is not None and mixed and max(mixed) <= real:
-        print("  check synthetic_helps WARNS: no generator's pairs improve the U-Net yet\n"
-              "  (longer generator training, more annotations or a stricter filter are the usual levers)")
-    print("\nstage times: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in stages)
-          + f"; total {time.perf_counter() - start:.1f}s")
+        print(
+            "  check synthetic_helps WARNS: no generator's pairs improve the U-Net yet\n"
+            "  (longer generator training, more annotations or a stricter filter are the usual levers)"
+        )
+    print(
+        "\nstage times: "
+        + ", ".join(f"{name} {sec:.1f}s" for name, sec in stages)
+        + f"; total {time.perf_counter() - start:.1f}s"
+    )
     version = _latest(instance, "synthetic_dataset", "export_version")
     print(f"\nslide tiles:   {home}/tiling/<slide>/tiles/")
     if version:
         print(f"export:        {home}/export/{version}/ (manifest.parquet, dataset_card.md)")
-    print(f"Dagster UI:    DAGSTER_HOME={os.environ['DAGSTER_HOME']} HISTOFACTORY_HOME={home} dagster dev -m pipelines"
-          "  -> http://127.0.0.1:3000")
+    print(
+        f"Dagster UI:    DAGSTER_HOME={os.environ['DAGSTER_HOME']} HISTOFACTORY_HOME={home} dagster dev -m pipelines"
+        "  -> http://127.0.0.1:3000"
+    )
     print(f"MLflow UI:     mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db  -> http://127.0.0.1:5000")
     if failed:
         print(f"\nFAILED: {failed}", file=sys.stderr)
@@ -252,7 +273,8 @@ def _latest_partitioned(instance, asset: str, key: str) -> list:
     values = []
     for partition in instance.get_dynamic_partitions(slide_partitions.name):
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+        ).records
         if records:
             meta = records[0].asset_materialization.metadata
             values.append(meta[key].value if key in meta else 0)
@@ -271,8 +293,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         keys = known if args.all else args.keys
         unknown = sorted(set(keys) - set(known))
         if unknown or not keys:
-            print(f"error: unknown slide partitions {unknown} (known: {known})" if unknown
-                  else "error: name slide partitions or pass --all", file=sys.stderr)
+            print(
+                f"error: unknown slide partitions {unknown} (known: {known})"
+                if unknown
+                else "error: name slide partitions or pass --all",
+                file=sys.stderr,
+            )
             return 2
         ok = _run_job(instance, "tiling", keys, "tiling + filtering")
     elif args.what == "export":
@@ -281,8 +307,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        ok = _run_job(instance, "export", batches, "synthetic export",
-                      ops_subset(load_preset(args.preset), ["synthetic_dataset"]))
+        ok = _run_job(
+            instance, "export", batches, "synthetic export", ops_subset(load_preset(args.preset), ["synthetic_dataset"])
+        )
     else:
         if args.dry_run:
             print(describe_plan(stale_plan(instance, defs)))
@@ -305,45 +332,67 @@ def build_parser() -> argparse.ArgumentParser:
         "Data lives under $HISTOFACTORY_HOME (default ./data).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the main job end to end on demo slides",
-                          description="Generate demo slides when the inbox is empty, register them, then run the "
-                          "whole factory (tiling, GAN fine-tuning, sampling, demo annotation, features, classifier, "
-                          "evaluation, synthetic export) as runs in the persistent Dagster instance.")
+    demo = sub.add_parser(
+        "demo",
+        help="run the main job end to end on demo slides",
+        description="Generate demo slides when the inbox is empty, register them, then run the "
+        "whole factory (tiling, GAN fine-tuning, sampling, demo annotation, features, classifier, "
+        "evaluation, synthetic export) as runs in the persistent Dagster instance.",
+    )
     demo.add_argument("--slides", type=int, default=None, help="generate only the first N demo slides")
     demo.add_argument("--export-batches", type=int, default=2, help="export batches of 100 samples (default 2)")
     demo.add_argument("--tiling-only", action="store_true", help="stop after tiling and filtering")
     demo.set_defaults(func=cmd_demo)
 
-    slides = sub.add_parser("slides", help="register and list slides",
-                            description="Manage the slide inbox ($HISTOFACTORY_HOME/slides).")
+    slides = sub.add_parser(
+        "slides", help="register and list slides", description="Manage the slide inbox ($HISTOFACTORY_HOME/slides)."
+    )
     slides_sub = slides.add_subparsers(dest="slides_command", required=True)
-    add = slides_sub.add_parser("add", help="copy slides into the inbox and register their partitions",
-                                description="Copy slide files into the inbox and add one `slides` partition each, "
-                                "so `dagster asset materialize --partition KEY` works without the daemon.")
+    add = slides_sub.add_parser(
+        "add",
+        help="copy slides into the inbox and register their partitions",
+        description="Copy slide files into the inbox and add one `slides` partition each, "
+        "so `dagster asset materialize --partition KEY` works without the daemon.",
+    )
     add.add_argument("paths", nargs="+", help="slide files (.svs, .tiff, .ndpi, .mrxs, ...)")
     add.set_defaults(func=cmd_slides_add)
-    lst = slides_sub.add_parser("list", help="print one partition key per line",
-                                description="Print the registered slide partition keys, one per line.")
+    lst = slides_sub.add_parser(
+        "list",
+        help="print one partition key per line",
+        description="Print the registered slide partition keys, one per line.",
+    )
     lst.add_argument("--sync", action="store_true", help="scan the inbox and update the partitions first")
     lst.set_defaults(func=cmd_slides_list)
 
-    backfill = sub.add_parser("backfill", help="materialize many partitions, or only what is stale",
-                              description="Runs jobs in this process, one run per partition, in the persistent "
-                              "Dagster instance (no daemon needed).")
+    backfill = sub.add_parser(
+        "backfill",
+        help="materialize many partitions, or only what is stale",
+        description="Runs jobs in this process, one run per partition, in the persistent "
+        "Dagster instance (no daemon needed).",
+    )
     bsub = backfill.add_subparsers(dest="what", required=True)
-    bs = bsub.add_parser("slides", help="tile and filter slide partitions",
-                         description="Tile and filter the named slide partitions (or all of them).")
+    bs = bsub.add_parser(
+        "slides",
+        help="tile and filter slide partitions",
+        description="Tile and filter the named slide partitions (or all of them).",
+    )
     bs.add_argument("keys", nargs="*", help="slide partition keys (see `histofactory slides list`)")
     bs.add_argument("--all", action="store_true", help="every registered slide")
     bs.set_defaults(func=cmd_backfill)
-    be = bsub.add_parser("export", help="materialize export batches",
-                         description="Materialize synthetic-dataset batches, e.g. --batches 0-9 (1,000 samples).")
+    be = bsub.add_parser(
+        "export",
+        help="materialize export batches",
+        description="Materialize synthetic-dataset batches, e.g. --batches 0-9 (1,000 samples).",
+    )
     be.add_argument("--batches", required=True, help="3, 0-9 or 0,2,5-7")
     be.add_argument("--preset", default="demo", choices=["demo", "paper"], help="run preset (default demo)")
     be.set_defaults(func=cmd_backfill)
-    bst = bsub.add_parser("stale", help="re-run only what is stale",
-                          description="Re-materialize stale or missing slides and factory assets, and stale "
-                          "export batches, judged by Dagster code and data versions.")
+    bst = bsub.add_parser(
+        "stale",
+        help="re-run only what is stale",
+        description="Re-materialize stale or missing slides and factory assets, and stale "
+        "export batches, judged by Dagster code and data versions.",
+    )
     bst.add_argument("--preset", default="demo", choices=["demo", "paper"], help="run preset (default demo)")
     bst.add_argument("--dry-run", action="store_true", help="only print what is stale")
     bst.set_defaults(func=cmd_backfill)

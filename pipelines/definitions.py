@@ -2,21 +2,36 @@
 
 import dagster as dg
 
-from assets.diffusion import autoencoder, ldm_model, mask_bank, tile_annotations
-from assets.downstream import downstream_eval, real_annotations, synthetic_helps
+from assets.diffusion import autoencoder, ldm_model, mask_bank
+from assets.evaluation import downstream_eval, real_annotations, synthetic_helps
 from assets.export import synthetic_dataset
-from assets.generative import gan_model, generated_samples, training_tiles
-from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
-from assets.tiling import tile_grid, tissue_tiles
+from assets.gan import gan_model, generated_samples
+from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier, tile_annotations
+from assets.slides import tile_grid, tissue_tiles, training_tiles
 from pipelines.jobs import downstream_jobs, export_job, factory_jobs, tiling_job
 from pipelines.schedules import weekly_retraining
 from pipelines.sensors import slide_inbox_sensor
 from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
 
 defs = dg.Definitions(
-    assets=[tile_grid, tissue_tiles, training_tiles, gan_model, generated_samples, annotations,
-            generated_features, pixel_classifier, classifier_eval, tile_annotations, mask_bank, autoencoder,
-            ldm_model, synthetic_dataset, real_annotations, downstream_eval],
+    assets=[
+        tile_grid,
+        tissue_tiles,
+        training_tiles,
+        gan_model,
+        generated_samples,
+        annotations,
+        generated_features,
+        pixel_classifier,
+        classifier_eval,
+        tile_annotations,
+        mask_bank,
+        autoencoder,
+        ldm_model,
+        synthetic_dataset,
+        real_annotations,
+        downstream_eval,
+    ],
     asset_checks=[synthetic_helps],
     jobs=[tiling_job, *factory_jobs.values(), export_job, *downstream_jobs.values()],
     sensors=[slide_inbox_sensor],

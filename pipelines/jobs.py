@@ -9,8 +9,19 @@ import dagster as dg
 from pipelines.presets import PRESETS, load_preset, ops_subset
 
 TILING_ASSETS = ["tile_grid", "tissue_tiles"]
-FACTORY_ASSETS = ["training_tiles", "gan_model", "generated_samples", "annotations", "generated_features",
-                  "pixel_classifier", "classifier_eval", "tile_annotations", "mask_bank", "autoencoder", "ldm_model"]
+FACTORY_ASSETS = [
+    "training_tiles",
+    "gan_model",
+    "generated_samples",
+    "annotations",
+    "generated_features",
+    "pixel_classifier",
+    "classifier_eval",
+    "tile_annotations",
+    "mask_bank",
+    "autoencoder",
+    "ldm_model",
+]
 EXPORT_ASSETS = ["synthetic_dataset"]
 DOWNSTREAM_ASSETS = ["real_annotations", "downstream_eval"]
 
@@ -35,8 +46,12 @@ def preset_jobs(prefix: str, assets: list[str], what: str) -> dict:
     }
 
 
-factory_jobs = preset_jobs("factory", FACTORY_ASSETS, "GAN training, sampling, annotation import, features, "
-                           "classifier and evaluation; slide annotations, mask bank, autoencoder and LDM")
+factory_jobs = preset_jobs(
+    "factory",
+    FACTORY_ASSETS,
+    "GAN training, sampling, annotation import, features, "
+    "classifier and evaluation; slide annotations, mask bank, autoencoder and LDM",
+)
 
 export_job = dg.define_asset_job(
     "export",
@@ -44,5 +59,6 @@ export_job = dg.define_asset_job(
     description="One batch (partition) of the synthetic dataset export.",
 )
 
-downstream_jobs = preset_jobs("downstream", DOWNSTREAM_ASSETS,
-                              "U-Net on real vs real + synthetic pairs, scored on held-out real pairs")
+downstream_jobs = preset_jobs(
+    "downstream", DOWNSTREAM_ASSETS, "U-Net on real vs real + synthetic pairs, scored on held-out real pairs"
+)

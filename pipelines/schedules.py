@@ -6,8 +6,12 @@ from pipelines.backfill import stale_plan
 from pipelines.jobs import factory_jobs
 
 
-@dg.schedule(cron_schedule="0 3 * * 0", job=factory_jobs["demo"], default_status=dg.DefaultScheduleStatus.STOPPED,
-             description="Sundays 03:00: retrain the stale part of the GAN -> classifier chain (skips when fresh).")
+@dg.schedule(
+    cron_schedule="0 3 * * 0",
+    job=factory_jobs["demo"],
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Sundays 03:00: retrain the stale part of the GAN -> classifier chain (skips when fresh).",
+)
 def weekly_retraining(context: dg.ScheduleEvaluationContext):
     from pipelines.definitions import defs
 

@@ -8,8 +8,12 @@ from pipelines.slide_inbox import describe, reconcile_inbox
 from resources import FactoryStorage
 
 
-@dg.sensor(job=tiling_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Registers slides dropped in the inbox as partitions and tiles them.")
+@dg.sensor(
+    job=tiling_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Registers slides dropped in the inbox as partitions and tiles them.",
+)
 def slide_inbox_sensor(context: dg.SensorEvaluationContext, storage: FactoryStorage) -> dg.SensorResult:
     existing = context.instance.get_dynamic_partitions(slide_partitions.name)
     changes = reconcile_inbox(storage, existing)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ops.slide_registry import ScanResult
+from ops.slides.registry import ScanResult
 from resources import FactoryStorage
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from ops.tiling import ParallelSpec
+from ops.slides.tiling import ParallelSpec
 
 
 class DaskResource(dg.ConfigurableResource):

@@ -26,7 +26,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from ops.slide_registry import SlideEntry, SlideRegistry
+from ops.slides.registry import SlideEntry, SlideRegistry
 
 
 def default_home() -> Path:

@@ -13,7 +13,7 @@ class TorchDevice(dg.ConfigurableResource):
     def device(self):
         import torch
 
-        from ops.device import pick_device
+        from ops.common.device import pick_device
 
         if self.threads:
             torch.set_num_threads(self.threads)

@@ -52,8 +52,7 @@ class MlflowTracking(dg.ConfigurableResource):
         return client.create_experiment(self.experiment, artifact_location=root.resolve().as_uri())
 
     @contextlib.contextmanager
-    def start_run(self, run_name: str, tags: dict[str, str] | None = None,
-                  run_id: str | None = None) -> Iterator[Any]:
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None, run_id: str | None = None) -> Iterator[Any]:
         """An active MLflow run (resumed when ``run_id`` is given), ended FAILED if the body raises."""
         import mlflow
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.demo_slides import DemoSlideSpec, write_demo_slide
+from ops.slides.demo_slides import DemoSlideSpec, write_demo_slide
 
 # Two small slides that still have pyramids, background, pen marks and dust (each ~3 s to write).
 SMALL_SLIDES = (

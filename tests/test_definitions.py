@@ -15,9 +15,24 @@ def test_definitions_load():
 
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert {"tile_grid", "tissue_tiles", "training_tiles", "gan_model", "generated_samples", "annotations",
-            "generated_features", "pixel_classifier", "classifier_eval", "tile_annotations", "mask_bank",
-            "autoencoder", "ldm_model", "synthetic_dataset", "real_annotations", "downstream_eval"} == keys
+    assert {
+        "tile_grid",
+        "tissue_tiles",
+        "training_tiles",
+        "gan_model",
+        "generated_samples",
+        "annotations",
+        "generated_features",
+        "pixel_classifier",
+        "classifier_eval",
+        "tile_annotations",
+        "mask_bank",
+        "autoencoder",
+        "ldm_model",
+        "synthetic_dataset",
+        "real_annotations",
+        "downstream_eval",
+    } == keys
     for job in ("tiling", "factory_demo", "factory_paper", "export", "downstream_demo", "downstream_paper"):
         assert defs.resolve_job_def(job) is not None
     assert defs.resolve_schedule_def("weekly_retraining").cron_schedule == "0 3 * * 0"
@@ -62,10 +77,38 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+FIRST_PARTY = {"ops", "assets", "resources", "pipelines"}
+
+
 def test_layering():
+    """pipelines -> assets -> ops and resources; ops is plain science and never reaches up a layer."""
     for path in (ROOT / "ops").rglob("*.py"):
         assert not _imports(path) & {"dagster", "assets", "resources", "pipelines"}, f"{path} breaks layering"
     for path in (ROOT / "assets").rglob("*.py"):
-        assert "pipelines" not in _imports(path), f"{path} imports pipelines"
+        assert _imports(path) & FIRST_PARTY <= {"assets", "ops", "resources"}, f"{path} imports pipelines"
     for path in (ROOT / "resources").rglob("*.py"):
         assert not _imports(path) & {"assets", "pipelines"}, f"{path} breaks layering"
+
+
+def test_ops_is_one_package_per_stage():
+    """ops/ holds stage packages only, each with a docstring saying what the stage does, and tests/ops mirrors it."""
+    loose = sorted(p.name for p in (ROOT / "ops").glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"modules outside a stage package: {loose}"
+    stages = sorted(p.name for p in (ROOT / "ops").iterdir() if (p / "__init__.py").exists())
+    for stage in stages:
+        doc = ast.get_docstring(ast.parse((ROOT / "ops" / stage / "__init__.py").read_text()))
+        assert doc and len(doc) > 40, f"ops/{stage}/__init__.py needs a docstring saying what the stage does"
+        assert list((ROOT / "tests" / "ops" / stage).glob("test_*.py")), f"tests/ops/{stage}/ has no tests"
+
+
+def test_every_asset_group_has_its_stage():
+    """Each asset group is named for a stage: its assets module, its ops package and its ops tests share the name."""
+    from pipelines import defs
+
+    graph = defs.get_repository_def().asset_graph
+    groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {"slides", "gan", "labelling", "diffusion", "export", "evaluation"}
+    for group in groups:
+        assert (ROOT / "assets" / f"{group}.py").exists(), f"group {group} has no assets/{group}.py"
+        assert (ROOT / "ops" / group / "__init__.py").exists(), f"group {group} has no ops/{group}/ package"
+        assert (ROOT / "tests" / "ops" / group).is_dir(), f"group {group} has no tests/ops/{group}/"

@@ -38,24 +38,69 @@ MLFLOW_IMAGE = "ghcr.io/mlflow/mlflow:v3.17.2"
 # Keys of the dagster/dagster 1.13 chart's values.schema.json for the sections we set (UserDeployment and
 # K8sRunLauncherConfig): a misspelt key would be rejected by `helm install`, which CI cannot run.
 CHART_USER_DEPLOYMENT_KEYS = {
-    "name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns", "deploymentNamespace",
-    "port", "replicaCount", "env", "envConfigMaps", "envSecrets", "annotations", "nodeSelector", "affinity",
-    "tolerations", "podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe",
-    "startupProbe", "labels", "volumeMounts", "volumes", "schedulerName", "initContainers", "sidecarContainers",
+    "name",
+    "image",
+    "dagsterApiGrpcArgs",
+    "codeServerArgs",
+    "includeConfigInLaunchedRuns",
+    "deploymentNamespace",
+    "port",
+    "replicaCount",
+    "env",
+    "envConfigMaps",
+    "envSecrets",
+    "annotations",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "podSecurityContext",
+    "securityContext",
+    "resources",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "labels",
+    "volumeMounts",
+    "volumes",
+    "schedulerName",
+    "initContainers",
+    "sidecarContainers",
     "deploymentStrategy",
 }
 CHART_K8S_RUN_LAUNCHER_KEYS = {
-    "image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile", "envConfigMaps",
-    "envSecrets", "envVars", "volumeMounts", "volumes", "labels", "failPodOnRunFailure", "resources",
-    "schedulerName", "securityContext", "runK8sConfig",
+    "image",
+    "imagePullPolicy",
+    "jobNamespace",
+    "loadInclusterConfig",
+    "kubeconfigFile",
+    "envConfigMaps",
+    "envSecrets",
+    "envVars",
+    "volumeMounts",
+    "volumes",
+    "labels",
+    "failPodOnRunFailure",
+    "resources",
+    "schedulerName",
+    "securityContext",
+    "runK8sConfig",
 }
 CHART_RUN_K8S_CONFIG_KEYS = {
-    "containerConfig", "podSpecConfig", "podTemplateSpecMetadata", "jobSpecConfig", "jobMetadata",
+    "containerConfig",
+    "podSpecConfig",
+    "podTemplateSpecMetadata",
+    "jobSpecConfig",
+    "jobMetadata",
 }
 # Top-level keys of the dagster-k8s/config tag (dagster_k8s.job.USER_DEFINED_K8S_JOB_CONFIG_SCHEMA).
 DAGSTER_K8S_TAG_KEYS = {
-    "container_config", "pod_template_spec_metadata", "pod_spec_config", "job_config", "job_metadata",
-    "job_spec_config", "merge_behavior",
+    "container_config",
+    "pod_template_spec_metadata",
+    "pod_spec_config",
+    "job_config",
+    "job_metadata",
+    "job_spec_config",
+    "merge_behavior",
 }
 
 
@@ -157,8 +202,10 @@ def test_manifest_validates_against_kubernetes_schema(doc: dict, version: str):
         ("misspelt field", lambda d: d["spec"]["template"]["spec"]["containers"][0].update(imagePullPolcy="Always")),
         ("wrong type", lambda d: d["spec"].update(replicas="one")),
         ("missing required field", lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name")),
-        ("nested wrong type", lambda d: d["spec"]["template"]["spec"]["containers"][0]["ports"][0].update(
-            containerPort="http")),
+        (
+            "nested wrong type",
+            lambda d: d["spec"]["template"]["spec"]["containers"][0]["ports"][0].update(containerPort="http"),
+        ),
         ("field at the wrong level", lambda d: d["spec"]["template"]["spec"].update(image=MLFLOW_IMAGE)),
     ],
 )
@@ -267,20 +314,22 @@ def test_values_kubernetes_fragments_validate(user_deployment: dict, run_launche
         "spec": {
             "securityContext": user_deployment["podSecurityContext"],
             "volumes": user_deployment["volumes"],
-            "containers": [{
-                "name": "dagster-user-deployments",
-                "image": f"{user_deployment['image']['repository']}:{user_deployment['image']['tag']}",
-                "imagePullPolicy": user_deployment["image"]["pullPolicy"],
-                "env": [{"name": k, "value": v} for k, v in user_deployment["env"].items()],
-                "ports": [{"containerPort": user_deployment["port"]}],
-                "resources": user_deployment["resources"],
-                "securityContext": user_deployment["securityContext"],
-                "volumeMounts": user_deployment["volumeMounts"],
-                "startupProbe": {
-                    **{k: v for k, v in user_deployment["startupProbe"].items() if k != "enabled"},
-                    "exec": {"command": ["dagster", "api", "grpc-health-check", "-p", "4000"]},
-                },
-            }],
+            "containers": [
+                {
+                    "name": "dagster-user-deployments",
+                    "image": f"{user_deployment['image']['repository']}:{user_deployment['image']['tag']}",
+                    "imagePullPolicy": user_deployment["image"]["pullPolicy"],
+                    "env": [{"name": k, "value": v} for k, v in user_deployment["env"].items()],
+                    "ports": [{"containerPort": user_deployment["port"]}],
+                    "resources": user_deployment["resources"],
+                    "securityContext": user_deployment["securityContext"],
+                    "volumeMounts": user_deployment["volumeMounts"],
+                    "startupProbe": {
+                        **{k: v for k, v in user_deployment["startupProbe"].items() if k != "enabled"},
+                        "exec": {"command": ["dagster", "api", "grpc-health-check", "-p", "4000"]},
+                    },
+                }
+            ],
         },
     }
     _validate(code_server, version)
@@ -297,17 +346,21 @@ def test_values_kubernetes_fragments_validate(user_deployment: dict, run_launche
                     **run_k8s.get("podSpecConfig", {}),
                     "restartPolicy": "Never",
                     "volumes": run_launcher["volumes"],
-                    "containers": [{
-                        "name": "dagster",
-                        "image": "histofactory",
-                        "imagePullPolicy": run_launcher["imagePullPolicy"],
-                        "env": [dict(zip(("name", "value"), item.split("=", 1), strict=True))
-                                for item in run_launcher["envVars"]],
-                        "resources": run_launcher["resources"],
-                        "securityContext": run_launcher["securityContext"],
-                        "volumeMounts": run_launcher["volumeMounts"],
-                        **run_k8s.get("containerConfig", {}),
-                    }],
+                    "containers": [
+                        {
+                            "name": "dagster",
+                            "image": "histofactory",
+                            "imagePullPolicy": run_launcher["imagePullPolicy"],
+                            "env": [
+                                dict(zip(("name", "value"), item.split("=", 1), strict=True))
+                                for item in run_launcher["envVars"]
+                            ],
+                            "resources": run_launcher["resources"],
+                            "securityContext": run_launcher["securityContext"],
+                            "volumeMounts": run_launcher["volumeMounts"],
+                            **run_k8s.get("containerConfig", {}),
+                        }
+                    ],
                 },
             },
         },
@@ -338,7 +391,10 @@ def _lint(hadolint: str, dockerfile: Path) -> list[dict]:
     """hadolint findings at warning level or above; inline `# hadolint ignore=` pragmas are honoured."""
     result = subprocess.run(
         [hadolint, "--no-color", "--format", "json", "--no-fail", str(dockerfile)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     return [f for f in json.loads(result.stdout or "[]") if f["level"] in {"error", "warning"}]

@@ -15,14 +15,24 @@ import dagster as dg
 from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
 
 # A GAN run of 12 steps at batch 4 (seconds on CPU), from random weights.
-TINY_GAN = {"kimg": 0.048, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "swd_images": 16,
-            "from_scratch": True}
+TINY_GAN = {
+    "kimg": 0.048,
+    "batch_size": 4,
+    "checkpoint_every": 3,
+    "log_every": 1,
+    "swd_images": 16,
+    "from_scratch": True,
+}
 
 
 def resources_for(home: Path) -> dict:
     """The code location's resources, pointed at a test data root."""
-    return {"storage": FactoryStorage(home=str(home)), "dask": DaskResource(),
-            "torch_device": TorchDevice(threads=2), "mlflow_tracking": MlflowTracking()}
+    return {
+        "storage": FactoryStorage(home=str(home)),
+        "dask": DaskResource(),
+        "torch_device": TorchDevice(threads=2),
+        "mlflow_tracking": MlflowTracking(),
+    }
 
 
 # The factory chain on tiny settings: 16 samples, 12 demo-annotated (6/2/4), 3 blocks, 3 small MLPs.
@@ -37,13 +47,14 @@ TINY_CHAIN = {
 
 def tile_every_slide(home: Path) -> dg.DagsterInstance:
     """Register the inbox's slides in the instance and tile each one; returns the instance."""
-    from assets.tiling import tile_grid, tissue_tiles
+    from assets.slides import tile_grid, tissue_tiles
     from pipelines.cli import get_instance, sync_slides
 
     instance = get_instance()
     for key in sync_slides(instance):
-        assert dg.materialize([tile_grid, tissue_tiles], partition_key=key, instance=instance,
-                              resources=resources_for(home)).success
+        assert dg.materialize(
+            [tile_grid, tissue_tiles], partition_key=key, instance=instance, resources=resources_for(home)
+        ).success
     return instance
 
 
@@ -52,8 +63,9 @@ TINY_LDM = {
     "tile_annotations": {"config": {"demo_annotator": True, "demo_tiles_per_slide": 2}},
     "mask_bank": {"config": {"resolution": 64, "crops": 32}},
     "autoencoder": {"config": {"kimg": 0.032, "batch_size": 8, "checkpoint_every": 2, "eval_images": 8}},
-    "ldm_model": {"config": {"kimg": 0.032, "batch_size": 8, "checkpoint_every": 2, "preview_steps": 2,
-                             "preview_images": 4}},
+    "ldm_model": {
+        "config": {"kimg": 0.032, "batch_size": 8, "checkpoint_every": 2, "preview_steps": 2, "preview_images": 4}
+    },
 }
 
 
@@ -62,9 +74,22 @@ def kill_after_first_checkpoint(home: Path, asset: str, run_config: dict, patter
     ``pattern`` (a glob under ``home``) exists, as a crash or a pre-empted node would; returns the checkpoint."""
     env = {**os.environ, "HISTOFACTORY_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipelines", "--select", asset,
-         "--config-json", json.dumps(run_config)],
-        env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "pipelines",
+            "--select",
+            asset,
+            "--config-json",
+            json.dumps(run_config),
+        ],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300

@@ -21,8 +21,18 @@ def test_weekly_retraining_requests_only_stale_assets(factory_home):
     result = weekly_retraining(context)
     assert isinstance(result, dg.RunRequest)  # nothing trained yet: everything is missing
     assert {k.to_user_string() for k in result.asset_selection} == {
-        "training_tiles", "gan_model", "generated_samples", "annotations", "generated_features",
-        "pixel_classifier", "classifier_eval", "tile_annotations", "mask_bank", "autoencoder", "ldm_model"}
+        "training_tiles",
+        "gan_model",
+        "generated_samples",
+        "annotations",
+        "generated_features",
+        "pixel_classifier",
+        "classifier_eval",
+        "tile_annotations",
+        "mask_bank",
+        "autoencoder",
+        "ldm_model",
+    }
     assert weekly_retraining.cron_schedule == "0 3 * * 0"
 
 
@@ -30,7 +40,12 @@ def test_training_assets_share_one_pool_limited_to_one(factory_home):
     graph = defs.get_repository_def().asset_graph
     pools = {k.to_user_string(): graph.get(k).pools for k in graph.get_all_asset_keys()}
     assert {name for name, p in pools.items() if p and "training" in p} == {
-        "gan_model", "pixel_classifier", "downstream_eval", "autoencoder", "ldm_model"}
+        "gan_model",
+        "pixel_classifier",
+        "downstream_eval",
+        "autoencoder",
+        "ldm_model",
+    }
     config = get_instance().get_concurrency_config().pool_config
     assert config.default_pool_limit == 1
 
@@ -45,7 +60,7 @@ def test_free_disk_check_names_the_need(factory_home):
 def test_missing_upstream_says_what_to_materialize(factory_home):
     from factory_helpers import resources_for
 
-    from assets.generative import gan_model
+    from assets.gan import gan_model
 
     with pytest.raises(FileNotFoundError, match=r"tiles\.parquet is missing: materialize `training_tiles` first"):
         dg.materialize([gan_model], instance=get_instance(), resources=resources_for(factory_home))

@@ -12,13 +12,15 @@ import pandas as pd
 import pytest
 from factory_helpers import TINY_GAN, TINY_LDM, kill_after_first_checkpoint, resources_for
 
-from assets.diffusion import autoencoder, ldm_model, mask_bank, tile_annotations
-from assets.downstream import real_annotations
-from assets.generative import gan_model, training_tiles
-from ops.annotations import AnnotationError
-from ops.gan_training import CheckpointError
-from ops.ldm import read_ldm_checkpoint
-from ops.slide_annotations import open_mask_array
+from assets.diffusion import autoencoder, ldm_model, mask_bank
+from assets.evaluation import real_annotations
+from assets.gan import gan_model
+from assets.labelling import tile_annotations
+from assets.slides import training_tiles
+from ops.diffusion.denoiser import read_ldm_checkpoint
+from ops.gan.trainer import CheckpointError
+from ops.labelling.annotations import AnnotationError
+from ops.labelling.slide_annotations import open_mask_array
 from resources import MlflowTracking
 
 pytestmark = pytest.mark.integration
@@ -32,8 +34,11 @@ def _run(assets, instance, home, ops):
 
 def _square(x0: float, y0: float, size: float, name: str) -> dict:
     ring = [[x0, y0], [x0 + size, y0], [x0 + size, y0 + size], [x0, y0 + size], [x0, y0]]
-    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {"objectType": "annotation", "classification": {"name": name}}}
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"objectType": "annotation", "classification": {"name": name}},
+    }
 
 
 def test_slide_geojson_becomes_tile_masks_and_bad_files_are_named(tiled_home):
@@ -48,12 +53,15 @@ def test_slide_geojson_becomes_tile_masks_and_bad_files_are_named(tiled_home):
     # A QuPath export drawn on the slide: stroma over exactly one kept tile, a nucleus inside it (painted on top).
     tile = tiles[tiles["split"] == "train"].iloc[0]
     x, y, size = int(tile["x"]), int(tile["y"]), int(tile["tile_size"])
-    doc = {"type": "FeatureCollection", "features": [_square(x, y, size, "stroma"),
-                                                     _square(x + 100, y + 50, 100, "nucleus interior")]}
+    doc = {
+        "type": "FeatureCollection",
+        "features": [_square(x, y, size, "stroma"), _square(x + 100, y + 50, 100, "nucleus interior")],
+    }
     inbox.mkdir(parents=True, exist_ok=True)
     (inbox / f"{tile['slide']}.geojson").write_text(json.dumps(doc))
-    meta = _run([tile_annotations], instance, home, plain).asset_materializations_for_node(
-        "tile_annotations")[0].metadata
+    meta = (
+        _run([tile_annotations], instance, home, plain).asset_materializations_for_node("tile_annotations")[0].metadata
+    )
     assert meta["annotated_tiles"].value == 1
     table = pd.read_parquet(home / "annotations" / "tiles" / "tiles.parquet")
     assert (table.iloc[0]["x"], table.iloc[0]["y"], table.iloc[0]["slide"]) == (x, y, tile["slide"])
@@ -65,24 +73,35 @@ def test_slide_geojson_becomes_tile_masks_and_bad_files_are_named(tiled_home):
     # Expert annotations of a held-out slide become the downstream test pairs.
     held = tiles[tiles["split"] == "holdout"].iloc[0]
     hx, hy = int(held["x"]), int(held["y"])
-    (inbox / f"{held['slide']}.geojson").write_text(json.dumps(
-        {"type": "FeatureCollection", "features": [_square(hx, hy, size, "dab-positive region")]}))
+    (inbox / f"{held['slide']}.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": [_square(hx, hy, size, "dab-positive region")]})
+    )
     _run([tile_annotations], instance, home, plain)
     _run([gan_model], instance, home, {"gan_model": {"config": TINY_GAN}})
-    real = _run([real_annotations], instance, home, {"real_annotations": {"config": {
-        "source": "slide_annotations", "n": 6}}}).asset_materializations_for_node("real_annotations")[0].metadata
+    real = (
+        _run(
+            [real_annotations],
+            instance,
+            home,
+            {"real_annotations": {"config": {"source": "slide_annotations", "n": 6}}},
+        )
+        .asset_materializations_for_node("real_annotations")[0]
+        .metadata
+    )
     assert real["source"].value == "slide_annotations"
     pairs = np.load(home / "annotations" / "real" / "pairs.npz")
     assert pairs["images"].shape == (6, 64, 64, 3) and (pairs["masks"] == 3).all(), "only the held-out tile's label"
     (inbox / f"{held['slide']}.geojson").unlink()
 
     # Drawn on another (bigger) image, or with a class the map does not know: the error names the file and the fix.
-    (inbox / f"{tile['slide']}.geojson").write_text(json.dumps(
-        {"type": "FeatureCollection", "features": [_square(10**7, 10**7, 500, "stroma")]}))
+    (inbox / f"{tile['slide']}.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": [_square(10**7, 10**7, 500, "stroma")]})
+    )
     with pytest.raises(AnnotationError, match=rf"{tile['slide']}\.geojson.*outside"):
         _run([tile_annotations], instance, home, plain)
-    (inbox / f"{tile['slide']}.geojson").write_text(json.dumps(
-        {"type": "FeatureCollection", "features": [_square(x, y, 64, "strom")]}))
+    (inbox / f"{tile['slide']}.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": [_square(x, y, 64, "strom")]})
+    )
     with pytest.raises(AnnotationError, match=r"unknown class 'strom' \(did you mean 'stroma'\?\)"):
         _run([tile_annotations], instance, home, plain)
 
@@ -120,8 +139,12 @@ def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
     with pytest.raises(CheckpointError, match=r"nothing\.pt does not exist; fix the path or unset it"):
         _run([ldm_model], instance, home, {"ldm_model": {"config": {**cfg, "pretrained": str(home / "nothing.pt")}}})
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt holds a LdmConfig.*set from_scratch: true"):
-        _run([ldm_model], instance, home, {"ldm_model": {"config": {**cfg, "conditioning": "cross_attention",
-                                                                    "pretrained": current["checkpoint"]}}})
+        _run(
+            [ldm_model],
+            instance,
+            home,
+            {"ldm_model": {"config": {**cfg, "conditioning": "cross_attention", "pretrained": current["checkpoint"]}}},
+        )
 
     # A bank at another resolution than the autoencoder's is refused with the fix.
     _run([mask_bank], instance, home, {"mask_bank": {"config": {"resolution": 32, "crops": 8}}})
@@ -131,8 +154,12 @@ def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
 
 def test_killed_ldm_training_resumes_from_its_checkpoint(tiled_home, tmp_path):
     home, instance = tiled_home
-    _run([training_tiles, tile_annotations, mask_bank, autoencoder], instance, home,
-         {k: TINY_LDM[k] for k in ("tile_annotations", "mask_bank", "autoencoder")})
+    _run(
+        [training_tiles, tile_annotations, mask_bank, autoencoder],
+        instance,
+        home,
+        {k: TINY_LDM[k] for k in ("tile_annotations", "mask_bank", "autoencoder")},
+    )
     config = {"ops": {"ldm_model": {"config": {**TINY_LDM["ldm_model"]["config"], "kimg": 0.32}}}}  # 40 steps
     checkpoint = kill_after_first_checkpoint(home, "ldm_model", config, "ldm/model/*/checkpoint.pt", tmp_path)
     state = json.loads((checkpoint.parent / "state.json").read_text())

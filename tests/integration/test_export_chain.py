@@ -14,15 +14,16 @@ import torch
 from factory_helpers import TINY_CHAIN, TINY_LDM, resources_for, tile_every_slide
 from PIL import Image
 
-from assets.diffusion import autoencoder, ldm_model, mask_bank, tile_annotations
-from assets.downstream import downstream_eval, real_annotations, synthetic_helps
+from assets.diffusion import autoencoder, ldm_model, mask_bank
+from assets.evaluation import downstream_eval, real_annotations, synthetic_helps
 from assets.export import synthetic_dataset
-from assets.generative import gan_model, generated_samples, training_tiles
-from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
-from ops.demo_slides import DemoSlideSpec, write_demo_slide
-from ops.mask_bank import MaskBank
-from ops.slide_registry import SlideRegistry
-from ops.synthetic_dataset import SyntheticSegmentationDataset
+from assets.gan import gan_model, generated_samples
+from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier, tile_annotations
+from assets.slides import training_tiles
+from ops.diffusion.mask_bank import MaskBank
+from ops.export.dataset import SyntheticSegmentationDataset
+from ops.slides.demo_slides import DemoSlideSpec, write_demo_slide
+from ops.slides.registry import SlideRegistry
 from pipelines import defs
 from pipelines.backfill import stale_plan
 from pipelines.schedules import weekly_retraining
@@ -30,22 +31,50 @@ from pipelines.schedules import weekly_retraining
 pytestmark = pytest.mark.integration
 
 PATIENT_FILE = "DOE_JOHN_1962-03-14_MRN12345678"
-PROPERTIES = {"PatientName": "DOE^JOHN", "MRN": "MRN12345678", "ScanScope ID": "SS-HOSPITAL-0042",
-              "Filename": PATIENT_FILE, "Date": "03/14/2024"}
-CHAIN = [training_tiles, gan_model, generated_samples, annotations, generated_features, pixel_classifier,
-         classifier_eval, tile_annotations, mask_bank, autoencoder, ldm_model]
+PROPERTIES = {
+    "PatientName": "DOE^JOHN",
+    "MRN": "MRN12345678",
+    "ScanScope ID": "SS-HOSPITAL-0042",
+    "Filename": PATIENT_FILE,
+    "Date": "03/14/2024",
+}
+CHAIN = [
+    training_tiles,
+    gan_model,
+    generated_samples,
+    annotations,
+    generated_features,
+    pixel_classifier,
+    classifier_eval,
+    tile_annotations,
+    mask_bank,
+    autoencoder,
+    ldm_model,
+]
 CONFIG = {**TINY_CHAIN, **TINY_LDM}
-EXPORT = {"synthetic_dataset": {"config": {"batch_size": 10, "memorization_bank": 200,
-                                           "generators": ["stylegan2", "ldm"], "ldm_steps": 2}}}
-DOWNSTREAM = {"real_annotations": {"config": {"n": 24}},
-              "downstream_eval": {"config": {"real_train": 8, "synthetic_max": 20, "steps": 4}}}
+EXPORT = {
+    "synthetic_dataset": {
+        "config": {"batch_size": 10, "memorization_bank": 200, "generators": ["stylegan2", "ldm"], "ldm_steps": 2}
+    }
+}
+DOWNSTREAM = {
+    "real_annotations": {"config": {"n": 24}},
+    "downstream_eval": {"config": {"real_train": 8, "synthetic_max": 20, "steps": 4}},
+}
 
 
 @pytest.fixture()
 def patient_home(factory_home, slide_b, tmp_path):
     """A patient-like slide (identifying name, properties and label image) plus a second slide, tiled."""
-    spec = DemoSlideSpec(PATIENT_FILE, 3072, 3072, seed=303, tissue_share=0.4, properties=PROPERTIES,
-                         label_text=f"{PATIENT_FILE} DOE^JOHN")
+    spec = DemoSlideSpec(
+        PATIENT_FILE,
+        3072,
+        3072,
+        seed=303,
+        tissue_share=0.4,
+        properties=PROPERTIES,
+        label_text=f"{PATIENT_FILE} DOE^JOHN",
+    )
     inbox = factory_home / "slides"
     write_demo_slide(spec, inbox)
     shutil.copy(slide_b, inbox / "case_b.svs")
@@ -53,8 +82,13 @@ def patient_home(factory_home, slide_b, tmp_path):
 
 
 def _run(assets, instance, home, ops, partition_key=None):
-    result = dg.materialize(assets, instance=instance, resources=resources_for(home),
-                            run_config=dg.RunConfig(ops=ops), partition_key=partition_key)
+    result = dg.materialize(
+        assets,
+        instance=instance,
+        resources=resources_for(home),
+        run_config=dg.RunConfig(ops=ops),
+        partition_key=partition_key,
+    )
     assert result.success
     return result
 
@@ -77,15 +111,25 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     dropped = pd.concat([pd.read_parquet(p) for p in export.glob("batches/*/dropped.parquet")])
     assert len(dropped) + len(manifest) == 40, "each generator makes batch_size samples per batch"
     for name, rows in (("stylegan2", gan), ("ldm", ldm)):
-        assert set(rows["seed"]) == set(range(1_000_000, 1_000_020)) - set(dropped[dropped["generator"] == name]
-                                                                          ["seed"])
+        assert set(rows["seed"]) == set(range(1_000_000, 1_000_020)) - set(
+            dropped[dropped["generator"] == name]["seed"]
+        )
     for row in manifest.itertuples():
         image, mask = Image.open(export / row.image), Image.open(export / row.mask)
         assert image.size == mask.size == (64, 64) and image.mode == "RGB" and mask.mode == "P"
     fractions = manifest.filter(like="frac_").to_numpy()
     np.testing.assert_allclose(fractions.sum(axis=1), 1.0, atol=1e-5)
-    assert {"uncertainty", "nn_pixel_distance", "nn_feature_distance", "mpp", "gan_mlflow_run",
-            "classifier_mlflow_run", "annotation_version", "torch_version", "latents"} <= set(manifest.columns)
+    assert {
+        "uncertainty",
+        "nn_pixel_distance",
+        "nn_feature_distance",
+        "mpp",
+        "gan_mlflow_run",
+        "classifier_mlflow_run",
+        "annotation_version",
+        "torch_version",
+        "latents",
+    } <= set(manifest.columns)
     latents = np.load(export / "batches" / "000" / "latents.npz")
     assert latents["w"].shape[0] == 10 and latents["z"].shape == (10, 128)
 
@@ -94,8 +138,9 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     assert ldm["uncertainty"].isna().all()
     assert (ldm["ldm_mlflow_run"] != "").all() and (ldm["gan_mlflow_run"] == "").all()
     ldm_latents = np.load(export / "batches" / "000" / "ldm_latents.npz")
-    assert ldm_latents["latents"].shape == (10, 4, 16, 16) and list(ldm_latents["seeds"]) == list(range(1_000_000,
-                                                                                                     1_000_010))
+    assert ldm_latents["latents"].shape == (10, 4, 16, 16) and list(ldm_latents["seeds"]) == list(
+        range(1_000_000, 1_000_010)
+    )
     bank = MaskBank.load(home / "ldm" / "mask_bank.npz")
     row = ldm.iloc[0]
     np.testing.assert_array_equal(np.asarray(Image.open(export / row["mask"])), bank.sample([row["seed"]])[0])
@@ -108,8 +153,16 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     assert ids and ids <= {e.slide_id for e in registry.entries.values()}
 
     # -- no patient data: scan every exported byte ---------------------------------------------------------------
-    needles = {PATIENT_FILE, PATIENT_FILE.lower(), "DOE^JOHN", "MRN12345678", "SS-HOSPITAL-0042", "Aperio",
-               "case_b", str(home)}
+    needles = {
+        PATIENT_FILE,
+        PATIENT_FILE.lower(),
+        "DOE^JOHN",
+        "MRN12345678",
+        "SS-HOSPITAL-0042",
+        "Aperio",
+        "case_b",
+        str(home),
+    }
     for path in export.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
@@ -127,15 +180,24 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     assert y.shape == (4, 64, 64) and y.dtype == torch.int64
 
     # -- a changed setting makes a new version; the old one is kept -----------------------------------------------
-    other = _run([synthetic_dataset], instance, home,
-                 {"synthetic_dataset": {"config": {**EXPORT["synthetic_dataset"]["config"], "psi": 0.5}}}, "000")
+    other = _run(
+        [synthetic_dataset],
+        instance,
+        home,
+        {"synthetic_dataset": {"config": {**EXPORT["synthetic_dataset"]["config"], "psi": 0.5}}},
+        "000",
+    )
     other_version = other.asset_materializations_for_node("synthetic_dataset")[0].metadata["export_version"].value
     assert other_version != version and export.exists() and (home / "export" / other_version).exists()
     _run([synthetic_dataset], instance, home, EXPORT, "001")  # the latest export is the default one again
 
     # -- downstream proof of value ----------------------------------------------------------------------------------
-    down = dg.materialize([real_annotations, downstream_eval, synthetic_helps], instance=instance,
-                          resources=resources_for(home), run_config=dg.RunConfig(ops=DOWNSTREAM))
+    down = dg.materialize(
+        [real_annotations, downstream_eval, synthetic_helps],
+        instance=instance,
+        resources=resources_for(home),
+        run_config=dg.RunConfig(ops=DOWNSTREAM),
+    )
     assert down.success
     dmeta = down.asset_materializations_for_node("downstream_eval")[0].metadata
     summary = dmeta["summary"].value

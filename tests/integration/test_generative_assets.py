@@ -14,21 +14,31 @@ from factory_helpers import TINY_GAN as TINY
 from factory_helpers import kill_after_first_checkpoint
 from factory_helpers import resources_for as _resources
 
-from assets.generative import gan_model, generated_samples, training_tiles
-from ops.gan_loop import generate
-from ops.gan_training import load_generator, read_checkpoint
+from assets.gan import gan_model, generated_samples
+from assets.slides import training_tiles
+from ops.gan.loop import generate
+from ops.gan.trainer import load_generator, read_checkpoint
 
 pytestmark = pytest.mark.integration
 
+
 def _config(**gan) -> dg.RunConfig:
-    return dg.RunConfig(ops={"gan_model": {"config": {**TINY, **gan}},
-                             "generated_samples": {"config": {"n": 12, "export_for_annotation": [1, 5]}}})
+    return dg.RunConfig(
+        ops={
+            "gan_model": {"config": {**TINY, **gan}},
+            "generated_samples": {"config": {"n": 12, "export_for_annotation": [1, 5]}},
+        }
+    )
 
 
 def test_split_train_sample_and_lineage(tiled_home):
     home, instance = tiled_home
-    result = dg.materialize([training_tiles, gan_model, generated_samples], instance=instance,
-                            resources=_resources(home), run_config=_config())
+    result = dg.materialize(
+        [training_tiles, gan_model, generated_samples],
+        instance=instance,
+        resources=_resources(home),
+        run_config=_config(),
+    )
     assert result.success
     split = pd.read_parquet(home / "training" / "tiles.parquet")
     by_slide = split.groupby("slide")["split"].agg(set)
@@ -62,7 +72,9 @@ def test_split_train_sample_and_lineage(tiled_home):
     np.testing.assert_array_equal(again[0], images[3])
     np.testing.assert_array_equal(w_again[0], w[3])
     assert sorted(p.name for p in (home / "samples" / "for_annotation").iterdir()) == [
-        "sample_00001.png", "sample_00005.png"]
+        "sample_00001.png",
+        "sample_00005.png",
+    ]
 
 
 def test_interrupted_training_resumes_from_checkpoint(tiled_home, tmp_path):
@@ -74,8 +86,9 @@ def test_interrupted_training_resumes_from_checkpoint(tiled_home, tmp_path):
     step_at_kill = int(read_checkpoint(checkpoint)["step"])
     assert 0 < step_at_kill < 50
 
-    result = dg.materialize([gan_model], instance=instance, resources=_resources(home),
-                            run_config=dg.RunConfig(ops=config["ops"]))
+    result = dg.materialize(
+        [gan_model], instance=instance, resources=_resources(home), run_config=dg.RunConfig(ops=config["ops"])
+    )
     assert result.success
     meta = result.asset_materializations_for_node("gan_model")[0].metadata
     assert meta["resumed_from_step"].value == step_at_kill

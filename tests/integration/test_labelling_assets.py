@@ -12,21 +12,30 @@ import pytest
 import zarr
 from factory_helpers import TINY_CHAIN, resources_for
 
-from assets.generative import gan_model, generated_samples, training_tiles
+from assets.gan import gan_model, generated_samples
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
-from ops.annotations import AnnotationError
+from assets.slides import training_tiles
+from ops.labelling.annotations import AnnotationError
 
 pytestmark = pytest.mark.integration
 
 CONFIG = TINY_CHAIN
-CHAIN = [training_tiles, gan_model, generated_samples, annotations, generated_features, pixel_classifier,
-         classifier_eval]
+CHAIN = [
+    training_tiles,
+    gan_model,
+    generated_samples,
+    annotations,
+    generated_features,
+    pixel_classifier,
+    classifier_eval,
+]
 
 
 def test_labelling_chain(tiled_home):
     home, instance = tiled_home
-    result = dg.materialize(CHAIN, instance=instance, resources=resources_for(home),
-                            run_config=dg.RunConfig(ops=CONFIG))
+    result = dg.materialize(
+        CHAIN, instance=instance, resources=resources_for(home), run_config=dg.RunConfig(ops=CONFIG)
+    )
     assert result.success
 
     inbox = sorted(p.suffix for p in (home / "annotations" / "inbox").iterdir())
@@ -58,12 +67,20 @@ def test_labelling_chain(tiled_home):
 
 def test_annotation_for_unknown_image_is_rejected(tiled_home):
     home, instance = tiled_home
-    ok = dg.materialize(CHAIN[:3], instance=instance, resources=resources_for(home),
-                        run_config=dg.RunConfig(ops={k: CONFIG[k] for k in ("gan_model", "generated_samples")}))
+    ok = dg.materialize(
+        CHAIN[:3],
+        instance=instance,
+        resources=resources_for(home),
+        run_config=dg.RunConfig(ops={k: CONFIG[k] for k in ("gan_model", "generated_samples")}),
+    )
     assert ok.success
     inbox = home / "annotations" / "inbox"
     inbox.mkdir(parents=True)
     (inbox / "sample_00999.png").write_bytes(b"not even a png")
     with pytest.raises(AnnotationError, match=r"sample_00999\.png.*not among the 16 images"):
-        dg.materialize([annotations], instance=instance, resources=resources_for(home),
-                       run_config=dg.RunConfig(ops={"annotations": CONFIG["annotations"]}))
+        dg.materialize(
+            [annotations],
+            instance=instance,
+            resources=resources_for(home),
+            run_config=dg.RunConfig(ops={"annotations": CONFIG["annotations"]}),
+        )

@@ -13,8 +13,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from assets.tiling import tile_grid, tissue_tiles
-from ops.tile_store import open_tile_array
+from assets.slides import tile_grid, tissue_tiles
+from ops.slides.tile_store import open_tile_array
 from pipelines.cli import get_instance, sync_slides
 from pipelines.sensors import slide_inbox_sensor
 from resources import DaskResource, FactoryStorage
@@ -55,8 +55,7 @@ def test_sensor_registers_partitions_and_requests_runs(factory_home, instance, s
     result = slide_inbox_sensor(dg.build_sensor_context(instance=instance, resources={"storage": storage}))
     assert [r.partition_key for r in result.run_requests] == ["case_c"]
     kinds = {type(r).__name__: r.partition_keys for r in result.dynamic_partitions_requests}
-    assert kinds == {"AddDynamicPartitionsRequest": ["case_c"],
-                     "DeleteDynamicPartitionsRequest": ["case_a", "case_b"]}
+    assert kinds == {"AddDynamicPartitionsRequest": ["case_c"], "DeleteDynamicPartitionsRequest": ["case_a", "case_b"]}
 
 
 def test_materialize_two_slides_and_a_bad_one(factory_home, instance, slide_a, slide_b):
@@ -68,8 +67,9 @@ def test_materialize_two_slides_and_a_bad_one(factory_home, instance, slide_a, s
     keys = sync_slides(instance)
     assert keys == ["broken", "case_a", "case_b"]
     for key in ("case_a", "case_b"):
-        result = dg.materialize([tile_grid, tissue_tiles], partition_key=key, instance=instance,
-                                resources=_resources(factory_home))
+        result = dg.materialize(
+            [tile_grid, tissue_tiles], partition_key=key, instance=instance, resources=_resources(factory_home)
+        )
         assert result.success
         table = pd.read_parquet(factory_home / "tiling" / key / "tiles" / "tiles.parquet")
         arr = open_tile_array(factory_home / "tiling" / key / "tiles" / "tiles.zarr")
@@ -80,8 +80,13 @@ def test_materialize_two_slides_and_a_bad_one(factory_home, instance, slide_a, s
         assert meta["kept_grid"].value.startswith("![kept tiles")
         assert meta["package_versions"].value["zarr"].startswith("3.")
         assert meta["slide_id"].value.startswith("sl-")
-    bad = dg.materialize([tile_grid, tissue_tiles], partition_key="broken", instance=instance,
-                         resources=_resources(factory_home), raise_on_error=False)
+    bad = dg.materialize(
+        [tile_grid, tissue_tiles],
+        partition_key="broken",
+        instance=instance,
+        resources=_resources(factory_home),
+        raise_on_error=False,
+    )
     assert not bad.success
     failure = next(e for e in bad.all_events if e.is_step_failure)
     assert "broken.svs: cannot be read as a slide" in failure.step_failure_data.error.to_string()
@@ -95,17 +100,36 @@ def test_materialize_two_slides_and_a_bad_one(factory_home, instance, slide_a, s
 def test_cli_slides_add_then_dagster_backfill(factory_home, slide_a, tmp_path):
     env = {**os.environ, "HISTOFACTORY_HOME": str(factory_home), "DAGSTER_HOME": str(factory_home / "dagster")}
     bindir = Path(sys.executable).parent
-    add = subprocess.run([str(bindir / "histofactory"), "slides", "add", str(slide_a)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    add = subprocess.run(
+        [str(bindir / "histofactory"), "slides", "add", str(slide_a)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert add.returncode == 0, add.stderr
-    listed = subprocess.run([str(bindir / "histofactory"), "slides", "list"], env=env, capture_output=True,
-                            text=True, timeout=300)
+    listed = subprocess.run(
+        [str(bindir / "histofactory"), "slides", "list"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert listed.stdout.split() == ["case_a"]
     # Run from an unrelated directory: the installed code location must be found by module name.
     run = subprocess.run(
-        [str(bindir / "dagster"), "asset", "materialize", "-m", "pipelines", "--select", "tile_grid,tissue_tiles",
-         "--partition", "case_a"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            str(bindir / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "pipelines",
+            "--select",
+            "tile_grid,tissue_tiles",
+            "--partition",
+            "case_a",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = pd.read_parquet(factory_home / "tiling" / "case_a" / "tiles" / "tiles.parquet")
@@ -127,8 +151,9 @@ def test_cli_backfill_materializes_exactly_the_requested_slides(factory_home, sl
     env = {**os.environ, "HISTOFACTORY_HOME": str(factory_home), "DAGSTER_HOME": str(factory_home / "dagster")}
     cli = str(Path(sys.executable).parent / "histofactory")
     assert subprocess.run([cli, "slides", "add", str(slide_a), str(slide_b)], env=env, timeout=300).returncode == 0
-    run = subprocess.run([cli, "backfill", "slides", "case_b"], env=env, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        [cli, "backfill", "slides", "case_b"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     instance = dg.DagsterInstance.from_config(str(factory_home / "dagster"))
     done = {r.partition_key for r in instance.fetch_materializations(dg.AssetKey("tissue_tiles"), limit=10).records}

@@ -30,8 +30,10 @@ pytestmark = [
     pytest.mark.integration,
     # mlflow's sqlite store trips a SQLAlchemy deprecation that is not ours to fix
     pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium "
-                       "chromium-driver); browser tests run in CI"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} not installed (apt-get install chromium chromium-driver); browser tests run in CI",
+    ),
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +64,7 @@ def _factory_env(home: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def ui_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root with one demo slide registered and its ``tiling`` partition materialized."""
-    from ops.demo_slides import DemoSlideSpec, write_demo_slide
+    from ops.slides.demo_slides import DemoSlideSpec, write_demo_slide
     from pipelines.cli import QUIET_RUN, get_instance, sync_slides
     from pipelines.definitions import defs
 
@@ -95,7 +97,8 @@ def mlflow_run(ui_home: Path) -> MlflowRun:
         uri = f"sqlite:///{ui_home / 'mlflow.db'}"
         client = MlflowClient(tracking_uri=uri)  # no global tracking URI: nothing leaks into other tests
         experiment_id = client.create_experiment(
-            EXPERIMENT, artifact_location=artifacts.as_uri(),
+            EXPERIMENT,
+            artifact_location=artifacts.as_uri(),
             tags={"mlflow.experimentKind": "custom_model_development"},
         )
         run = client.create_run(experiment_id, run_name=RUN_NAME, tags={"dagster/partition": SLIDE_KEY})
@@ -123,11 +126,21 @@ def dagster_url(ui_home: Path) -> Iterator[str]:
 def mlflow_url(ui_home: Path, mlflow_run: MlflowRun) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_run.tracking_uri,
-           "--default-artifact-root", str(ui_home / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    with running_server(cmd, _factory_env(ui_home), f"{url}/health", SHOTS / "mlflow-server.log",
-                        cwd=ui_home.parent):
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        mlflow_run.tracking_uri,
+        "--default-artifact-root",
+        str(ui_home / "mlartifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with running_server(cmd, _factory_env(ui_home), f"{url}/health", SHOTS / "mlflow-server.log", cwd=ui_home.parent):
         yield url
 
 
@@ -154,13 +167,18 @@ def test_asset_graph_shows_every_asset(dagster_url: str, browser: Any) -> None:
 
     # "Lineage" in the side bar. With several groups each starts collapsed to one box, so assets are checked per group.
     browser.get(f"{dagster_url}/asset-groups")
-    wait_for_texts(browser, ["Global asset lineage", *sorted(by_group)], PAGE_TIMEOUT,
-                   SHOTS / "dagster-lineage-FAILED.png")
+    wait_for_texts(
+        browser, ["Global asset lineage", *sorted(by_group)], PAGE_TIMEOUT, SHOTS / "dagster-lineage-FAILED.png"
+    )
     _shot(browser, "dagster-lineage")
     for group, names in sorted(by_group.items()):
         browser.get(f"{dagster_url}/locations/{LOCATION}/asset-groups/{group}")
-        wait_for_texts(browser, [group, "Asset Group in", *sorted(names)], PAGE_TIMEOUT,
-                       SHOTS / f"dagster-group-{group}-FAILED.png")
+        wait_for_texts(
+            browser,
+            [group, "Asset Group in", *sorted(names)],
+            PAGE_TIMEOUT,
+            SHOTS / f"dagster-group-{group}-FAILED.png",
+        )
         _shot(browser, f"dagster-group-{group}")
 
 
@@ -169,20 +187,34 @@ def test_tissue_tiles_page_shows_metadata_and_kept_grid_picture(ui_home: Path, d
 
     slide_id = FactoryStorage(home=str(ui_home)).registry().get(SLIDE_KEY).slide_id
     browser.get(f"{dagster_url}/assets/tissue_tiles?partition={SLIDE_KEY}")
-    wait_for_texts(browser, ["tissue_tiles", SLIDE_KEY, "slide_id", slide_id, "grid_tiles", "tile_store", "kept_grid"],
-                   PAGE_TIMEOUT, SHOTS / "dagster-tissue_tiles-FAILED.png")
+    wait_for_texts(
+        browser,
+        ["tissue_tiles", SLIDE_KEY, "slide_id", slide_id, "grid_tiles", "tile_store", "kept_grid"],
+        PAGE_TIMEOUT,
+        SHOTS / "dagster-tissue_tiles-FAILED.png",
+    )
     _shot(browser, "dagster-tissue_tiles")
 
     # Markdown metadata sits behind a "[Show Markdown]" link in its row; the dialog renders the data-URI picture.
     from selenium.webdriver.common.by import By
 
     link_xpath = "//tr[.//*[normalize-space(text())='kept_grid']]//a[normalize-space(text())='[Show Markdown]']"
-    link = wait_until(browser, lambda d: d.find_element(By.XPATH, link_xpath), "a [Show Markdown] link for kept_grid",
-                      PAGE_TIMEOUT, SHOTS / "dagster-kept_grid-FAILED.png")
+    link = wait_until(
+        browser,
+        lambda d: d.find_element(By.XPATH, link_xpath),
+        "a [Show Markdown] link for kept_grid",
+        PAGE_TIMEOUT,
+        SHOTS / "dagster-kept_grid-FAILED.png",
+    )
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", link)
     css = "img[src^='data:image/png;base64,'][alt^='kept tiles']"
-    width = wait_until(browser, lambda d: loaded_image_width(d, css), "the kept_grid picture loaded (naturalWidth > 0)",
-                       PAGE_TIMEOUT, SHOTS / "dagster-kept_grid-FAILED.png")
+    width = wait_until(
+        browser,
+        lambda d: loaded_image_width(d, css),
+        "the kept_grid picture loaded (naturalWidth > 0)",
+        PAGE_TIMEOUT,
+        SHOTS / "dagster-kept_grid-FAILED.png",
+    )
     assert width > 0
     _shot(browser, "dagster-kept_grid")
 
@@ -196,13 +228,21 @@ def test_mlflow_ui_shows_experiment_run_and_picture(mlflow_url: str, mlflow_run:
     _shot(browser, "mlflow-runs")
 
     browser.get(f"{mlflow_url}/#/experiments/{exp}/runs/{run}?{ml_view}")
-    wait_for_texts(browser, [RUN_NAME, "kept_tiles", "tile_size", "target_mpp", "Finished"], PAGE_TIMEOUT,
-                   SHOTS / "mlflow-run-FAILED.png")
+    wait_for_texts(
+        browser,
+        [RUN_NAME, "kept_tiles", "tile_size", "target_mpp", "Finished"],
+        PAGE_TIMEOUT,
+        SHOTS / "mlflow-run-FAILED.png",
+    )
     _shot(browser, "mlflow-run")
 
     browser.get(f"{mlflow_url}/#/experiments/{exp}/runs/{run}/artifacts/samples/thumbnail.png?{ml_view}")
-    width = wait_until(browser, lambda d: loaded_image_width(d, "img[src^='blob:']"),
-                       "the artifact picture loaded (naturalWidth > 0)", PAGE_TIMEOUT,
-                       SHOTS / "mlflow-artifact-FAILED.png")
+    width = wait_until(
+        browser,
+        lambda d: loaded_image_width(d, "img[src^='blob:']"),
+        "the artifact picture loaded (naturalWidth > 0)",
+        PAGE_TIMEOUT,
+        SHOTS / "mlflow-artifact-FAILED.png",
+    )
     assert width > 0
     _shot(browser, "mlflow-artifact")

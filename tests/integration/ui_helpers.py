@@ -93,8 +93,11 @@ def wait_for_dagster_code_locations(base_url: str, log: Path, timeout: float = 1
     Raises:
         RuntimeError: a location failed to load (with its error) or is still loading after ``timeout`` seconds.
     """
-    request = urllib.request.Request(f"{base_url}/graphql", data=json.dumps({"query": _LOCATIONS_QUERY}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base_url}/graphql",
+        data=json.dumps({"query": _LOCATIONS_QUERY}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     deadline = time.monotonic() + timeout
     state: Any = None
     while time.monotonic() < deadline:
@@ -106,8 +109,10 @@ def wait_for_dagster_code_locations(base_url: str, log: Path, timeout: float = 1
         for entry in entries:
             error = entry["locationOrLoadError"]
             if error and error["__typename"] == "PythonError":
-                raise RuntimeError(f"{base_url}: code location {entry['name']!r} failed to load:\n{error['message']}"
-                                   f"\nlog tail:\n{log_tail(log)}")
+                raise RuntimeError(
+                    f"{base_url}: code location {entry['name']!r} failed to load:\n{error['message']}"
+                    f"\nlog tail:\n{log_tail(log)}"
+                )
         if entries and all(entry["loadStatus"] == "LOADED" for entry in entries):
             return [entry["name"] for entry in entries]
         time.sleep(0.5)
@@ -148,13 +153,26 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextmanager
-def running_server(cmd: Sequence[str], env: Mapping[str, str], ready_url: str, log: Path, cwd: Path | None = None,
-                   timeout: float = 120.0) -> Iterator[subprocess.Popen]:
+def running_server(
+    cmd: Sequence[str],
+    env: Mapping[str, str],
+    ready_url: str,
+    log: Path,
+    cwd: Path | None = None,
+    timeout: float = 120.0,
+) -> Iterator[subprocess.Popen]:
     """Start ``cmd`` (stdout + stderr to ``log``), wait until ``ready_url`` answers, stop its process group on exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(list(cmd), env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         wait_for_http(ready_url, proc, log, timeout)
         yield proc

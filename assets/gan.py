@@ -1,0 +1,284 @@
+"""Generative assets: the training set over all slides, the StyleGAN2-ADA model, and generated samples.
+
+Checkpoints and sample stores are written through ``FactoryStorage`` and referenced by path; the MLflow run id and
+the registered model version travel in metadata. Nothing is pickled between steps.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from pydantic import Field
+
+from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
+from assets.slides import training_tiles
+from ops.gan.loop import LoopConfig, fit, generate, image_grid_png, swd_against
+from ops.gan.metrics import FidScorer
+from ops.gan.networks import Generator, get_gan_config
+from ops.gan.trainer import CheckpointError, GanTrainer, TrainConfig, load_generator
+from ops.slides.crops import TileCropSampler
+from ops.slides.tile_store import replace_dir, temp_dir_beside
+from resources import FactoryStorage, MlflowTracking, TorchDevice
+
+GENERATIVE_CODE_VERSION = "gan-1"
+GAN_MODEL_NAME = "histofactory-stylegan2"
+
+
+class GanTrainingConfig(dg.Config):
+    """StyleGAN2-ADA training (see ``ops.gan.trainer.TrainConfig`` and ``ops.gan.networks.GAN_PRESETS``)."""
+
+    preset: str = Field(default="demo", description="Architecture preset: demo (64 px), 256, paper (4096 px).")
+    kimg: float = Field(default=3.0, description="Thousands of real images shown to D (across resumes).")
+    batch_size: int = Field(default=16, description="Images per step.")
+    lr: float = Field(default=0.002, description="Adam learning rate of G and D.")
+    augment: bool = Field(default=True, description="Adaptive discriminator augmentation (ADA).")
+    checkpoint_every: int = Field(default=50, description="Steps between checkpoints, sample grids and SWD.")
+    log_every: int = Field(default=10, description="Steps between loss logs.")
+    crop_downsample: int = Field(default=1, description="Average-pool crops of resolution*k tile pixels.")
+    from_scratch: bool = Field(
+        default=False, description="Ignore the pretrained checkpoint and start from random weights."
+    )
+    pretrained: str | None = Field(
+        default=None, description="Checkpoint to fine-tune from; unset = the shipped one for the preset, if any."
+    )
+    swd_images: int = Field(default=64, description="Images per set for SWD (held-out crops vs samples).")
+    inception_weights: str | None = Field(
+        default=None, description="Local NVlabs inception-2015-12-05.pt: also compute FID (never downloaded)."
+    )
+    seed: int = Field(default=0, description="Seeds weights, latents and the crop stream.")
+
+
+def _reference_sets(holdout: pd.DataFrame, n: int, resolution: int, downsample: int) -> tuple[np.ndarray, ...]:
+    """Two disjoint-by-seed sets of held-out crops: A is the SWD reference, A vs B the noise floor."""
+    a = TileCropSampler(holdout, resolution, downsample, seed=12345).batch_uint8(n)
+    b = TileCropSampler(holdout, resolution, downsample, seed=67890).batch_uint8(n)
+    return a, b
+
+
+@dg.asset(
+    group_name="gan",
+    deps=[training_tiles],
+    code_version=GENERATIVE_CODE_VERSION,
+    kinds={"pytorch", "mlflow"},
+    pool="training",
+    description="StyleGAN2-ADA trained on the kept tiles (resumable, logged to MLflow, registered).",
+)
+def gan_model(
+    context: dg.AssetExecutionContext,
+    config: GanTrainingConfig,
+    storage: FactoryStorage,
+    mlflow_tracking: MlflowTracking,
+    torch_device: TorchDevice,
+) -> dg.MaterializeResult:
+    storage.require("training_tiles")
+    device = torch_device.device()
+    gan_cfg = get_gan_config(config.preset)
+    train_cfg = TrainConfig(batch_size=config.batch_size, lr=config.lr, augment=config.augment, seed=config.seed)
+    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    train, holdout = tiles[tiles["split"] == "train"], tiles[tiles["split"] == "holdout"]
+    run_key = content_hash({"config": config.model_dump(), "tiles": tile_set_hash(tiles)})
+    run_dir = storage.gan_root / run_key
+    checkpoint, state_file = run_dir / "checkpoint.pt", run_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+
+    if checkpoint.exists():
+        trainer = GanTrainer.from_checkpoint(checkpoint, device)
+        context.log.info(f"resuming GAN training from {checkpoint} at step {trainer.step}")
+    else:
+        trainer = GanTrainer(gan_cfg, train_cfg, device)
+        pretrained = Path(config.pretrained) if config.pretrained else storage.pretrained(f"gan_{config.preset}.pt")
+        if not config.from_scratch and pretrained.exists():
+            trainer.load_checkpoint(pretrained)  # weights, optimiser and ADA state; counters restart below
+            trainer.step, trainer.images_seen = 0, 0
+            context.log.info(f"fine-tuning from {pretrained}")
+        elif not config.from_scratch and config.pretrained:
+            raise CheckpointError(f"pretrained checkpoint {pretrained} does not exist; fix the path or unset it")
+        elif not config.from_scratch:
+            context.log.warning(
+                f"no pretrained checkpoint for preset {config.preset!r} ({pretrained}); training from random weights"
+            )
+    resumed_from = trainer.step
+    ref_a, ref_b = _reference_sets(
+        holdout if len(holdout) else train, config.swd_images, gan_cfg.resolution, config.crop_downsample
+    )
+    eval_seeds = np.arange(config.swd_images) + 10_000_000
+    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "gan_model", "run_key": run_key}
+    start = time.perf_counter()
+    with mlflow_tracking.start_run(f"gan-{config.preset}-{run_key[:8]}", tags, state.get("mlflow_run_id")) as run:
+        import mlflow
+
+        state["mlflow_run_id"] = run.info.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state))
+        if resumed_from == 0 and not state.get("baselines"):
+            mlflow.log_params(
+                {
+                    **config.model_dump(),
+                    **{f"gan_{k}": v for k, v in gan_cfg.to_dict().items()},
+                    "train_tiles": len(train),
+                    "holdout_tiles": len(holdout),
+                    "device": str(device),
+                }
+            )
+            torch.manual_seed(config.seed)
+            untrained = Generator(gan_cfg).to(device)
+            floor = swd_against(ref_a, ref_b)
+            base = swd_against(ref_a, generate(untrained, eval_seeds, 1.0, device, batch=32)[2])
+            state["baselines"] = {"floor": floor.per_level, "untrained": base.per_level}
+            mlflow.log_metrics({**floor.to_metadata("swd_floor"), **base.to_metadata("swd_untrained")}, step=0)
+            state_file.write_text(json.dumps(state))
+
+        def on_log(step: int, stats: dict[str, float]) -> None:
+            mlflow.log_metrics({k: float(v) for k, v in stats.items()}, step=step)
+            if step % (config.log_every * 10) == 0:
+                context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.3g}" for k, v in stats.items()))
+
+        def on_checkpoint(t: GanTrainer) -> None:
+            images = generate(t.G_ema, eval_seeds, 1.0, device, batch=32)[2]
+            mlflow.log_metrics(swd_against(ref_a, images).to_metadata("swd"), step=t.step)
+            mlflow.log_image(
+                png_array(image_grid_png(images[:16], columns=4, scale=2)),
+                artifact_file=f"samples/step_{t.step:07d}.png",
+            )
+
+        loop = LoopConfig(
+            int(config.kimg * 1000), config.checkpoint_every, config.log_every, config.crop_downsample, config.seed
+        )
+        fit(trainer, train, loop, checkpoint, on_log, on_checkpoint)
+        final_images = generate(trainer.G_ema, eval_seeds, 1.0, device, batch=32)[2]
+        swd = swd_against(ref_a, final_images)
+        grid = image_grid_png(final_images[:32], columns=8, scale=2)
+        mlflow.log_metrics(swd.to_metadata("swd"), step=trainer.step)
+        fid = (
+            FidScorer(config.inception_weights, device).score(ref_a, final_images) if config.inception_weights else None
+        )
+        if fid is not None:
+            mlflow.log_metric("fid", fid, step=trainer.step)
+        mlflow.log_dict(gan_cfg.to_dict(), "checkpoint/gan_config.json")
+        mlflow.log_artifact(str(checkpoint), "checkpoint")
+        version = mlflow_tracking.register(GAN_MODEL_NAME, run.info.run_id, "checkpoint")
+    seconds = time.perf_counter() - start
+    current = {
+        "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint),
+        "mlflow_run_id": state["mlflow_run_id"],
+        "model_version": version,
+        "preset": config.preset,
+        "resolution": gan_cfg.resolution,
+        "step": trainer.step,
+        "images_seen": trainer.images_seen,
+        "train_slide_ids": sorted(train["slide_id"].unique().tolist()),
+    }
+    write_json_atomic(storage.gan_root / "current.json", current)
+    floor, untrained = ({int(k): v for k, v in state["baselines"][name].items()} for name in ("floor", "untrained"))
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": state["mlflow_run_id"],
+            "model_version": f"{GAN_MODEL_NAME}/{version}",
+            "sample_grid": png_markdown(grid, "generated samples"),
+            "step": trainer.step,
+            "images_seen": trainer.images_seen,
+            "resumed_from_step": resumed_from,
+            "swd_avg": swd.average,
+            "swd_floor_ratio": floor_ratio(swd.per_level, floor),
+            "untrained_floor_ratio": floor_ratio(untrained, floor),
+            "swd_per_level": dg.MetadataValue.json({str(k): v for k, v in swd.per_level.items()}),
+            "swd_floor_per_level": dg.MetadataValue.json({str(k): v for k, v in floor.items()}),
+            "fid": fid if fid is not None else float("nan"),
+            "ada_p": float(trainer.ada.p) if trainer.ada is not None else 0.0,
+            "train_seconds": round(seconds, 1),
+            "device": str(device),
+            "checkpoint": dg.MetadataValue.path(str(checkpoint)),
+            "package_versions": dg.MetadataValue.json(package_versions()),
+        },
+        data_version=dg.DataVersion(f"{run_key}-{trainer.step}"),
+    )
+
+
+def floor_ratio(swd: dict[int, float], floor: dict[int, float]) -> float:
+    """Max over pyramid levels of SWD(samples, held-out) / SWD(held-out A, held-out B); 1.0 = as close as real."""
+    return max(swd[k] / max(floor[k], 1e-12) for k in floor)
+
+
+class SamplesConfig(dg.Config):
+    """How many images to generate for annotation, and how."""
+
+    n: int = Field(default=500, description="Images to generate (HDGAN: 500).")
+    psi: float = Field(default=0.7, description="Truncation psi (1 = off).")
+    seed_offset: int = Field(default=0, description="Image i uses seed seed_offset + i.")
+    export_for_annotation: list[int] = Field(
+        default=[], description="Indices of images to export as PNGs for annotators (QuPath opens them)."
+    )
+
+
+@dg.asset(
+    group_name="gan",
+    deps=[gan_model],
+    code_version=GENERATIVE_CODE_VERSION,
+    kinds={"pytorch", "zarr"},
+    description="Generated images with their latents (z, w) and seeds in zarr, plus a contact sheet.",
+)
+def generated_samples(
+    context: dg.AssetExecutionContext, config: SamplesConfig, storage: FactoryStorage, torch_device: TorchDevice
+) -> dg.MaterializeResult:
+    storage.require("gan_model")
+    device = torch_device.device()
+    current = json.loads((storage.gan_root / "current.json").read_text())
+    G = load_generator(current["checkpoint"], device)
+    seeds = np.arange(config.n, dtype=np.int64) + config.seed_offset
+    start = time.perf_counter()
+    z, w, images = generate(G, seeds, config.psi, device)  # one at a time: bit-for-bit regenerable
+    tmp = temp_dir_beside(storage.samples_dir)
+    group = zarr.open_group(str(tmp / "samples.zarr"), mode="w", zarr_format=3)
+    r = images.shape[1]
+    group.create_array("images", data=images, chunks=(min(64, len(images)), r, r, 3))
+    group.create_array("z", data=z.astype(np.float32))
+    group.create_array("w", data=w.astype(np.float32))
+    group.create_array("seeds", data=seeds)
+    group.attrs.update(
+        {
+            "psi": config.psi,
+            "noise_mode": "const",
+            "checkpoint": current["checkpoint"],
+            "mlflow_run_id": current["mlflow_run_id"],
+            "model_version": current["model_version"],
+        }
+    )
+    sheet = image_grid_png(images[:64], columns=8, labels=True, scale=2)
+    (tmp / "contact_sheet.png").write_bytes(sheet)
+    if config.export_for_annotation:
+        export_pngs(images, config.export_for_annotation, tmp / "for_annotation")
+    replace_dir(tmp, storage.samples_dir)
+    return dg.MaterializeResult(
+        metadata={
+            "n": config.n,
+            "psi": config.psi,
+            "resolution": r,
+            "contact_sheet": png_markdown(sheet, "generated samples (index labels)"),
+            "gan_model_version": current["model_version"],
+            "seconds": round(time.perf_counter() - start, 2),
+            "store": dg.MetadataValue.path(str(storage.samples_dir / "samples.zarr")),
+        },
+        data_version=dg.DataVersion(content_hash([current["checkpoint"], current["step"], config.model_dump()])),
+    )
+
+
+def export_pngs(images: np.ndarray, indices: list[int], out_dir: Path) -> list[Path]:
+    """Write chosen samples as ``sample_<index>.png`` for annotators."""
+    from PIL import Image
+
+    bad = [i for i in indices if not 0 <= i < len(images)]
+    if bad:
+        raise ValueError(f"export_for_annotation: indices {bad} are outside 0..{len(images) - 1}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in indices:
+        path = out_dir / f"sample_{i:05d}.png"
+        Image.fromarray(images[i]).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,246 @@
+"""Per-slide tiling assets: ``tile_grid`` (cheap: mask + candidate grid) and ``tissue_tiles`` (decode, filter, store).
+
+Heavy outputs are written through ``FactoryStorage`` and referenced by path in metadata; nothing is pickled
+between steps by the IO manager.
+"""
+
+import json
+import time
+import warnings
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from assets.lineage import content_hash, package_versions, png_markdown, tile_set_hash
+from assets.partitions import slide_partitions
+from ops.slides.crops import split_tiles
+from ops.slides.extraction import extract_tiles, grid_thumbnail
+from ops.slides.reader import open_slide
+from ops.slides.tile_store import replace_dir, temp_dir_beside
+from ops.slides.tiling import TilingParams, load_plan, params_from_dict, plan_grid, save_plan
+from ops.slides.tissue import TissueMaskParams
+from resources import DaskResource, FactoryStorage
+
+TILING_CODE_VERSION = "tiling-2"
+# Unchanged from when the split lived beside the GAN assets, so a split made then is not reported stale.
+SPLIT_CODE_VERSION = "gan-1"
+
+
+class TissueMaskConfig(dg.Config):
+    """Tissue detection on the low-resolution level (see ``ops.slides.tissue.TissueMaskParams``)."""
+
+    mask_downsample: float = Field(default=32.0, description="Downsample of the mask image vs level 0 (32-64).")
+    saturation_threshold: float | None = Field(
+        default=None, description="Fixed HSV-saturation threshold in [0, 1]; unset = Otsu floored at min_saturation."
+    )
+    min_saturation: float = Field(default=0.05, description="Lowest threshold Otsu may choose.")
+    max_saturation: float = Field(default=0.07, description="Highest threshold Otsu may choose.")
+    median_size: int = Field(default=7, description="Median filter edge, mask pixels.")
+    close_radius: int = Field(default=2, description="Morphological closing radius, mask pixels.")
+    min_tissue_area_um2: float = Field(default=20_000.0, description="Smaller tissue pieces and holes are removed.")
+
+
+class TileGridConfig(dg.Config):
+    """Tile geometry, chosen once per slide by ``tile_grid`` and reused by ``tissue_tiles``."""
+
+    tile_size: int = Field(default=512, description="Tile edge in pixels at the target resolution (paper: 4096).")
+    stride: int | None = Field(default=None, description="Step between tiles in target pixels; unset = tile_size.")
+    target_mpp: float | None = Field(
+        default=0.5, description="Microns per pixel of the tiles; unset = tile at `level` without resizing."
+    )
+    level: int = Field(default=0, description="Pyramid level used when target_mpp is unset.")
+    mpp_override: float | None = Field(
+        default=None, description="Microns per level-0 pixel for slides that record none (0.25 at 40x, 0.5 at 20x)."
+    )
+    min_candidate_tissue: float = Field(
+        default=0.2, description="Low-res tissue share a grid tile needs to be decoded at all."
+    )
+    mask: TissueMaskConfig = TissueMaskConfig()
+
+
+class TileFilterConfig(dg.Config):
+    """Per-tile checks at full resolution (see ``ops.slides.tiling.TilingParams``)."""
+
+    max_whitespace: float = Field(default=0.5, description="Largest whitespace fraction of a kept tile.")
+    white_saturation: float = Field(default=0.05, description="Whitespace pixel: saturation below this ...")
+    white_value: int = Field(default=200, description="... and brightness (0-255) above this.")
+    blur_threshold: float = Field(default=20.0, description="Variance of Laplacian below this = blurry.")
+    pen_fraction: float = Field(default=0.05, description="Pen-ink pixel share above this = pen-marked.")
+    drop_blurry: bool = Field(default=True, description="Drop blurry tiles (else only flag them).")
+    drop_pen: bool = Field(default=True, description="Drop pen-marked tiles (else only flag them).")
+    decoder: str = Field(
+        default="auto", description="auto (direct TIFF tile decoding when possible), openslide or tifffile."
+    )
+
+
+def _grid_params(config: TileGridConfig) -> TilingParams:
+    values = config.model_dump()
+    values["mask"] = TissueMaskParams(**values["mask"])
+    return TilingParams(**values)
+
+
+@dg.asset(
+    partitions_def=slide_partitions,
+    group_name="slides",
+    code_version=TILING_CODE_VERSION,
+    kinds={"python", "parquet"},
+    description="Tissue mask on a low-resolution level and the candidate tile grid (never reads level 0).",
+)
+def tile_grid(
+    context: dg.AssetExecutionContext, config: TileGridConfig, storage: FactoryStorage
+) -> dg.MaterializeResult:
+    key = context.partition_key
+    entry, path = storage.slide(key)
+    params = _grid_params(config)
+    start = time.perf_counter()
+    with open_slide(path, mpp_override=params.mpp_override) as reader:
+        plan = plan_grid(reader, params)
+        info = reader.info
+    save_plan(plan, params, storage.grid_dir(key))
+    n_cand = int(plan.grid["candidate"].sum())
+    if n_cand == 0:
+        context.log.warning(f"{path}: no tissue found on the low-resolution level; this slide yields no tiles.")
+    return dg.MaterializeResult(
+        metadata={
+            "slide_id": entry.slide_id,
+            "grid_tiles": len(plan.grid),
+            "candidates": n_cand,
+            "read_level": plan.read_level,
+            "tile_mpp": plan.tile_mpp if plan.tile_mpp else float("nan"),
+            "mask_threshold": plan.threshold,
+            "tissue_share": float(plan.mask.mean()) if plan.mask.size else 0.0,
+            "vendor": info.vendor,
+            "slide_dimensions": f"{info.level_dimensions[0][0]} x {info.level_dimensions[0][1]}",
+            "seconds": round(time.perf_counter() - start, 3),
+            "path": dg.MetadataValue.path(str(storage.grid_dir(key))),
+            "mask_preview": png_markdown(grid_thumbnail(plan), "tissue mask and candidate grid"),
+            "config": dg.MetadataValue.json(params.to_dict()),
+        },
+        data_version=dg.DataVersion(entry.sha256[:16] + "-" + content_hash(params.to_dict())),
+    )
+
+
+@dg.asset(
+    partitions_def=slide_partitions,
+    group_name="slides",
+    code_version=TILING_CODE_VERSION,
+    deps=[tile_grid],
+    kinds={"python", "zarr", "parquet"},
+    description="Candidate tiles decoded at full resolution, whitespace/QC filtered, stored in zarr with a table.",
+)
+def tissue_tiles(
+    context: dg.AssetExecutionContext, config: TileFilterConfig, storage: FactoryStorage, dask: DaskResource
+) -> dg.MaterializeResult:
+    key = context.partition_key
+    entry, path = storage.slide(key)
+    plan, grid_values = load_plan(storage.grid_dir(key))
+    params = params_from_dict({**grid_values, **config.model_dump()})
+    n_cand = int(plan.grid["candidate"].sum())
+    storage.require_free_disk(n_cand * params.tile_size**2 * 3, f"tissue_tiles for {key} ({n_cand} tiles)")
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 4) == 0:
+            context.log.info(f"{key}: {done}/{total} tile batches decoded")
+
+    result = extract_tiles(str(path), plan, params, dask.spec(), storage.tiles_dir(key), key, entry.slide_id, progress)
+    seconds = time.perf_counter() - start
+    counts = result.counts
+    if counts["kept"] == 0:
+        context.log.warning(f"{path}: no tile passed the filters (counts: {counts}); the tile store is empty.")
+    if counts["corrupt"]:
+        context.log.warning(f"{path}: {counts['corrupt']} tiles had corrupt image data and were skipped.")
+    hist, edges = np.histogram(result.table["tissue_fraction"], bins=10, range=(0, 1))
+    return dg.MaterializeResult(
+        metadata={
+            "slide_id": entry.slide_id,
+            "kept": counts["kept"],
+            "dropped": dg.MetadataValue.json({k: v for k, v in counts.items() if k not in ("kept", "grid")}),
+            "grid_tiles": counts["grid"],
+            "decoded_tiles": len(result.candidates),
+            "tissue_fraction_histogram": dg.MetadataValue.json(
+                {f"{edges[i]:.1f}-{edges[i + 1]:.1f}": int(hist[i]) for i in range(len(hist))}
+            ),
+            "tiles_per_second": round(len(result.candidates) / max(seconds, 1e-9), 2),
+            "seconds": round(seconds, 3),
+            "tile_store": dg.MetadataValue.path(str(result.out_dir / "tiles.zarr")),
+            "tile_table": dg.MetadataValue.path(str(result.out_dir / "tiles.parquet")),
+            "kept_grid": png_markdown(result.thumbnail_png, "kept tiles (green) on the slide thumbnail"),
+            "config": dg.MetadataValue.json(params.to_dict()),
+            "package_versions": dg.MetadataValue.json(package_versions()),
+            "code_version": TILING_CODE_VERSION,
+        },
+        data_version=dg.DataVersion(content_hash(result.table[["x", "y", "tissue_fraction"]].to_dict("list"))),
+    )
+
+
+class TrainingSplitConfig(dg.Config):
+    """Slide-level (or patient-level) k-fold split of the kept tiles."""
+
+    folds: int = Field(default=5, description="Folds; fewer slides than folds -> one fold per slide.")
+    holdout_fold: int = Field(default=0, description="The fold held out from GAN training.")
+    seed: int = Field(default=0, description="Seeds the fold assignment.")
+    patients_csv: str | None = Field(
+        default=None, description="CSV with columns slide,patient: split by patient instead of slide."
+    )
+    spatial_holdout: float = Field(default=0.2, description="With one slide: share of its width held out.")
+
+
+@dg.asset(
+    group_name="slides",
+    deps=[tissue_tiles],
+    code_version=SPLIT_CODE_VERSION,
+    kinds={"python", "parquet"},
+    description="Kept tiles of every slide partition with a slide-level train / hold-out split.",
+)
+def training_tiles(
+    context: dg.AssetExecutionContext, config: TrainingSplitConfig, storage: FactoryStorage
+) -> dg.MaterializeResult:
+    keys = sorted(context.instance.get_dynamic_partitions(slide_partitions.name))
+    tables, missing = [], []
+    for key in keys:
+        table = storage.tiles_dir(key) / "tiles.parquet"
+        if not table.exists():
+            missing.append(key)
+            continue
+        tables.append(pd.read_parquet(table).assign(store=str(storage.tiles_dir(key) / "tiles.zarr")))
+    if missing:
+        context.log.warning(f"slides without materialized tissue_tiles are left out: {missing}")
+    if not tables:
+        raise ValueError("no slide has materialized tissue_tiles; run the `tiling` job for the slides first")
+    tiles = pd.concat(tables, ignore_index=True)
+    patients = None
+    if config.patients_csv:
+        table = pd.read_csv(config.patients_csv)
+        if not {"slide", "patient"} <= set(table.columns):
+            raise ValueError(f"{config.patients_csv}: expected columns slide,patient; found {list(table.columns)}")
+        patients = dict(zip(table["slide"].astype(str), table["patient"].astype(str), strict=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split = split_tiles(tiles, config.folds, config.holdout_fold, config.seed, patients, config.spatial_holdout)
+    for w in caught:
+        context.log.warning(str(w.message))
+    out = pd.concat([split.train.assign(split="train"), split.holdout.assign(split="holdout")], ignore_index=True)
+    tmp = temp_dir_beside(storage.training_dir)
+    out.to_parquet(tmp / "tiles.parquet", index=False)
+    (tmp / "split.json").write_text(
+        json.dumps(
+            {"folds": split.folds, "k": split.k, "mode": split.mode, "holdout_fold": config.holdout_fold}, indent=1
+        )
+    )
+    replace_dir(tmp, storage.training_dir)
+    per_slide = out.groupby(["slide", "split"]).size().unstack(fill_value=0)
+    return dg.MaterializeResult(
+        metadata={
+            "train_tiles": len(split.train),
+            "holdout_tiles": len(split.holdout),
+            "slides": len(tables),
+            "split_mode": split.mode,
+            "k": split.k,
+            "per_slide": dg.MetadataValue.md(f"```\n{per_slide.to_string()}\n```"),
+            "path": dg.MetadataValue.path(str(storage.training_dir / "tiles.parquet")),
+        },
+        data_version=dg.DataVersion(tile_set_hash(out)),
+    )
