@@ -21,6 +21,7 @@ from pydantic import Field
 from assets.labelling import tile_annotation_class_map, tile_annotations
 from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
 from assets.slides import training_tiles
+from ops.common.images import image_grid_png
 from ops.common.train_loop import fit_steps
 from ops.diffusion.autoencoder import (
     AutoencoderTrainer,
@@ -35,9 +36,8 @@ from ops.diffusion.mask_bank import MaskBank
 from ops.diffusion.samplers import sample_latents, self_distill
 from ops.evaluation.metrics import mask_agreement
 from ops.export.ldm_route import latents_to_uint8
-from ops.gan.loop import image_grid_png
 from ops.gan.trainer import CheckpointError
-from ops.labelling.annotations import get_class_map
+from ops.labelling.class_maps import get_class_map
 from ops.slides.crops import PairCropSampler, TileCropSampler
 from resources import FactoryStorage, MlflowTracking, TorchDevice
 

@@ -19,11 +19,11 @@ from assets.gan import gan_model
 from assets.labelling import tile_annotation_class_map, tile_annotations
 from assets.lineage import png_markdown
 from assets.slides import training_tiles
+from ops.common.images import image_grid_png
 from ops.evaluation.metrics import overlay_png
 from ops.evaluation.segmenter import UNetConfig, compare_training_sets, summarise
 from ops.export.dataset import SyntheticSegmentationDataset
-from ops.gan.loop import image_grid_png
-from ops.labelling.annotations import get_class_map
+from ops.labelling.class_maps import get_class_map
 from ops.labelling.demo_annotator import demo_annotate
 from ops.slides.crops import PairCropSampler, TileCropSampler
 from resources import FactoryStorage, MlflowTracking, TorchDevice

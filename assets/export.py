@@ -17,6 +17,7 @@ from pydantic import Field
 from assets.diffusion import ldm_model
 from assets.labelling import classifier_eval, pixel_classifier
 from assets.lineage import png_markdown
+from ops.common.images import image_grid_png
 from ops.diffusion.autoencoder import load_autoencoder
 from ops.diffusion.denoiser import load_denoiser
 from ops.diffusion.mask_bank import MaskBank, weights_by_name
@@ -32,9 +33,8 @@ from ops.export.gan_route import (
 )
 from ops.export.ldm_route import synthesize_ldm_pairs
 from ops.export.memorization import check_memorization
-from ops.gan.loop import image_grid_png
 from ops.gan.trainer import load_generator
-from ops.labelling.annotations import get_class_map
+from ops.labelling.class_maps import get_class_map
 from ops.labelling.pixel_classifier import PixelEnsemble
 from ops.slides.crops import TileCropSampler
 from ops.slides.tile_store import replace_dir, temp_dir_beside

@@ -17,9 +17,11 @@ from pydantic import Field
 
 from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
 from assets.slides import training_tiles
-from ops.gan.loop import LoopConfig, fit, generate, image_grid_png, swd_against
-from ops.gan.metrics import FidScorer
+from ops.common.images import image_grid_png
+from ops.gan.loop import LoopConfig, fit
+from ops.gan.metrics import FidScorer, swd_against
 from ops.gan.networks import Generator, get_gan_config
+from ops.gan.sampling import generate
 from ops.gan.trainer import CheckpointError, GanTrainer, TrainConfig, load_generator
 from ops.slides.crops import TileCropSampler
 from ops.slides.tile_store import replace_dir, temp_dir_beside

@@ -19,17 +19,17 @@ from assets.slides import training_tiles
 from ops.diffusion.mask_bank import shares
 from ops.evaluation.metrics import confusion_matrix, confusion_matrix_png, overlay_png, segmentation_report
 from ops.gan.trainer import load_generator
-from ops.labelling.annotations import (
+from ops.labelling.annotation_sets import (
     MASK_SUFFIXES,
-    AnnotationError,
     annotation_set_version,
-    get_class_map,
     load_mask,
     match_annotations,
     split_indices,
 )
+from ops.labelling.class_maps import AnnotationError, get_class_map
 from ops.labelling.demo_annotator import write_demo_annotation
-from ops.labelling.feature_store import BatchStream, FeatureSampler, FeatureStoreWriter, write_upsampled_features
+from ops.labelling.feature_sampler import BatchStream, FeatureSampler
+from ops.labelling.feature_store import FeatureStoreWriter, write_upsampled_features
 from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble
 from ops.labelling.pixel_classifier import TrainConfig as MlpTrainConfig
 from ops.labelling.slide_annotations import (
@@ -366,7 +366,6 @@ def classifier_eval(
         raise ValueError("the annotation split has no test images; set n_test > 0 on `annotations`")
     cm = np.zeros((len(classes), len(classes)), np.int64)
     overlays = []
-    from ops.labelling.annotations import get_class_map
     from ops.labelling.pixel_classifier import predict_from_proba
 
     colours = get_class_map(_class_map_name(storage)).colours
