@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+import shapely.errors
 from scipy import ndimage
 from skimage import measure
 
@@ -29,7 +31,7 @@ from ops.labelling.class_maps import (
     read_annotation_bytes,
     unknown_class_message,
 )
-from ops.labelling.rasterize import paint_polygon
+from ops.labelling.rasterize import paint_polygons
 
 
 def qupath_color_rgb(rgb: Sequence[int]) -> int:
@@ -64,23 +66,32 @@ def _classification_name(feature: dict, path: Path, k: int) -> str:
     return name
 
 
-def _polygons_of(geometry: Any, path: Path, k: int) -> list[list[np.ndarray]]:
-    """Rings of each polygon of a Polygon/MultiPolygon geometry as float arrays [n, 2] of (x, y)."""
+def _ring(ring: Any) -> np.ndarray:
+    """One ring as float64 ``[n, 2]`` (x, y); a z coordinate is dropped, anything but a list of positions refused."""
+    points = np.asarray(ring, np.float64)
+    if points.ndim != 2 or points.shape[1] not in (2, 3):
+        raise ValueError(f"a ring must be a list of [x, y] positions, found nesting of shape {points.shape}")
+    return points[:, :2]
+
+
+def _polygons_of(geometry: Any, path: Path, k: int) -> list[shapely.Polygon]:
+    """The polygons of a Polygon/MultiPolygon geometry; degenerate rings (< 3 vertices) are dropped."""
     kind = geometry.get("type") if isinstance(geometry, dict) else None
+    if kind not in ("Polygon", "MultiPolygon"):
+        raise AnnotationError(
+            f"{path}: feature {k} has geometry {kind!r}; expected Polygon or MultiPolygon (areas). Fix: export "
+            f"only area annotations (no points, lines or detections)"
+        )
     try:
-        if kind == "Polygon":
-            polys = [geometry["coordinates"]]
-        elif kind == "MultiPolygon":
-            polys = geometry["coordinates"]
-        else:
-            raise AnnotationError(
-                f"{path}: feature {k} has geometry {kind!r}; expected Polygon or MultiPolygon (areas). Fix: export "
-                f"only area annotations (no points, lines or detections)"
-            )
-        return [[np.asarray(ring, np.float64).reshape(-1, 2) for ring in poly] for poly in polys]
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, AnnotationError):
-            raise
+        coords = geometry["coordinates"]
+        polygons = []
+        for poly in [coords] if kind == "Polygon" else coords:
+            # A stray click makes a ring of 1-2 vertices: QuPath exports it, nothing can be painted, so it is skipped.
+            rings = [_ring(ring) for ring in poly]
+            if rings and len(rings[0]) >= 3:
+                polygons.append(shapely.Polygon(rings[0], [r for r in rings[1:] if len(r) >= 3]))
+        return polygons
+    except (KeyError, TypeError, ValueError, shapely.errors.ShapelyError) as exc:
         raise AnnotationError(f"{path}: feature {k} has malformed coordinates ({exc})") from None
 
 
@@ -128,14 +139,11 @@ def read_geojson_polygons(
         if name not in class_names:
             raise AnnotationError(unknown_class_message(name, class_names, f"{path}: feature {k}: "))
         cls = list(class_names).index(name)
-        for rings in _polygons_of(feature.get("geometry"), path, k):
-            if not rings or len(rings[0]) < 3:
-                continue
+        for polygon in _polygons_of(feature.get("geometry"), path, k):
+            rings = [shapely.get_coordinates(ring) for ring in (polygon.exterior, *polygon.interiors)]
             if check is not None:
                 check(k, name, np.concatenate(rings))
-            x, y = rings[0][:, 0], rings[0][:, 1]
-            area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-            items.append((area, k, cls, rings))
+            items.append((shapely.Polygon(polygon.exterior).area, k, cls, rings))
     return items
 
 
@@ -182,10 +190,7 @@ def load_geojson_mask(
     items = read_geojson_polygons(path, class_names, inside_image)
     if order == "area":
         items.sort(key=lambda t: (-t[0], t[1]))
-    mask = np.full((h, w), fill, np.uint8)
-    for _, _, cls, rings in items:  # loop over polygons; each is rasterised vectorised
-        paint_polygon(mask, rings, cls)
-    return mask
+    return paint_polygons(np.full((h, w), fill, np.uint8), [(rings, cls) for _, _, cls, rings in items])
 
 
 def mask_to_geojson(

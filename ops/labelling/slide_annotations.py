@@ -30,7 +30,7 @@ import zarr
 from ops.labelling.class_maps import IGNORE_INDEX, AnnotationError, ClassMap
 from ops.labelling.demo_annotator import DEMO_CLASS_MAP, DemoAnnotatorConfig, demo_annotate
 from ops.labelling.geojson import mask_to_geojson, read_geojson_polygons, save_geojson
-from ops.labelling.rasterize import paint_polygon
+from ops.labelling.rasterize import paint_polygons
 from ops.slides.tile_store import compressor, open_tile_array, replace_dir, temp_dir_beside
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -187,9 +187,10 @@ def rasterize_onto_tiles(
         x0, y0, x1, y1 = boxes[t]
         meets = (pb[:, 0] < x1) & (pb[:, 2] > x0) & (pb[:, 1] < y1) & (pb[:, 3] > y0)
         origin = np.array([x0, y0])
-        for i in np.flatnonzero(meets):  # ascending = paint order
-            rings = [(r - origin) / scale[t] for r in ordered[i].rings]
-            paint_polygon(masks[t], rings, ordered[i].class_id)
+        meeting = np.flatnonzero(meets)  # ascending = paint order
+        paint_polygons(
+            masks[t], [([(r - origin) / scale[t] for r in ordered[i].rings], ordered[i].class_id) for i in meeting]
+        )
     return masks
 
 

@@ -18,12 +18,11 @@ def kidney_mask() -> np.ndarray:
     return m
 
 
-def qupath_feature(name: str, rings: list, kind: str = "Polygon", colour: int | None = -65536) -> dict:
+def qupath_feature(name: str, coordinates: list, kind: str = "Polygon", colour: int | None = -65536) -> dict:
     cls = {"name": name} if colour is None else {"name": name, "colorRGB": colour}
-    coords = rings if kind == "Polygon" else [rings]
     return {
         "type": "Feature",
-        "geometry": {"type": kind, "coordinates": coords},
+        "geometry": {"type": kind, "coordinates": coordinates},
         "properties": {"objectType": "annotation", "classification": cls},
     }
 

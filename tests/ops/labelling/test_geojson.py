@@ -90,3 +90,20 @@ def test_geojson_errors(tmp_path) -> None:
         r"40x50 \(HxW\) image",
     ):
         load_geojson_mask(write("big.geojson", big), SHAPE, PAPER.classes)
+
+
+def test_degenerate_rings_are_skipped_and_wrong_nesting_is_refused(tmp_path) -> None:
+    click = [[3, 3], [4, 4]]  # a stray two-vertex "polygon" and a two-vertex hole: nothing to paint, skipped
+    doc = [
+        qupath_feature("artery", [click]),
+        qupath_feature("glomerulus", [rect(10, 10, 20, 20), click]),
+    ]
+    mask = load_geojson_mask(
+        save_geojson(tmp_path / "a.geojson", {"type": "FeatureCollection", "features": doc}), SHAPE, PAPER.classes
+    )
+    assert (mask == 2).sum() == 100 and (mask == 4).sum() == 0
+    nested = [qupath_feature("artery", [[rect(42, 32, 48, 38)]])]  # a MultiPolygon's nesting under type Polygon
+    with pytest.raises(
+        AnnotationError, match=r"feature 0 has malformed coordinates \(a ring must be a list of \[x, y\]"
+    ):
+        load_geojson_mask(save_geojson(tmp_path / "n.geojson", nested), SHAPE, PAPER.classes)
