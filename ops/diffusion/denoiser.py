@@ -249,10 +249,10 @@ class LdmTrainConfig:
     """Optimiser settings of the denoiser (the architecture lives in :class:`LdmConfig`)."""
 
     batch_size: int = 32  # latents per step
-    lr: float = 2e-4  # AdamW learning rate (after warm-up)
+    lr: float = 5e-4  # AdamW learning rate (after warm-up)
     warmup_steps: int = 50  # linear learning-rate warm-up
     weight_decay: float = 0.0
-    ema_decay: float = 0.999  # decay of the EMA weights we sample from; 0 = sample from the raw weights
+    ema_decay: float = 0.995  # decay of the EMA weights we sample from; 0 = sample from the raw weights
     seed: int = 0  # seeds initialisation and every random draw of the trainer
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ class LoopConfig:
     """
 
     total_images: int
-    checkpoint_every: int = 100
+    checkpoint_every: int = 50
     log_every: int = 10
     crop_downsample: int = 1
     seed: int = 0
