@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -21,6 +22,7 @@ from pydantic import Field
 from assets.labelling import tile_annotation_class_map, tile_annotations
 from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
 from assets.slides import training_tiles
+from ops.common.images import image_grid_png
 from ops.common.train_loop import fit_steps
 from ops.diffusion.autoencoder import (
     AutoencoderTrainer,
@@ -35,9 +37,8 @@ from ops.diffusion.mask_bank import MaskBank
 from ops.diffusion.samplers import sample_latents, self_distill
 from ops.evaluation.metrics import mask_agreement
 from ops.export.ldm_route import latents_to_uint8
-from ops.gan.loop import image_grid_png
 from ops.gan.trainer import CheckpointError
-from ops.labelling.annotations import get_class_map
+from ops.labelling.class_maps import get_class_map
 from ops.slides.crops import PairCropSampler, TileCropSampler
 from resources import FactoryStorage, MlflowTracking, TorchDevice
 
@@ -64,9 +65,9 @@ def _annotated_train(storage: FactoryStorage) -> pd.DataFrame:
 class MaskBankConfig(dg.Config):
     """Mask crops from the annotated training tiles, and the shapes in them."""
 
-    resolution: int = Field(default=64, description="Mask edge in pixels (the LDM's image resolution).")
-    crops: int = Field(default=512, description="Mask crops taken from the annotated tiles.")
-    min_area: int = Field(default=4, description="Shapes smaller than this (pixels) are not kept.")
+    resolution: int = Field(default=64, ge=8, description="Mask edge in pixels (the LDM's image resolution).")
+    crops: int = Field(default=512, ge=1, description="Mask crops taken from the annotated tiles.")
+    min_area: int = Field(default=4, ge=0, description="Shapes smaller than this (pixels) are not kept.")
     seed: int = Field(default=0, description="Seeds the crop positions.")
 
 
@@ -118,15 +119,17 @@ def _colour(masks: np.ndarray, colours) -> np.ndarray:
 class AutoencoderTrainingConfig(dg.Config):
     """The LDM's first stage (see ``ops.diffusion.autoencoder``)."""
 
-    preset: str = Field(default="demo", description="Architecture preset: demo (64 px), 256, paper (512 px, KL-f4).")
+    preset: Literal["demo", "256", "paper"] = Field(
+        default="demo", description="Architecture preset: demo (64 px), 256, paper (512 px, KL-f4)."
+    )
     kind: str | None = Field(default=None, description="Override the preset's kind: kl (AutoencoderKL) or vq.")
-    kimg: float = Field(default=2.0, description="Thousands of tile crops to train on (across resumes).")
-    batch_size: int = Field(default=16, description="Crops per step.")
-    lr: float = Field(default=1e-3, description="Adam learning rate.")
-    kl_weight: float = Field(default=1e-6, description="KL weight (LDM: 1e-6).")
-    checkpoint_every: int = Field(default=50, description="Steps between checkpoints and reconstruction checks.")
-    log_every: int = Field(default=10, description="Steps between loss logs.")
-    eval_images: int = Field(default=32, description="Held-out crops the reconstruction metrics use.")
+    kimg: float = Field(default=2.0, gt=0, description="Thousands of tile crops to train on (across resumes).")
+    batch_size: int = Field(default=16, ge=1, description="Crops per step.")
+    lr: float = Field(default=1e-3, gt=0, description="Adam learning rate.")
+    kl_weight: float = Field(default=1e-6, ge=0, description="KL weight (LDM: 1e-6).")
+    checkpoint_every: int = Field(default=50, ge=1, description="Steps between checkpoints and reconstruction checks.")
+    log_every: int = Field(default=10, ge=1, description="Steps between loss logs.")
+    eval_images: int = Field(default=32, ge=1, description="Held-out crops the reconstruction metrics use.")
     from_scratch: bool = Field(default=False, description="Ignore the pretrained weights; start from random ones.")
     pretrained: str | None = Field(
         default=None, description="Autoencoder file to fine-tune from; unset = the shipped one for the preset, if any."
@@ -260,24 +263,30 @@ def autoencoder(
 class LdmTrainingConfig(dg.Config):
     """The denoiser (see ``ops.diffusion.denoiser``) and how it is previewed."""
 
-    preset: str = Field(default="demo", description="Architecture preset: demo, 256, paper (match the autoencoder).")
-    conditioning: str = Field(default="concat", description="Mask conditioning: concat or cross_attention.")
-    kimg: float = Field(default=6.0, description="Thousands of image-mask crops to train on (across resumes).")
-    batch_size: int = Field(default=32, description="Crops per step.")
-    lr: float = Field(default=5e-4, description="AdamW learning rate after warm-up.")
-    warmup_steps: int = Field(default=50, description="Linear learning-rate warm-up steps.")
-    ema_decay: float = Field(default=0.995, description="EMA decay of the weights sampled from; 0 = off.")
-    cond_dropout: float = Field(default=0.1, description="Share of masks dropped (classifier-free guidance).")
-    augment: bool = Field(default=True, description="Random flips / 90-degree rotations of image-mask crops.")
-    checkpoint_every: int = Field(default=100, description="Steps between checkpoints and preview grids.")
-    log_every: int = Field(default=10, description="Steps between loss logs.")
-    preview_steps: int = Field(default=20, description="DDIM steps of the preview samples.")
-    preview_images: int = Field(default=32, description="Preview samples (mask agreement is measured on them).")
-    guidance: float = Field(default=1.0, description="Classifier-free guidance scale of the previews (1 = off).")
-    self_distill_pairs: int = Field(
-        default=0, description="DISC self-distillation: SC samples to fine-tune on; 0 = off."
+    preset: Literal["demo", "256", "paper"] = Field(
+        default="demo", description="Architecture preset: demo, 256, paper (match the autoencoder)."
     )
-    self_distill_steps: int = Field(default=0, description="Self-distillation fine-tuning steps.")
+    conditioning: Literal["concat", "cross_attention"] = Field(
+        default="concat", description="Mask conditioning: concat or cross_attention."
+    )
+    kimg: float = Field(default=6.0, gt=0, description="Thousands of image-mask crops to train on (across resumes).")
+    batch_size: int = Field(default=32, ge=1, description="Crops per step.")
+    lr: float = Field(default=5e-4, gt=0, description="AdamW learning rate after warm-up.")
+    warmup_steps: int = Field(default=50, ge=0, description="Linear learning-rate warm-up steps.")
+    ema_decay: float = Field(default=0.995, ge=0, lt=1, description="EMA decay of the weights sampled from; 0 = off.")
+    cond_dropout: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of masks dropped (classifier-free guidance)."
+    )
+    augment: bool = Field(default=True, description="Random flips / 90-degree rotations of image-mask crops.")
+    checkpoint_every: int = Field(default=100, ge=1, description="Steps between checkpoints and preview grids.")
+    log_every: int = Field(default=10, ge=1, description="Steps between loss logs.")
+    preview_steps: int = Field(default=20, ge=1, description="DDIM steps of the preview samples.")
+    preview_images: int = Field(default=32, ge=1, description="Preview samples (mask agreement is measured on them).")
+    guidance: float = Field(default=1.0, ge=0, description="Classifier-free guidance scale of the previews (1 = off).")
+    self_distill_pairs: int = Field(
+        default=0, ge=0, description="DISC self-distillation: SC samples to fine-tune on; 0 = off."
+    )
+    self_distill_steps: int = Field(default=0, ge=0, description="Self-distillation fine-tuning steps.")
     from_scratch: bool = Field(default=False, description="Ignore the pretrained weights; start from random ones.")
     pretrained: str | None = Field(
         default=None,

@@ -8,6 +8,7 @@ The asset check warns when no synthetic set helps.
 """
 
 import json
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -19,11 +20,11 @@ from assets.gan import gan_model
 from assets.labelling import tile_annotation_class_map, tile_annotations
 from assets.lineage import png_markdown
 from assets.slides import training_tiles
+from ops.common.images import image_grid_png
 from ops.evaluation.metrics import overlay_png
 from ops.evaluation.segmenter import UNetConfig, compare_training_sets, summarise
 from ops.export.dataset import SyntheticSegmentationDataset
-from ops.gan.loop import image_grid_png
-from ops.labelling.annotations import get_class_map
+from ops.labelling.class_maps import get_class_map
 from ops.labelling.demo_annotator import demo_annotate
 from ops.slides.crops import PairCropSampler, TileCropSampler
 from resources import FactoryStorage, MlflowTracking, TorchDevice
@@ -31,18 +32,15 @@ from resources import FactoryStorage, MlflowTracking, TorchDevice
 DOWNSTREAM_CODE_VERSION = "downstream-1"
 
 
-REAL_SOURCES = ("demo_annotator", "slide_annotations")
-
-
 class RealAnnotationConfig(dg.Config):
     """Real image-mask pairs of held-out slides: expert slide annotations, or the demo stand-in annotator."""
 
-    source: str = Field(
+    source: Literal["demo_annotator", "slide_annotations"] = Field(
         default="demo_annotator",
         description="slide_annotations: crops of held-out tiles annotated in QuPath (asset tile_annotations); "
         "demo_annotator: DEMO ONLY, held-out crops labelled by the rule-based stand-in.",
     )
-    n: int = Field(default=48, description="Real crops (first real_train of them train, the rest test).")
+    n: int = Field(default=48, ge=2, description="Real crops (first real_train of them train, the rest test).")
     seed: int = Field(default=0, description="Seeds crop positions.")
 
 
@@ -57,8 +55,6 @@ def real_annotations(
     context: dg.AssetExecutionContext, config: RealAnnotationConfig, storage: FactoryStorage
 ) -> dg.MaterializeResult:
     storage.require("training_tiles", "gan_model")
-    if config.source not in REAL_SOURCES:
-        raise ValueError(f"real_annotations.source: unknown {config.source!r}; expected one of {REAL_SOURCES}")
     resolution = json.loads((storage.gan_root / "current.json").read_text())["resolution"]
     if config.source == "slide_annotations":
         storage.require("tile_annotations")

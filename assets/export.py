@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -17,6 +18,7 @@ from pydantic import Field
 from assets.diffusion import ldm_model
 from assets.labelling import classifier_eval, pixel_classifier
 from assets.lineage import png_markdown
+from ops.common.images import image_grid_png
 from ops.diffusion.autoencoder import load_autoencoder
 from ops.diffusion.denoiser import load_denoiser
 from ops.diffusion.mask_bank import MaskBank, weights_by_name
@@ -32,9 +34,8 @@ from ops.export.gan_route import (
 )
 from ops.export.ldm_route import synthesize_ldm_pairs
 from ops.export.memorization import check_memorization
-from ops.gan.loop import image_grid_png
 from ops.gan.trainer import load_generator
-from ops.labelling.annotations import get_class_map
+from ops.labelling.class_maps import get_class_map
 from ops.labelling.pixel_classifier import PixelEnsemble
 from ops.slides.crops import TileCropSampler
 from ops.slides.tile_store import replace_dir, temp_dir_beside
@@ -49,23 +50,34 @@ export_batches = dg.StaticPartitionsDefinition([f"{i:03d}" for i in range(MAX_BA
 class ExportConfig(dg.Config):
     """One batch of the synthetic dataset (see ``ops.export.gan_route.ExportParams``)."""
 
-    batch_size: int = Field(default=100, description="Samples per batch; N = batches materialized x batch_size.")
-    psi: float = Field(default=0.7, description="Truncation psi.")
-    mode: str = Field(default="mean", description="Ensemble decision: mean probability or majority vote.")
-    drop_uncertain: float = Field(default=0.1, description="Most uncertain fraction of each batch dropped.")
-    top_frac: float = Field(default=0.1, description="Top fraction of pixels averaged into an image's score.")
-    copy_quantile: float = Field(
-        default=0.01, description="Near-copy threshold: this quantile of training-tile to training-tile NN distances."
+    batch_size: int = Field(default=100, ge=1, description="Samples per batch; N = batches materialized x batch_size.")
+    psi: float = Field(default=0.7, ge=0, description="Truncation psi.")
+    mode: Literal["mean", "vote"] = Field(
+        default="mean", description="Ensemble decision: mean probability or majority vote."
     )
-    memorization_bank: int = Field(default=1000, description="Training crops the memorization check compares with.")
+    drop_uncertain: float = Field(default=0.1, ge=0, lt=1, description="Most uncertain fraction of each batch dropped.")
+    top_frac: float = Field(
+        default=0.1, gt=0, le=1, description="Top fraction of pixels averaged into an image's score."
+    )
+    copy_quantile: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Near-copy threshold: this quantile of training-tile to training-tile NN distances.",
+    )
+    memorization_bank: int = Field(
+        default=1000, ge=1, description="Training crops the memorization check compares with."
+    )
     generators: list[str] = Field(
         default=["stylegan2"],
         description="Which generators make the batch: stylegan2 (images labelled by the pixel classifier) and/or "
         "ldm (images generated from masks of the mask bank); each makes batch_size samples.",
     )
-    ldm_sampler: str = Field(default="ddim", description="LDM sampler: ddim, or sc (DISC's separated conditions).")
-    ldm_steps: int = Field(default=20, description="LDM DDIM steps (DISC: 200).")
-    ldm_guidance: float = Field(default=1.0, description="LDM classifier-free guidance scale (1 = off).")
+    ldm_sampler: Literal["ddim", "sc"] = Field(
+        default="ddim", description="LDM sampler: ddim, or sc (DISC's separated conditions)."
+    )
+    ldm_steps: int = Field(default=20, ge=1, description="LDM DDIM steps (DISC: 200).")
+    ldm_guidance: float = Field(default=1.0, ge=0, description="LDM classifier-free guidance scale (1 = off).")
     class_weights: dict[str, float] = Field(
         default={},
         description="LDM masks: class name -> multiple of its pixel share in the real masks, "

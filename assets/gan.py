@@ -7,6 +7,7 @@ the registered model version travel in metadata. Nothing is pickled between step
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -17,9 +18,11 @@ from pydantic import Field
 
 from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
 from assets.slides import training_tiles
-from ops.gan.loop import LoopConfig, fit, generate, image_grid_png, swd_against
-from ops.gan.metrics import FidScorer
+from ops.common.images import image_grid_png
+from ops.gan.loop import LoopConfig, fit
+from ops.gan.metrics import FidScorer, swd_against
 from ops.gan.networks import Generator, get_gan_config
+from ops.gan.sampling import generate
 from ops.gan.trainer import CheckpointError, GanTrainer, TrainConfig, load_generator
 from ops.slides.crops import TileCropSampler
 from ops.slides.tile_store import replace_dir, temp_dir_beside
@@ -32,21 +35,23 @@ GAN_MODEL_NAME = "histofactory-stylegan2"
 class GanTrainingConfig(dg.Config):
     """StyleGAN2-ADA training (see ``ops.gan.trainer.TrainConfig`` and ``ops.gan.networks.GAN_PRESETS``)."""
 
-    preset: str = Field(default="demo", description="Architecture preset: demo (64 px), 256, paper (4096 px).")
-    kimg: float = Field(default=3.0, description="Thousands of real images shown to D (across resumes).")
-    batch_size: int = Field(default=16, description="Images per step.")
-    lr: float = Field(default=0.002, description="Adam learning rate of G and D.")
+    preset: Literal["demo", "256", "paper"] = Field(
+        default="demo", description="Architecture preset: demo (64 px), 256, paper (4096 px)."
+    )
+    kimg: float = Field(default=3.0, gt=0, description="Thousands of real images shown to D (across resumes).")
+    batch_size: int = Field(default=16, ge=1, description="Images per step.")
+    lr: float = Field(default=0.002, gt=0, description="Adam learning rate of G and D.")
     augment: bool = Field(default=True, description="Adaptive discriminator augmentation (ADA).")
-    checkpoint_every: int = Field(default=50, description="Steps between checkpoints, sample grids and SWD.")
-    log_every: int = Field(default=10, description="Steps between loss logs.")
-    crop_downsample: int = Field(default=1, description="Average-pool crops of resolution*k tile pixels.")
+    checkpoint_every: int = Field(default=50, ge=1, description="Steps between checkpoints, sample grids and SWD.")
+    log_every: int = Field(default=10, ge=1, description="Steps between loss logs.")
+    crop_downsample: int = Field(default=1, ge=1, description="Average-pool crops of resolution*k tile pixels.")
     from_scratch: bool = Field(
         default=False, description="Ignore the pretrained checkpoint and start from random weights."
     )
     pretrained: str | None = Field(
         default=None, description="Checkpoint to fine-tune from; unset = the shipped one for the preset, if any."
     )
-    swd_images: int = Field(default=64, description="Images per set for SWD (held-out crops vs samples).")
+    swd_images: int = Field(default=64, ge=2, description="Images per set for SWD (held-out crops vs samples).")
     inception_weights: str | None = Field(
         default=None, description="Local NVlabs inception-2015-12-05.pt: also compute FID (never downloaded)."
     )
@@ -208,9 +213,9 @@ def floor_ratio(swd: dict[int, float], floor: dict[int, float]) -> float:
 class SamplesConfig(dg.Config):
     """How many images to generate for annotation, and how."""
 
-    n: int = Field(default=500, description="Images to generate (HDGAN: 500).")
-    psi: float = Field(default=0.7, description="Truncation psi (1 = off).")
-    seed_offset: int = Field(default=0, description="Image i uses seed seed_offset + i.")
+    n: int = Field(default=500, ge=1, description="Images to generate (HDGAN: 500).")
+    psi: float = Field(default=0.7, ge=0, description="Truncation psi (1 = off).")
+    seed_offset: int = Field(default=0, ge=0, description="Image i uses seed seed_offset + i.")
     export_for_annotation: list[int] = Field(
         default=[], description="Indices of images to export as PNGs for annotators (QuPath opens them)."
     )

@@ -5,6 +5,7 @@ resolution), the pixel-classifier ensemble, and its evaluation on the test split
 import hashlib
 import json
 import time
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -19,17 +20,17 @@ from assets.slides import training_tiles
 from ops.diffusion.mask_bank import shares
 from ops.evaluation.metrics import confusion_matrix, confusion_matrix_png, overlay_png, segmentation_report
 from ops.gan.trainer import load_generator
-from ops.labelling.annotations import (
+from ops.labelling.annotation_sets import (
     MASK_SUFFIXES,
-    AnnotationError,
     annotation_set_version,
-    get_class_map,
     load_mask,
     match_annotations,
     split_indices,
 )
+from ops.labelling.class_maps import AnnotationError, get_class_map
 from ops.labelling.demo_annotator import write_demo_annotation
-from ops.labelling.feature_store import BatchStream, FeatureSampler, FeatureStoreWriter, write_upsampled_features
+from ops.labelling.feature_sampler import BatchStream, FeatureSampler
+from ops.labelling.feature_store import FeatureStoreWriter, write_upsampled_features
 from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble
 from ops.labelling.pixel_classifier import TrainConfig as MlpTrainConfig
 from ops.labelling.slide_annotations import (
@@ -51,16 +52,18 @@ LABELLING_CODE_VERSION = "labelling-1"
 class AnnotationConfig(dg.Config):
     """Where expert masks come from and how the annotated images are split."""
 
-    class_map: str = Field(default="demo", description="Class map: demo (IHC demo classes) or paper (HDGAN kidney).")
+    class_map: Literal["demo", "paper"] = Field(
+        default="demo", description="Class map: demo (IHC demo classes) or paper (HDGAN kidney)."
+    )
     demo_annotator: bool = Field(
         default=False,
         description="DEMO ONLY: when the annotation inbox is empty, label generated samples with the rule-based "
         "stand-in annotator (PNG and QuPath GeoJSON, like an expert's delivery).",
     )
-    demo_count: int = Field(default=36, description="Samples the demo annotator labels.")
-    n_train: int = Field(default=16, description="Annotated images for training (paper: 16).")
-    n_val: int = Field(default=4, description="... for validation / early stopping (paper: 4).")
-    n_test: int = Field(default=16, description="... for the test split (paper: 16).")
+    demo_count: int = Field(default=36, ge=1, description="Samples the demo annotator labels.")
+    n_train: int = Field(default=16, ge=1, description="Annotated images for training (paper: 16).")
+    n_val: int = Field(default=4, ge=0, description="... for validation / early stopping (paper: 4).")
+    n_test: int = Field(default=16, ge=0, description="... for the test split (paper: 16).")
     seed: int = Field(default=0, description="Seeds the split.")
 
 
@@ -138,8 +141,8 @@ def annotations(
 class FeatureConfig(dg.Config):
     """Which generator blocks become pixel features, and how they are stored."""
 
-    blocks: int = Field(default=5, description="Last K synthesis blocks captured (HDGAN: 5).")
-    layout: str = Field(
+    blocks: int = Field(default=5, ge=1, description="Last K synthesis blocks captured (HDGAN: 5).")
+    layout: Literal["native", "both"] = Field(
         default="native",
         description="native (each block at its own resolution, upsampled on the fly) or both (also write HDGAN's "
         "fully upsampled memmap layout, for comparison).",
@@ -156,8 +159,6 @@ class FeatureConfig(dg.Config):
 def generated_features(
     context: dg.AssetExecutionContext, config: FeatureConfig, storage: FactoryStorage, torch_device: TorchDevice
 ) -> dg.MaterializeResult:
-    if config.layout not in ("native", "both"):
-        raise ValueError(f"layout must be 'native' or 'both', received {config.layout!r}")
     storage.require("annotations", "gan_model")
     device = torch_device.device()
     current = json.loads((storage.gan_root / "current.json").read_text())
@@ -208,19 +209,24 @@ def generated_features(
 class ClassifierConfig(dg.Config):
     """The DatasetGAN/HDGAN ensemble of small MLPs over per-pixel features."""
 
-    members: int = Field(default=10, description="Ensemble size (DatasetGAN: 10).")
+    members: int = Field(default=10, ge=1, description="Ensemble size (DatasetGAN: 10).")
     hidden: list[int] = Field(default=[128, 32], description="Hidden widths (HDGAN: 128, 32).")
-    dropout: float = Field(default=0.3, description="Dropout after each hidden layer.")
-    optimizer: str = Field(default="adam", description="adam (DatasetGAN, lr 1e-3) or sgd (HDGAN, lr 1e-4).")
-    lr: float | None = Field(default=None, description="Learning rate; unset = the optimizer's paper default.")
-    label_smoothing: float = Field(default=0.0, description="Cross-entropy label smoothing (HDGAN: 0.1).")
-    class_balance: float = Field(default=0.5, description="0 natural frequencies .. 1 every class equally often.")
-    batch_size: int = Field(default=4096, description="Pixels per batch (HDGAN: 65536).")
-    batches_per_epoch: int = Field(default=40, description="Batches per epoch.")
-    max_epochs: int = Field(default=10, description="Epochs (HDGAN: 25).")
-    patience: int = Field(default=3, description="Early-stopping patience on the validation split.")
+    dropout: float = Field(default=0.3, ge=0, lt=1, description="Dropout after each hidden layer.")
+    optimizer: Literal["adam", "sgd"] = Field(
+        default="adam", description="adam (DatasetGAN, lr 1e-3) or sgd (HDGAN, lr 1e-4)."
+    )
+    lr: float | None = Field(default=None, gt=0, description="Learning rate; unset = the optimizer's paper default.")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing (HDGAN: 0.1).")
+    class_balance: float = Field(
+        default=0.5, ge=0, le=1, description="0 natural frequencies .. 1 every class equally often."
+    )
+    batch_size: int = Field(default=4096, ge=2, description="Pixels per batch (HDGAN: 65536).")
+    batches_per_epoch: int = Field(default=40, ge=1, description="Batches per epoch.")
+    max_epochs: int = Field(default=10, ge=1, description="Epochs (HDGAN: 25).")
+    patience: int = Field(default=3, ge=0, description="Early-stopping patience on the validation split.")
     window: int | None = Field(
         default=None,
+        ge=1,
         description="Sample each batch inside one window of this many px per image (bounds the chunks decoded per "
         "batch; keeps throughput flat as images grow, e.g. 512 at 4096 px). Unset = uniform over all pixels.",
     )
@@ -366,7 +372,6 @@ def classifier_eval(
         raise ValueError("the annotation split has no test images; set n_test > 0 on `annotations`")
     cm = np.zeros((len(classes), len(classes)), np.int64)
     overlays = []
-    from ops.labelling.annotations import get_class_map
     from ops.labelling.pixel_classifier import predict_from_proba
 
     colours = get_class_map(_class_map_name(storage)).colours
@@ -403,15 +408,17 @@ def classifier_eval(
 class TileAnnotationConfig(dg.Config):
     """QuPath GeoJSON drawn on the slides, rasterized onto the kept tiles."""
 
-    class_map: str = Field(default="demo", description="Class map: demo (IHC demo classes) or paper (HDGAN kidney).")
+    class_map: Literal["demo", "paper"] = Field(
+        default="demo", description="Class map: demo (IHC demo classes) or paper (HDGAN kidney)."
+    )
     demo_annotator: bool = Field(
         default=False,
         description="DEMO ONLY: for training slides without a GeoJSON, label a few kept tiles with the rule-based "
         "stand-in annotator and write them as a QuPath GeoJSON in slide coordinates (as an expert would deliver).",
     )
-    demo_tiles_per_slide: int = Field(default=8, description="Tiles per slide the demo annotator labels.")
+    demo_tiles_per_slide: int = Field(default=8, ge=1, description="Tiles per slide the demo annotator labels.")
     min_labelled: float = Field(
-        default=0.9, description="Keep a tile when at least this share of its pixels is annotated."
+        default=0.9, ge=0, le=1, description="Keep a tile when at least this share of its pixels is annotated."
     )
     seed: int = Field(default=0, description="Seeds the demo annotator's tile choice.")
 

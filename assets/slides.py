@@ -17,7 +17,7 @@ from assets.lineage import content_hash, package_versions, png_markdown, tile_se
 from assets.partitions import slide_partitions
 from ops.slides.crops import split_tiles
 from ops.slides.extraction import extract_tiles, grid_thumbnail
-from ops.slides.reader import open_slide
+from ops.slides.reader import Decoder, open_slide
 from ops.slides.tile_store import replace_dir, temp_dir_beside
 from ops.slides.tiling import TilingParams, load_plan, params_from_dict, plan_grid, save_plan
 from ops.slides.tissue import TissueMaskParams
@@ -31,31 +31,40 @@ SPLIT_CODE_VERSION = "gan-1"
 class TissueMaskConfig(dg.Config):
     """Tissue detection on the low-resolution level (see ``ops.slides.tissue.TissueMaskParams``)."""
 
-    mask_downsample: float = Field(default=32.0, description="Downsample of the mask image vs level 0 (32-64).")
+    mask_downsample: float = Field(default=32.0, ge=1, description="Downsample of the mask image vs level 0 (32-64).")
     saturation_threshold: float | None = Field(
-        default=None, description="Fixed HSV-saturation threshold in [0, 1]; unset = Otsu floored at min_saturation."
+        default=None,
+        ge=0,
+        le=1,
+        description="Fixed HSV-saturation threshold in [0, 1]; unset = Otsu floored at min_saturation.",
     )
-    min_saturation: float = Field(default=0.05, description="Lowest threshold Otsu may choose.")
-    max_saturation: float = Field(default=0.07, description="Highest threshold Otsu may choose.")
-    median_size: int = Field(default=7, description="Median filter edge, mask pixels.")
-    close_radius: int = Field(default=2, description="Morphological closing radius, mask pixels.")
-    min_tissue_area_um2: float = Field(default=20_000.0, description="Smaller tissue pieces and holes are removed.")
+    min_saturation: float = Field(default=0.05, ge=0, le=1, description="Lowest threshold Otsu may choose.")
+    max_saturation: float = Field(default=0.07, ge=0, le=1, description="Highest threshold Otsu may choose.")
+    median_size: int = Field(default=7, ge=1, description="Median filter edge, mask pixels.")
+    close_radius: int = Field(default=2, ge=0, description="Morphological closing radius, mask pixels.")
+    min_tissue_area_um2: float = Field(
+        default=20_000.0, ge=0, description="Smaller tissue pieces and holes are removed."
+    )
 
 
 class TileGridConfig(dg.Config):
     """Tile geometry, chosen once per slide by ``tile_grid`` and reused by ``tissue_tiles``."""
 
-    tile_size: int = Field(default=512, description="Tile edge in pixels at the target resolution (paper: 4096).")
-    stride: int | None = Field(default=None, description="Step between tiles in target pixels; unset = tile_size.")
-    target_mpp: float | None = Field(
-        default=0.5, description="Microns per pixel of the tiles; unset = tile at `level` without resizing."
+    tile_size: int = Field(default=512, ge=1, description="Tile edge in pixels at the target resolution (paper: 4096).")
+    stride: int | None = Field(
+        default=None, ge=1, description="Step between tiles in target pixels; unset = tile_size."
     )
-    level: int = Field(default=0, description="Pyramid level used when target_mpp is unset.")
+    target_mpp: float | None = Field(
+        default=0.5, gt=0, description="Microns per pixel of the tiles; unset = tile at `level` without resizing."
+    )
+    level: int = Field(default=0, ge=0, description="Pyramid level used when target_mpp is unset.")
     mpp_override: float | None = Field(
-        default=None, description="Microns per level-0 pixel for slides that record none (0.25 at 40x, 0.5 at 20x)."
+        default=None,
+        gt=0,
+        description="Microns per level-0 pixel for slides that record none (0.25 at 40x, 0.5 at 20x).",
     )
     min_candidate_tissue: float = Field(
-        default=0.2, description="Low-res tissue share a grid tile needs to be decoded at all."
+        default=0.2, ge=0, le=1, description="Low-res tissue share a grid tile needs to be decoded at all."
     )
     mask: TissueMaskConfig = TissueMaskConfig()
 
@@ -63,14 +72,14 @@ class TileGridConfig(dg.Config):
 class TileFilterConfig(dg.Config):
     """Per-tile checks at full resolution (see ``ops.slides.tiling.TilingParams``)."""
 
-    max_whitespace: float = Field(default=0.5, description="Largest whitespace fraction of a kept tile.")
-    white_saturation: float = Field(default=0.05, description="Whitespace pixel: saturation below this ...")
-    white_value: int = Field(default=200, description="... and brightness (0-255) above this.")
-    blur_threshold: float = Field(default=20.0, description="Variance of Laplacian below this = blurry.")
-    pen_fraction: float = Field(default=0.05, description="Pen-ink pixel share above this = pen-marked.")
+    max_whitespace: float = Field(default=0.5, ge=0, le=1, description="Largest whitespace fraction of a kept tile.")
+    white_saturation: float = Field(default=0.05, ge=0, le=1, description="Whitespace pixel: saturation below this ...")
+    white_value: int = Field(default=200, ge=0, le=255, description="... and brightness (0-255) above this.")
+    blur_threshold: float = Field(default=20.0, ge=0, description="Variance of Laplacian below this = blurry.")
+    pen_fraction: float = Field(default=0.05, ge=0, le=1, description="Pen-ink pixel share above this = pen-marked.")
     drop_blurry: bool = Field(default=True, description="Drop blurry tiles (else only flag them).")
     drop_pen: bool = Field(default=True, description="Drop pen-marked tiles (else only flag them).")
-    decoder: str = Field(
+    decoder: Decoder = Field(
         default="auto", description="auto (direct TIFF tile decoding when possible), openslide or tifffile."
     )
 
@@ -179,13 +188,13 @@ def tissue_tiles(
 class TrainingSplitConfig(dg.Config):
     """Slide-level (or patient-level) k-fold split of the kept tiles."""
 
-    folds: int = Field(default=5, description="Folds; fewer slides than folds -> one fold per slide.")
-    holdout_fold: int = Field(default=0, description="The fold held out from GAN training.")
+    folds: int = Field(default=5, ge=1, description="Folds; fewer slides than folds -> one fold per slide.")
+    holdout_fold: int = Field(default=0, ge=0, description="The fold held out from GAN training.")
     seed: int = Field(default=0, description="Seeds the fold assignment.")
     patients_csv: str | None = Field(
         default=None, description="CSV with columns slide,patient: split by patient instead of slide."
     )
-    spatial_holdout: float = Field(default=0.2, description="With one slide: share of its width held out.")
+    spatial_holdout: float = Field(default=0.2, ge=0, lt=1, description="With one slide: share of its width held out.")
 
 
 @dg.asset(

@@ -43,8 +43,8 @@ import child_process  # noqa: E402 - bench/ is on sys.path when a script runs
 
 from ops.common.device import pick_device  # noqa: E402
 from ops.export.gan_route import ExportParams, sample_id, synthesize_batch, uncertain_to_drop, write_batch  # noqa: E402
-from ops.gan.loop import generate  # noqa: E402
 from ops.gan.networks import Generator, get_gan_config  # noqa: E402
+from ops.gan.sampling import generate  # noqa: E402
 from ops.gan.trainer import load_generator  # noqa: E402
 from ops.labelling.demo_annotator import DEMO_CLASS_MAP  # noqa: E402
 from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble  # noqa: E402

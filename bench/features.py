@@ -53,15 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import child_process  # noqa: E402 - bench/ is on sys.path when a script runs
 
 from ops.evaluation.metrics import confusion_matrix, mean_dice  # noqa: E402
-from ops.gan.loop import generate  # noqa: E402
 from ops.gan.networks import GanConfig, Generator, get_gan_config  # noqa: E402
+from ops.gan.sampling import generate  # noqa: E402
 from ops.gan.trainer import load_generator  # noqa: E402
 from ops.labelling.demo_annotator import DEMO_CLASS_MAP, demo_annotate  # noqa: E402
+from ops.labelling.feature_sampler import BatchStream, FeatureSampler, UpsampledFeatureSampler  # noqa: E402
 from ops.labelling.feature_store import (  # noqa: E402
-    BatchStream,
-    FeatureSampler,
     FeatureStoreWriter,
-    UpsampledFeatureSampler,
     bytes_for_full_maps,
     write_upsampled_features,
 )

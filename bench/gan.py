@@ -43,8 +43,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.gan.loop import LoopConfig, fit, generate, swd_against  # noqa: E402
+from ops.gan.loop import LoopConfig, fit  # noqa: E402
+from ops.gan.metrics import swd_against  # noqa: E402
 from ops.gan.networks import Generator, get_gan_config  # noqa: E402
+from ops.gan.sampling import generate  # noqa: E402
 from ops.gan.trainer import GanTrainer, TrainConfig  # noqa: E402
 from ops.slides.crops import TileCropSampler, split_tiles  # noqa: E402
 from ops.slides.demo_slides import DEMO_SLIDES, write_demo_slide  # noqa: E402

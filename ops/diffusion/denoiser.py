@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers.training_utils import EMAModel
 from torch import nn
 
 from ops.common.config_dict import DictConfig
@@ -248,10 +249,10 @@ class LdmTrainConfig:
     """Optimiser settings of the denoiser (the architecture lives in :class:`LdmConfig`)."""
 
     batch_size: int = 32  # latents per step
-    lr: float = 2e-4  # AdamW learning rate (after warm-up)
+    lr: float = 5e-4  # AdamW learning rate (after warm-up)
     warmup_steps: int = 50  # linear learning-rate warm-up
     weight_decay: float = 0.0
-    ema_decay: float = 0.999  # decay of the EMA weights we sample from; 0 = sample from the raw weights
+    ema_decay: float = 0.995  # decay of the EMA weights we sample from; 0 = sample from the raw weights
     seed: int = 0  # seeds initialisation and every random draw of the trainer
 
     def __post_init__(self) -> None:
@@ -280,9 +281,13 @@ class LdmTrainer:
         self.model = MaskConditionedUNet(cfg).to(self.device)
         self.ema = MaskConditionedUNet(cfg).to(self.device).requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
+        # diffusers' EMA (decay warm-up (1 + n) / (10 + n), capped at ema_decay), updating ``self.ema`` in place: its
+        # shadow weights ARE the module's parameters, so checkpoints, sampling and fine-tuning from shipped weights
+        # (``trainer.ema.load_state_dict``) treat the EMA as the ordinary module it is.
+        self.ema_updater = EMAModel(self.ema.parameters(), decay=train_cfg.ema_decay)
+        self.ema_updater.shadow_params = list(self.ema.parameters())
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         self.scheduler = cfg.scheduler()
-        self._alphas = self.scheduler.alphas_cumprod.to(self.device)
         self.gen = torch.Generator("cpu").manual_seed(train_cfg.seed)
         self.step = 0
         self.images_seen = 0
@@ -305,8 +310,7 @@ class LdmTrainer:
         noise = torch.randn(z0.shape, generator=self.gen).to(self.device)
         drop = (torch.rand(b, generator=self.gen) < cfg.cond_dropout).to(self.device)
         cond = cond * (~drop).float()[:, None, None, None]
-        a = self._alphas[t].view(-1, 1, 1, 1)
-        z_t = a.sqrt() * z0.to(self.device) + (1 - a).sqrt() * noise
+        z_t = self.scheduler.add_noise(z0.to(self.device), noise, t)
         loss = F.mse_loss(self.model(z_t, t, cond), noise)
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
@@ -314,19 +318,10 @@ class LdmTrainer:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
-        self._update_ema()
+        self.ema_updater.step(self.model.parameters())
         self.step += 1
         self.images_seen += b
         return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": self._lr()}
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        # Warm-up as in diffusers' EMAModel: early on the EMA follows the weights closely.
-        decay = min(self.train_cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-            e.lerp_(p, 1 - decay)
-        for e, p in zip(self.ema.buffers(), self.model.buffers(), strict=True):
-            e.copy_(p)
 
     @property
     def sampling_model(self) -> MaskConditionedUNet:
@@ -366,6 +361,7 @@ class LdmTrainer:
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"LDM checkpoint {path} does not fit its config ({err}); delete it") from err
         self.step, self.images_seen = int(payload["step"]), int(payload["images_seen"])
+        self.ema_updater.optimization_step = self.step  # one EMA update per step: the decay warm-up resumes too
         self.gen.set_state(payload["rng"])
 
     @classmethod

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ops.labelling.annotations import IGNORE_INDEX
+from ops.labelling.class_maps import IGNORE_INDEX
 
 _FORMAT = 1  # bumped when the .npz layout changes
 _DONORS = 32  # other-class shapes a class with too few own shapes may borrow (class reassignment)

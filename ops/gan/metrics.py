@@ -183,6 +183,12 @@ def sliced_wasserstein_distance(
     return SwdResult(per_level=per_level, average=float(np.mean(list(per_level.values()))))
 
 
+def swd_against(reference: np.ndarray, images: np.ndarray, seed: int = 0) -> SwdResult:
+    """SWD between real crops and generated images, both uint8 ``[N, R, R, 3]`` (equal counts)."""
+    n = min(len(reference), len(images))
+    return sliced_wasserstein_distance(reference[:n], images[:n], seed=seed)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # FID from a user-supplied Inception network.
 

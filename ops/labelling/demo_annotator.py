@@ -31,7 +31,9 @@ import numpy as np
 from scipy import ndimage
 from skimage import color, filters
 
-from ops.labelling.annotations import CLASS_MAPS, ClassMap, mask_to_geojson, save_geojson, save_png_mask
+from ops.labelling.class_maps import CLASS_MAPS, ClassMap
+from ops.labelling.geojson import mask_to_geojson, save_geojson
+from ops.labelling.png_masks import save_png_mask
 
 DEMO_CLASS_MAP: ClassMap = CLASS_MAPS["demo"]
 BACKGROUND, NUCLEUS_INTERIOR, NUCLEUS_BORDER, DAB_REGION, STROMA, CELLULAR_STROMA = range(6)

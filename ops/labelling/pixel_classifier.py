@@ -86,7 +86,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # HDGAN 0.1
     class_weights: tuple[float, ...] | None = None  # CE weight per class; None = equal
     ignore_index: int = 255  # label value excluded from the loss
-    max_epochs: int = 25  # passes over the train stream (HDGAN 25)
+    max_epochs: int = 10  # passes over the train stream (HDGAN 25: the paper preset sets it)
     patience: int = 3  # epochs without validation improvement before a member stops; 0 = off
     min_delta: float = 1e-4  # improvement smaller than this does not reset patience
     bootstrap: bool = True  # Poisson(1) per-pixel weights per member, for diversity

@@ -1,7 +1,7 @@
 """Expert annotations drawn on whole slides (QuPath GeoJSON, level-0 coordinates) turned into per-tile masks.
 
 Pathologists annotate the slide in QuPath, not our tiles: one GeoJSON per slide whose coordinates are level-0
-slide pixels (pixel-edge convention, see ``ops/labelling/annotations.py``). This module parses such a file once, cuts it
+slide pixels (pixel-edge convention, see ``ops/labelling/geojson.py``). This module parses such a file once, cuts it
 onto the kept tiles of the slide's tile table (only the polygons whose bounding box meets a tile are painted
 there), and stores the tile masks in a zarr array beside the tile store, so image and mask tiles pair up by index.
 
@@ -27,16 +27,10 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from ops.labelling.annotations import (
-    IGNORE_INDEX,
-    AnnotationError,
-    ClassMap,
-    _paint_polygon,
-    mask_to_geojson,
-    read_geojson_polygons,
-    save_geojson,
-)
+from ops.labelling.class_maps import IGNORE_INDEX, AnnotationError, ClassMap
 from ops.labelling.demo_annotator import DEMO_CLASS_MAP, DemoAnnotatorConfig, demo_annotate
+from ops.labelling.geojson import mask_to_geojson, read_geojson_polygons, save_geojson
+from ops.labelling.rasterize import paint_polygons
 from ops.slides.tile_store import compressor, open_tile_array, replace_dir, temp_dir_beside
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,9 +187,10 @@ def rasterize_onto_tiles(
         x0, y0, x1, y1 = boxes[t]
         meets = (pb[:, 0] < x1) & (pb[:, 2] > x0) & (pb[:, 1] < y1) & (pb[:, 3] > y0)
         origin = np.array([x0, y0])
-        for i in np.flatnonzero(meets):  # ascending = paint order
-            rings = [(r - origin) / scale[t] for r in ordered[i].rings]
-            _paint_polygon(masks[t], rings, ordered[i].class_id)
+        meeting = np.flatnonzero(meets)  # ascending = paint order
+        paint_polygons(
+            masks[t], [([(r - origin) / scale[t] for r in ordered[i].rings], ordered[i].class_id) for i in meeting]
+        )
     return masks
 
 

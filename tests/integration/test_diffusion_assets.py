@@ -19,7 +19,7 @@ from assets.labelling import tile_annotations
 from assets.slides import training_tiles
 from ops.diffusion.denoiser import read_ldm_checkpoint
 from ops.gan.trainer import CheckpointError
-from ops.labelling.annotations import AnnotationError
+from ops.labelling.class_maps import AnnotationError
 from ops.labelling.slide_annotations import open_mask_array
 from resources import MlflowTracking
 

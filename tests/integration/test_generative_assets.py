@@ -16,7 +16,7 @@ from factory_helpers import resources_for as _resources
 
 from assets.gan import gan_model, generated_samples
 from assets.slides import training_tiles
-from ops.gan.loop import generate
+from ops.gan.sampling import generate
 from ops.gan.trainer import load_generator, read_checkpoint
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from factory_helpers import TINY_CHAIN, resources_for
 from assets.gan import gan_model, generated_samples
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
 from assets.slides import training_tiles
-from ops.labelling.annotations import AnnotationError
+from ops.labelling.class_maps import AnnotationError
 
 pytestmark = pytest.mark.integration
 

@@ -158,6 +158,10 @@ def test_checkpoint_resume_continues_identically(tmp_path: Path) -> None:
     b = LdmTrainer.from_checkpoint(path)
     assert b.step == 1 and b.images_seen == 8
     assert a.train_step(z0, masks)["loss"] == b.train_step(z0, masks)["loss"]
+    for p, q in zip(a.ema.parameters(), b.ema.parameters(), strict=True):  # the EMA's decay warm-up resumed too
+        assert torch.equal(p, q)
+    # Step 2 averages (decay 2/11); an EMA whose warm-up restarted at 0 would have copied the raw weights instead.
+    assert not all(torch.equal(p, q) for p, q in zip(b.ema.parameters(), b.model.parameters(), strict=True))
     denoiser = load_denoiser(path)
     for p, q in zip(denoiser.parameters(), LdmTrainer.from_checkpoint(path).ema.parameters(), strict=True):
         assert torch.equal(p, q)

@@ -6,7 +6,7 @@ from scipy import ndimage
 from skimage import data
 
 from ops.diffusion.mask_bank import MaskBank, shares, weights_by_name
-from ops.labelling.annotations import CLASS_MAPS, IGNORE_INDEX
+from ops.labelling.class_maps import CLASS_MAPS, IGNORE_INDEX
 from ops.labelling.demo_annotator import DemoAnnotatorConfig, demo_annotate
 
 EIGHT = np.ones((3, 3), bool)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ops.gan.metrics import FidScorer, frechet_distance, sliced_wasserstein_distance, to_uint8_nchw
+from ops.gan.metrics import FidScorer, frechet_distance, sliced_wasserstein_distance, swd_against, to_uint8_nchw
 
 FAST = {"nhoods_per_image": 32, "dir_repeats": 2, "dirs_per_repeat": 32}
 
@@ -118,3 +118,9 @@ def test_frechet_distance_of_identical_gaussians_is_zero() -> None:
     mu, sigma = np.zeros(3), np.eye(3)
     assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
     assert frechet_distance(mu, sigma, mu + 1, sigma) == pytest.approx(3.0)
+
+
+def test_swd_against_compares_equal_counts() -> None:
+    tiles = _tiles(n=8)
+    assert swd_against(tiles, tiles[:5]).average == pytest.approx(0.0, abs=1e-6)  # reference cut to the 5 samples
+    assert swd_against(tiles, _shift(tiles, (30, -30, 0))).average > 1.0

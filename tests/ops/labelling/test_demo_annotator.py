@@ -8,7 +8,7 @@ from scipy import ndimage
 from skimage import color, data
 
 from ops.evaluation.metrics import confusion_matrix, mean_dice, pixel_accuracy
-from ops.labelling.annotations import load_mask
+from ops.labelling.annotation_sets import load_mask
 from ops.labelling.demo_annotator import (
     CELLULAR_STROMA,
     DEMO_CLASS_MAP,

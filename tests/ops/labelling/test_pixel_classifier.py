@@ -142,7 +142,8 @@ def test_early_stopping_keeps_best_members() -> None:
 def test_trains_from_feature_store(tmp_path) -> None:
     """End to end on the real stream: native store -> BatchStream -> ensemble -> whole-image prediction."""
     from ops.evaluation.metrics import confusion_matrix, mean_dice
-    from ops.labelling.feature_store import BatchStream, FeatureSampler, write_features
+    from ops.labelling.feature_sampler import BatchStream, FeatureSampler
+    from ops.labelling.feature_store import write_features
 
     rng = np.random.default_rng(0)
     labels, images = [], []

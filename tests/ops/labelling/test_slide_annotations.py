@@ -11,8 +11,9 @@ import pytest
 import torch
 from skimage import data
 
-from ops.labelling.annotations import CLASS_MAPS, IGNORE_INDEX, AnnotationError, load_geojson_mask, save_geojson
+from ops.labelling.class_maps import CLASS_MAPS, IGNORE_INDEX, AnnotationError
 from ops.labelling.demo_annotator import DemoAnnotatorConfig, demo_annotate
+from ops.labelling.geojson import load_geojson_mask, save_geojson
 from ops.labelling.slide_annotations import (
     labelled_fraction,
     labelled_tiles,

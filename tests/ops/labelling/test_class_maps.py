@@ -1,0 +1,3 @@
+"""Class map presets and class-name lookups."""
+
+from __future__ import annotations
