@@ -146,18 +146,41 @@ def _run_job(
 
 
 def _write_demo_slides(inbox: Path, count: int | None) -> None:
-    """Demo slides in parallel processes (the generator is single-threaded NumPy)."""
-    from concurrent.futures import ProcessPoolExecutor
+    """Demo slides in parallel processes (the generator is single-threaded NumPy).
+
+    A ``multiprocessing`` pool, not ``ProcessPoolExecutor``: on Ctrl-C or SIGTERM the parent leaves the ``with``
+    block and the pool terminates its workers, whereas executor workers swallow the interrupt per task and keep
+    writing slides for minutes. Each slide appears atomically, so a stopped run leaves no half-written slide.
+    """
+    import multiprocessing
 
     from tqdm import tqdm
 
-    from ops.slides.demo_slides import DEMO_SLIDES, write_demo_slide
+    from ops.slides.demo_slides import DEMO_SLIDES
 
-    specs = DEMO_SLIDES[:count] if count else DEMO_SLIDES
-    with ProcessPoolExecutor(max_workers=min(len(specs), os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(write_demo_slide, spec, inbox) for spec in sorted(specs, key=lambda s: -s.width)]
-        for fut in tqdm(futures, desc="demo slides", unit="slide"):
-            fut.result()
+    specs = sorted(DEMO_SLIDES[:count] if count else DEMO_SLIDES, key=lambda s: -s.width)  # largest first
+    workers = min(len(specs), os.cpu_count() or 1)
+    with multiprocessing.Pool(workers, initializer=_leave_interrupts_to_the_parent) as pool:
+        jobs = pool.imap_unordered(_write_demo_slide, [(spec, inbox) for spec in specs])
+        for _ in tqdm(jobs, total=len(specs), desc="demo slides", unit="slide"):
+            pass
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """Pool workers ignore Ctrl-C and exit on SIGTERM (what the pool's terminate sends), the parent decides; exiting
+    by an exception lets the slide writer remove its temp file on the way out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_now)
+
+
+def _exit_now(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _write_demo_slide(job: tuple) -> Path:
+    from ops.slides.demo_slides import write_demo_slide
+
+    return write_demo_slide(*job)
 
 
 def _latest(instance, asset: str, key: str) -> object:
@@ -416,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
     except KeyboardInterrupt:
-        print("\ninterrupted between runs; nothing was running. Re-run the same command to continue.", file=sys.stderr)
+        print("\ninterrupted outside a Dagster run (none was left running). Re-run the same command.", file=sys.stderr)
     return 130
 
 

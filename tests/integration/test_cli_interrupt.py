@@ -49,3 +49,30 @@ def test_sigterm_during_the_factory_run_names_the_stage_and_exits_130(factory_ho
     assert statuses["factory_demo"] == dg.DagsterRunStatus.FAILURE
     assert all(s in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE) for s in statuses.values()), statuses
     assert f"is {dg.DagsterRunStatus.FAILURE.value} in the Dagster instance" in text
+
+
+def test_sigterm_while_writing_demo_slides_stops_the_workers_and_leaves_no_temp_file(factory_home, tmp_path):
+    env = {**os.environ, "HISTOFACTORY_HOME": str(factory_home), "DAGSTER_HOME": str(factory_home / "dagster")}
+    inbox = factory_home / "slides"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "histofactory"), "demo"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(inbox.glob("*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(inbox.glob("*.tmp")), "no demo slide was being written"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)  # writing the 4 slides takes ~50 s: the workers stop instead
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted outside a Dagster run" in err
+    assert not list(inbox.glob("*.tmp")), "a stopped worker removes its temp file"
