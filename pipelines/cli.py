@@ -178,6 +178,7 @@ def _exit_now(signum: int, _frame: object) -> None:
 
 
 def _write_demo_slide(job: tuple) -> Path:
+    """``write_demo_slide(spec, out_dir)`` for the pool (a module-level function, so workers can look it up)."""
     from ops.slides.demo_slides import write_demo_slide
 
     return write_demo_slide(*job)
