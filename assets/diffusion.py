@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
+from assets.gates import gate, latest_metadata, number
 from assets.labelling import tile_annotation_class_map, tile_annotations
 from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
 from assets.slides import training_tiles
@@ -526,3 +527,42 @@ def _pair_grid(images: np.ndarray, masks: np.ndarray, colours) -> bytes:
     for i in range(0, n, columns):
         rows += [_colour(masks[i : i + columns], colours), images[i : i + columns]]
     return image_grid_png(np.concatenate(rows), columns=columns, scale=2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Quality gates (see assets/gates.py).
+
+
+class MaskAgreementGate(dg.Config):
+    """Threshold of ``ldm_model``'s ``mask_agreement_above_chance`` gate."""
+
+    min_mask_agreement: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Preview images must follow their masks better than this multiple of chance (mask_agreement: "
+        "accuracy of colour-nearest classes against the own mask / against another image's mask; 1.0 is what an "
+        "unconditional generator scores).",
+    )
+
+
+@dg.asset_check(
+    asset=ldm_model,
+    blocking=True,
+    description="Blocks exporting from an LDM whose images ignore their masks (mask agreement not above chance).",
+)
+def mask_agreement_above_chance(
+    context: dg.AssetCheckExecutionContext, config: MaskAgreementGate
+) -> dg.AssetCheckResult:
+    meta = latest_metadata(context, ldm_model.key)
+    return gate(
+        "mask_agreement",
+        number(meta, "mask_agreement", "ldm_model"),
+        ">",
+        "min_mask_agreement",
+        config.min_mask_agreement,
+        "LDM images follow their masks",
+        extra={
+            "mask_accuracy": number(meta, "mask_accuracy", "ldm_model"),
+            "mask_chance": number(meta, "mask_chance", "ldm_model"),
+        },
+    )

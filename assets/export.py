@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 
 from assets.diffusion import ldm_model
+from assets.gates import gate, latest_metadata, number
 from assets.labelling import classifier_eval, pixel_classifier
 from assets.lineage import png_markdown
 from ops.common.images import image_grid_png
@@ -259,6 +260,7 @@ def synthetic_dataset(
             "kept_per_generator": dg.MetadataValue.json(kept_per_generator),
             "dropped_uncertain": int(uncertain.sum()),
             "dropped_near_copy": int(near_copy.sum()),
+            "near_copy_share": float(near_copy.mean()),
             "uncertainty_mean": float(np.nanmean(uncertainty)) if gan_rows.any() else float("nan"),
             "nn_pixel_distance": dg.MetadataValue.json(_quantiles(memo["nn_pixel"])),
             "nn_feature_distance": dg.MetadataValue.json(_quantiles(memo["nn_feature"])),
@@ -426,3 +428,39 @@ Load in PyTorch: `SyntheticSegmentationDataset("<this folder>", generator="ldm")
     tmp = export_dir / ".dataset_card.md.tmp"
     tmp.write_text(card)
     tmp.replace(export_dir / "dataset_card.md")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Quality gates (see assets/gates.py): per batch, read from the partition's own materialization.
+
+
+class NearCopyGate(dg.Config):
+    """Threshold of ``synthetic_dataset``'s ``near_copies_rare`` gate."""
+
+    max_near_copy_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of a batch's generated pairs flagged as near-copies of training crops (closer "
+        "than the copy_quantile of training-to-training distances, in pixel or discriminator-feature space; a "
+        "generator that does not memorize flags about 2 x copy_quantile, 0.02 by default).",
+    )
+
+
+@dg.asset_check(
+    asset=synthetic_dataset,
+    blocking=True,
+    description="Fails a batch whose generators reproduce training crops too often (memorization; the near-copies "
+    "themselves are dropped from the export either way).",
+)
+def near_copies_rare(context: dg.AssetCheckExecutionContext, config: NearCopyGate) -> dg.AssetCheckResult:
+    meta = latest_metadata(context, synthetic_dataset.key)
+    return gate(
+        "near_copy_share",
+        number(meta, "near_copy_share", "synthetic_dataset"),
+        "<=",
+        "max_near_copy_share",
+        config.max_near_copy_share,
+        "near-copies of training crops are rare",
+        extra={"dropped_near_copy": number(meta, "dropped_near_copy", "synthetic_dataset")},
+    )

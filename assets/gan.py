@@ -16,6 +16,7 @@ import torch
 import zarr
 from pydantic import Field
 
+from assets.gates import gate, latest_metadata, number
 from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
 from assets.slides import training_tiles
 from ops.common.images import image_grid_png
@@ -287,3 +288,39 @@ def export_pngs(images: np.ndarray, indices: list[int], out_dir: Path) -> list[P
         Image.fromarray(images[i]).save(path)
         paths.append(path)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Quality gates (see assets/gates.py).
+
+
+class GanSwdGate(dg.Config):
+    """Threshold of ``gan_model``'s ``swd_below_untrained`` gate."""
+
+    max_fraction_of_untrained: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="The trained generator's SWD / noise floor must stay below this fraction of the untrained "
+        "generator's (1.0: training must at least beat random weights).",
+    )
+
+
+@dg.asset_check(
+    asset=gan_model,
+    blocking=True,
+    description="Blocks sampling from a generator whose samples are no closer to held-out tiles than random "
+    "weights' (SWD over the Laplacian pyramid, max over levels, both divided by the held-out noise floor).",
+)
+def swd_below_untrained(context: dg.AssetCheckExecutionContext, config: GanSwdGate) -> dg.AssetCheckResult:
+    meta = latest_metadata(context, gan_model.key)
+    trained = number(meta, "swd_floor_ratio", "gan_model")
+    untrained = number(meta, "untrained_floor_ratio", "gan_model")
+    return gate(
+        "swd_floor_ratio",
+        trained,
+        "<",
+        "max_swd_floor_ratio",
+        config.max_fraction_of_untrained * untrained,
+        "SWD below the untrained generator's",
+        extra={"untrained_floor_ratio": untrained, "max_fraction_of_untrained": config.max_fraction_of_untrained},
+    )

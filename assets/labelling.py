@@ -15,10 +15,17 @@ import zarr
 from pydantic import Field
 
 from assets.gan import gan_model, generated_samples
+from assets.gates import gate, latest_metadata, number
 from assets.lineage import content_hash, png_array, png_markdown, tile_set_hash
 from assets.slides import training_tiles
 from ops.diffusion.mask_bank import shares
-from ops.evaluation.metrics import confusion_matrix, confusion_matrix_png, overlay_png, segmentation_report
+from ops.evaluation.metrics import (
+    chance_mean_dice,
+    confusion_matrix,
+    confusion_matrix_png,
+    overlay_png,
+    segmentation_report,
+)
 from ops.gan.trainer import load_generator
 from ops.labelling.annotation_sets import (
     MASK_SUFFIXES,
@@ -391,6 +398,7 @@ def classifier_eval(
     return dg.MaterializeResult(
         metadata={
             "mean_dice": report.get("mean_dice", float("nan")),
+            "chance_dice": chance_mean_dice(cm),
             "pixel_accuracy": report.get("pixel_accuracy", float("nan")),
             "report": dg.MetadataValue.json({k: round(float(v), 4) for k, v in report.items()}),
             "test_images": len(test),
@@ -505,3 +513,37 @@ def tile_annotations(
 def tile_annotation_class_map(storage: FactoryStorage) -> str:
     """The class map the tile annotations were made with (``tile_annotations`` records it)."""
     return (storage.tile_annotations_dir / "class_map.txt").read_text().strip()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Quality gates (see assets/gates.py).
+
+
+class ClassifierDiceGate(dg.Config):
+    """Threshold of ``classifier_eval``'s ``dice_above_chance`` gate."""
+
+    min_times_chance: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Test-split mean Dice must exceed this multiple of chance (the mean Dice of an image-blind "
+        "labeller that knows the class shares: 1 / classes present; ops.evaluation.metrics.chance_mean_dice).",
+    )
+
+
+@dg.asset_check(
+    asset=classifier_eval,
+    blocking=True,
+    description="Blocks the chain after a pixel classifier whose labels are no better than guessing by class shares.",
+)
+def dice_above_chance(context: dg.AssetCheckExecutionContext, config: ClassifierDiceGate) -> dg.AssetCheckResult:
+    meta = latest_metadata(context, classifier_eval.key)
+    dice, chance = number(meta, "mean_dice", "classifier_eval"), number(meta, "chance_dice", "classifier_eval")
+    return gate(
+        "mean_dice",
+        dice,
+        ">",
+        "min_mean_dice",
+        config.min_times_chance * chance,
+        "classifier Dice above chance",
+        extra={"chance_dice": chance, "min_times_chance": config.min_times_chance},
+    )

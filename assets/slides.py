@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from assets.gates import gate, latest_metadata, number
 from assets.lineage import content_hash, package_versions, png_markdown, tile_set_hash
 from assets.partitions import slide_partitions
 from ops.slides.crops import split_tiles
@@ -253,3 +254,51 @@ def training_tiles(
         },
         data_version=dg.DataVersion(tile_set_hash(out)),
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Quality gates (see assets/gates.py): per slide, read from the partition's own materialization.
+
+
+class TissueFoundGate(dg.Config):
+    """Threshold of ``tile_grid``'s ``tissue_found`` gate."""
+
+    min_candidates: int = Field(
+        default=1, ge=0, description="Fewest candidate tiles (tissue on the low-res mask) a slide must yield."
+    )
+
+
+@dg.asset_check(
+    asset=tile_grid,
+    blocking=True,
+    description="Blocks decoding a slide whose low-resolution mask found no tissue (nothing would be kept).",
+)
+def tissue_found(context: dg.AssetCheckExecutionContext, config: TissueFoundGate) -> dg.AssetCheckResult:
+    meta = latest_metadata(context, tile_grid.key)
+    candidates = number(meta, "candidates", "tile_grid")
+    return gate("candidates", candidates, ">=", "min_candidates", config.min_candidates, "tissue on the slide")
+
+
+@dg.asset_check(
+    asset=tile_grid,
+    description="Warns when the tiles have no physical scale (the slide records no mpp and none was given).",
+)
+def mpp_known(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    tile_mpp = number(latest_metadata(context, tile_grid.key), "tile_mpp", "tile_grid")
+    return gate("tile_mpp", tile_mpp, ">", "min_tile_mpp", 0.0, "microns per pixel known", blocking=False)
+
+
+class TilesKeptGate(dg.Config):
+    """Threshold of ``tissue_tiles``' ``tiles_kept`` gate."""
+
+    min_kept: int = Field(default=1, ge=0, description="Fewest tiles a slide must keep after the QC filters.")
+
+
+@dg.asset_check(
+    asset=tissue_tiles,
+    blocking=True,
+    description="Blocks downstream use of a slide that kept no tile after whitespace, blur and pen filtering.",
+)
+def tiles_kept(context: dg.AssetCheckExecutionContext, config: TilesKeptGate) -> dg.AssetCheckResult:
+    kept = number(latest_metadata(context, tissue_tiles.key), "kept", "tissue_tiles")
+    return gate("kept", kept, ">=", "min_kept", config.min_kept, "tiles kept after QC")

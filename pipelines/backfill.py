@@ -13,6 +13,7 @@ import dagster as dg
 
 from assets.partitions import slide_partitions
 from pipelines.jobs import DOWNSTREAM_ASSETS, EXPORT_ASSETS, FACTORY_ASSETS, TILING_ASSETS
+from pipelines.staleness import staleness
 
 RunJob = Callable[..., dict]
 
@@ -40,19 +41,11 @@ def parse_batches(spec: str) -> list[str]:
     return [f"{b:03d}" for b in sorted(set(out))]
 
 
-def stale_plan(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, list]:
+def stale_plan(instance: dg.DagsterInstance, repository: dg.RepositoryDefinition) -> dict[str, list]:
     """What a `stale` backfill would run: stale or missing slide partitions and factory assets, stale export
     batches (never-made batches are not 'stale'), and the downstream check when stale."""
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-    from dagster._core.loader import LoadingContextForTest
-
-    graph = defs.get_repository_def().asset_graph
-    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
-    redo = {StaleStatus.STALE, StaleStatus.MISSING}
-
-    def status(name: str, partition: str | None = None) -> StaleStatus:
-        return resolver.get_status(dg.AssetKey(name), partition)
-
+    status = staleness(instance, repository)
+    redo = {"stale", "missing"}
     slides = sorted(
         k
         for k in instance.get_dynamic_partitions(slide_partitions.name)
@@ -61,23 +54,23 @@ def stale_plan(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, 
     factory = [a for a in FACTORY_ASSETS if status(a) in redo]
     from assets.export import export_batches
 
-    batches = [b for b in export_batches.get_partition_keys() if status(EXPORT_ASSETS[0], b) == StaleStatus.STALE]
-    downstream = [a for a in DOWNSTREAM_ASSETS if status(a) == StaleStatus.STALE]
+    batches = [b for b in export_batches.get_partition_keys() if status(EXPORT_ASSETS[0], b) == "stale"]
+    downstream = [a for a in DOWNSTREAM_ASSETS if status(a) == "stale"]
     return {"slides": slides, "factory": factory, "export": batches, "downstream": downstream}
 
 
 def run_stale(
     instance: dg.DagsterInstance,
-    defs: dg.Definitions,
+    repository: dg.RepositoryDefinition,
     preset: str,
     run_job: RunJob,
     echo: Callable[[str], None] = print,
 ) -> dict[str, list]:
     """Re-materialize only what is stale, stage by stage (each stage's staleness is re-read after the last)."""
-    plan = stale_plan(instance, defs)
+    plan = stale_plan(instance, repository)
     if plan["slides"]:
         run_job(instance, "tiling", plan["slides"], "stale slides")
-        plan = stale_plan(instance, defs)
+        plan = stale_plan(instance, repository)
     if plan["factory"]:
         run_job(
             instance,
@@ -86,14 +79,14 @@ def run_stale(
             f"stale: {', '.join(plan['factory'])}",
             asset_selection=[dg.AssetKey(a) for a in plan["factory"]],
         )
-        plan = stale_plan(instance, defs)
+        plan = stale_plan(instance, repository)
     if plan["export"]:
         from pipelines.presets import load_preset, ops_subset
 
         run_job(
             instance, "export", plan["export"], "stale export batches", ops_subset(load_preset(preset), EXPORT_ASSETS)
         )
-        plan = stale_plan(instance, defs)
+        plan = stale_plan(instance, repository)
     if plan["downstream"]:
         run_job(instance, f"downstream_{preset}", [None], "stale downstream check")
     return plan

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -117,6 +118,7 @@ def _run_job(
     from tqdm import tqdm
 
     from pipelines.definitions import defs
+    from pipelines.run_outcome import Interrupted, failure_lines, was_interrupted
 
     job = defs.resolve_job_def(job_name)
     ok: dict[str | None, bool] = {}
@@ -125,35 +127,61 @@ def _run_job(
             if key is not None:
                 bar.set_postfix_str(key)
             config = {**(run_config or {}), **QUIET_RUN}
-            result = job.execute_in_process(
-                partition_key=key,
-                instance=instance,
-                raise_on_error=False,
-                run_config=config,
-                asset_selection=asset_selection,
-            )
+            try:
+                result = job.execute_in_process(
+                    partition_key=key,
+                    instance=instance,
+                    raise_on_error=False,
+                    run_config=config,
+                    asset_selection=asset_selection,
+                )
+            except KeyboardInterrupt:  # a signal outside Dagster's step handling (start-up, shut-down)
+                raise Interrupted(label, key, None, None) from None
+            if was_interrupted(result):
+                raise Interrupted(label, key, result.run_id, instance.get_run_by_id(result.run_id).status.value)
             ok[key] = result.success
-            if not result.success:
-                for event in result.all_events:
-                    if event.is_failure and event.step_failure_data:
-                        message = event.step_failure_data.error.message.strip()[:500]
-                        bar.write(f"  {key or job_name}: FAILED - {message}")
+            for line in failure_lines(result):
+                bar.write(f"  {key or job_name}: {line}")
     return ok
 
 
 def _write_demo_slides(inbox: Path, count: int | None) -> None:
-    """Demo slides in parallel processes (the generator is single-threaded NumPy)."""
-    from concurrent.futures import ProcessPoolExecutor
+    """Demo slides in parallel processes (the generator is single-threaded NumPy).
+
+    A ``multiprocessing`` pool, not ``ProcessPoolExecutor``: on Ctrl-C or SIGTERM the parent leaves the ``with``
+    block and the pool terminates its workers, whereas executor workers swallow the interrupt per task and keep
+    writing slides for minutes. Each slide appears atomically, so a stopped run leaves no half-written slide.
+    """
+    import multiprocessing
 
     from tqdm import tqdm
 
-    from ops.slides.demo_slides import DEMO_SLIDES, write_demo_slide
+    from ops.slides.demo_slides import DEMO_SLIDES
 
-    specs = DEMO_SLIDES[:count] if count else DEMO_SLIDES
-    with ProcessPoolExecutor(max_workers=min(len(specs), os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(write_demo_slide, spec, inbox) for spec in sorted(specs, key=lambda s: -s.width)]
-        for fut in tqdm(futures, desc="demo slides", unit="slide"):
-            fut.result()
+    specs = sorted(DEMO_SLIDES[:count] if count else DEMO_SLIDES, key=lambda s: -s.width)  # largest first
+    workers = min(len(specs), os.cpu_count() or 1)
+    with multiprocessing.Pool(workers, initializer=_leave_interrupts_to_the_parent) as pool:
+        jobs = pool.imap_unordered(_write_demo_slide, [(spec, inbox) for spec in specs])
+        for _ in tqdm(jobs, total=len(specs), desc="demo slides", unit="slide"):
+            pass
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """Pool workers ignore Ctrl-C and exit on SIGTERM (what the pool's terminate sends), the parent decides; exiting
+    by an exception lets the slide writer remove its temp file on the way out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_now)
+
+
+def _exit_now(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _write_demo_slide(job: tuple) -> Path:
+    """``write_demo_slide(spec, out_dir)`` for the pool (a module-level function, so workers can look it up)."""
+    from ops.slides.demo_slides import write_demo_slide
+
+    return write_demo_slide(*job)
 
 
 def _latest(instance, asset: str, key: str) -> object:
@@ -288,6 +316,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from pipelines.presets import load_preset, ops_subset
 
     instance = get_instance()
+    repository = defs.get_repository_def()
     if args.what == "slides":
         known = sync_slides(instance, echo=lambda m: print(m, file=sys.stderr))
         keys = known if args.all else args.keys
@@ -312,11 +341,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         )
     else:
         if args.dry_run:
-            print(describe_plan(stale_plan(instance, defs)))
+            print(describe_plan(stale_plan(instance, repository)))
             return 0
-        before = stale_plan(instance, defs)
+        before = stale_plan(instance, repository)
         print(f"stale: {describe_plan(before)}")
-        left = run_stale(instance, defs, args.preset, _run_job)
+        left = run_stale(instance, repository, args.preset, _run_job)
         print(f"after: {describe_plan(left)}")
         return 0 if not any(left.values()) else 1
     failed = [k for k, good in ok.items() if not good]
@@ -400,8 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; SIGTERM (a timeout, a container stop) ends it like Ctrl-C: the run in progress is recorded
+    as failed, the stage is named, and the exit code is 130."""
+    from pipelines.run_outcome import Interrupted
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return args.func(args)
+    except Interrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted outside a Dagster run (none was left running). Re-run the same command.", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

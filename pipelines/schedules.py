@@ -13,9 +13,7 @@ from pipelines.jobs import factory_jobs
     description="Sundays 03:00: retrain the stale part of the GAN -> classifier chain (skips when fresh).",
 )
 def weekly_retraining(context: dg.ScheduleEvaluationContext):
-    from pipelines.definitions import defs
-
-    stale = stale_plan(context.instance, defs)["factory"]
+    stale = stale_plan(context.instance, context.repository_def)["factory"]
     if not stale:
         return dg.SkipReason("nothing upstream changed since the last training; no run needed")
     return dg.RunRequest(

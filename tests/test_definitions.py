@@ -112,3 +112,70 @@ def test_every_asset_group_has_its_stage():
         assert (ROOT / "assets" / f"{group}.py").exists(), f"group {group} has no assets/{group}.py"
         assert (ROOT / "ops" / group / "__init__.py").exists(), f"group {group} has no ops/{group}/ package"
         assert (ROOT / "tests" / "ops" / group).is_dir(), f"group {group} has no tests/ops/{group}/"
+
+
+# Quality gates that must stop the run's downstream assets when they fail, per stage; the rest only warn.
+BLOCKING_GATES = {
+    "slides": {("tile_grid", "tissue_found"), ("tissue_tiles", "tiles_kept")},
+    "gan": {("gan_model", "swd_below_untrained")},
+    "labelling": {("classifier_eval", "dice_above_chance")},
+    "diffusion": {("ldm_model", "mask_agreement_above_chance")},
+    "export": {("synthetic_dataset", "near_copies_rare")},
+    "evaluation": set(),
+}
+WARNING_GATES = {("tile_grid", "mpp_known"), ("downstream_eval", "synthetic_helps")}
+
+
+def test_every_stage_has_quality_gates_and_the_blocking_ones_block():
+    from pipelines import defs
+
+    graph = defs.get_repository_def().asset_graph
+    by_stage: dict[str, set[tuple[str, str]]] = {}
+    blocking = set()
+    for key in graph.asset_check_keys:
+        pair = (key.asset_key.to_user_string(), key.name)
+        by_stage.setdefault(graph.get(key.asset_key).group_name, set()).add(pair)
+        if graph.get_check_spec(key).blocking:
+            blocking.add(pair)
+    assert set(by_stage) == set(BLOCKING_GATES), f"stages without a quality gate: {set(BLOCKING_GATES) - set(by_stage)}"
+    assert blocking == set().union(*BLOCKING_GATES.values())
+    assert set().union(*by_stage.values()) == blocking | WARNING_GATES
+    for job, gates in {
+        "tiling": {"tissue_found", "mpp_known", "tiles_kept"},
+        "factory_demo": {"swd_below_untrained", "dice_above_chance", "mask_agreement_above_chance"},
+        "export": {"near_copies_rare"},
+        "downstream_demo": {"synthetic_helps"},
+    }.items():
+        assert {k.name for k in defs.resolve_job_def(job).asset_layer.asset_graph.asset_check_keys} == gates, job
+
+
+def _pipelines_imports(path: Path) -> set[str]:
+    """``pipelines`` modules a module imports, at any depth of the file (lazy imports inside functions count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {"pipelines.__init__" if n == "pipelines" else n for n in found if n.split(".")[0] == "pipelines"}
+
+
+def test_pipelines_modules_import_no_cycle():
+    """definitions assembles, the others never import it back (a cycle makes import order decide what loads)."""
+    modules = {f"pipelines.{p.stem}": p for p in (ROOT / "pipelines").glob("*.py")}
+    edges = {name: _pipelines_imports(path) & set(modules) for name, path in modules.items()}
+    edges["pipelines.__init__"].discard("pipelines.__init__")
+
+    def cycle_from(node: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
+        if node in trail:
+            return (*trail[trail.index(node) :], node)
+        for nxt in sorted(edges[node]):
+            found = cycle_from(nxt, (*trail, node))
+            if found:
+                return found
+        return None
+
+    for name in sorted(modules):
+        cycle = cycle_from(name, ())
+        assert cycle is None, "import cycle: " + " -> ".join(cycle)

@@ -78,6 +78,21 @@ def mean_dice(cm: np.ndarray) -> float:
     return float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
 
 
+def chance_mean_dice(cm: np.ndarray) -> float:
+    """Mean Dice an image-blind labeller reaches that knows only the true class shares (the classifier's chance).
+
+    A labeller that gives each pixel class k with probability ``r_k``, independently of the image, scores class k
+    with share ``p_k`` an expected Dice of ``2 p_k r_k / (p_k + r_k)``. Over ``sum(r) = 1`` the mean is largest at
+    ``r = p``, where class k scores ``p_k``; so chance is the mean of the present classes' shares, ``1 / K_present``,
+    whatever the imbalance. Always answering the majority class does worse (``2 p / (1 + p) / K_present``).
+    """
+    support = np.asarray(cm, np.float64).sum(axis=1)
+    if support.sum() == 0:
+        return float("nan")
+    shares = support / support.sum()
+    return float(shares[shares > 0].mean())
+
+
 def segmentation_report(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     """Flat dict of all metrics (``dice/<class>``, ``accuracy/<class>``, means), for asset metadata/MLflow."""
     if len(class_names) != cm.shape[0]:

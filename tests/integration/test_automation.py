@@ -17,7 +17,11 @@ pytestmark = pytest.mark.integration
 
 def test_weekly_retraining_requests_only_stale_assets(factory_home):
     instance = get_instance()
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 29, 3))
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime(2026, 11, 29, 3),
+        repository_def=defs.get_repository_def(),
+    )
     result = weekly_retraining(context)
     assert isinstance(result, dg.RunRequest)  # nothing trained yet: everything is missing
     assert {k.to_user_string() for k in result.asset_selection} == {

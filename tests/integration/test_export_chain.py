@@ -209,7 +209,7 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     assert [c.check_name for c in checks] == ["synthetic_helps"]
 
     # -- nothing changed, nothing to redo: code and data versions say every asset is fresh -------------------------
-    plan = stale_plan(instance, defs)
+    plan = stale_plan(instance, defs.get_repository_def())
     assert not any(plan.values()), plan
-    skip = weekly_retraining(dg.build_schedule_context(instance=instance))
+    skip = weekly_retraining(dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()))
     assert isinstance(skip, dg.SkipReason), "the weekly retraining skips when nothing changed"

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from ops.evaluation.metrics import (
+    chance_mean_dice,
     class_accuracy,
     confusion_matrix,
     confusion_matrix_png,
@@ -76,3 +77,18 @@ def test_report_and_pngs() -> None:
     assert tuple(over[0, 3]) == (228, 100, 100)  # half-way to red
     with pytest.raises(ValueError, match="expected the same height and width"):
         overlay_png(image, mask[:2], [(0, 0, 0)])
+
+
+def test_chance_dice_is_what_an_image_blind_labeller_scores() -> None:
+    rng = np.random.default_rng(0)
+    shares = np.array([0.6, 0.3, 0.08, 0.02, 0.0])  # imbalanced, one class absent
+    truth = rng.choice(5, size=200_000, p=shares)
+    cm_truth = confusion_matrix(truth, truth, n_classes=5)
+    chance = chance_mean_dice(cm_truth)
+    assert chance == pytest.approx(1 / 4)
+    blind = confusion_matrix(truth, rng.choice(5, size=truth.size, p=shares), n_classes=5)
+    assert mean_dice(blind) == pytest.approx(chance, abs=0.01)
+    uniform = confusion_matrix(truth, rng.choice(4, size=truth.size), n_classes=5)
+    majority = confusion_matrix(truth, np.zeros_like(truth), n_classes=5)
+    assert mean_dice(uniform) < chance and mean_dice(majority) < chance
+    assert np.isnan(chance_mean_dice(np.zeros((3, 3))))
