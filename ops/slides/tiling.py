@@ -25,8 +25,9 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
+from ops.slides.jpeg_codec import decode_jpeg
 from ops.slides.reader import Decoder, SlideError, SlideReader, open_slide
-from ops.slides.tile_store import TileWriter
+from ops.slides.tile_store import DEFAULT_JPEG_QUALITY, TileEncoding, TileWriter
 from ops.slides.tissue import TissueMaskParams, channel_max_min, read_lowres, saturation, tissue_mask
 
 Scheduler = Literal["threads", "processes", "synchronous"]
@@ -53,6 +54,10 @@ class TilingParams:
         drop_blurry: Drop blurry tiles (otherwise only flag them in the table).
         drop_pen: Drop pen-marked tiles (otherwise only flag them).
         decoder: ``auto`` (direct TIFF tile decode when possible), ``openslide`` or ``tifffile``.
+        tile_codec: How kept tiles are stored: ``jpeg`` (compact; the slide's own JPEG tiles copied where the grid
+            lines up with them) or ``blosc`` (lossless, ~6x the slide's bytes).
+        jpeg_quality: JPEG quality (1-100) for tiles that are re-encoded (resized or not aligned with the slide's
+            tiles); copied tiles keep the slide's own quality.
         mask: Tissue-mask parameters.
     """
 
@@ -71,6 +76,8 @@ class TilingParams:
     drop_blurry: bool = True
     drop_pen: bool = True
     decoder: Decoder = "auto"
+    tile_codec: Literal["jpeg", "blosc"] = "jpeg"
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
     mask: TissueMaskParams = field(default_factory=TissueMaskParams)
 
     def __post_init__(self) -> None:
@@ -80,6 +87,7 @@ class TilingParams:
             raise ValueError(f"stride must be > 0 pixels or None, received {self.stride}")
         if not 0 <= self.max_whitespace <= 1:
             raise ValueError(f"max_whitespace must be in [0, 1], received {self.max_whitespace}")
+        TileEncoding(codec=self.tile_codec, quality=self.jpeg_quality)  # validates both, naming the option
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,18 +200,29 @@ def filter_tiles(
 ) -> pd.DataFrame:
     """Decode the grid rows of one task, QC them, write kept tiles into the store at their ``slot``.
 
+    Where the store's JPEG inner chunks are the slide's own tiles and a grid tile is exactly a block of them, the
+    tile is decoded from the slide's compressed streams and, if kept, those streams are copied into the store
+    (``copied=True``): QC sees exactly the pixels the store holds, and nothing is re-encoded.
+
     A tile whose JPEG data is corrupt is recorded with ``status='corrupt'`` and skipped: one bad tile never fails a
     slide. Returns one row per input row with the measurements and the decision.
     """
     reader = open_slide(slide_path, mpp_override=params.mpp_override, decoder=params.decoder)
     writer = TileWriter(store_path) if store_path else None
+    colorspace = _copyable(reader, writer, read_level, read_size, params.tile_size)
     out: list[dict] = []
     try:
         for slot, x, y in zip(rows["slot"].to_numpy(), rows["x"].to_numpy(), rows["y"].to_numpy(), strict=True):
+            streams = reader.jpeg_streams(int(x), int(y), read_level, read_size) if colorspace else None
             try:
-                tile = reader.read_region(int(x), int(y), read_level, read_size, read_size)
+                if streams:
+                    tile = _decode_block(streams, writer.inner_tiles, colorspace)
+                else:
+                    tile = reader.read_region(int(x), int(y), read_level, read_size, read_size)
             except Exception as exc:  # libjpeg/openslide errors on damaged tile data
-                out.append({"slot": slot, "status": "corrupt", "error": f"{type(exc).__name__}: {exc}"[:200]})
+                out.append(
+                    {"slot": slot, "status": "corrupt", "error": f"{type(exc).__name__}: {exc}"[:200], "copied": False}
+                )
                 reader.close()  # an openslide handle stays in error state after a failed read
                 reader = open_slide(slide_path, mpp_override=params.mpp_override, decoder=params.decoder)
                 continue
@@ -212,11 +231,44 @@ def filter_tiles(
             qc = tile_qc(tile, params)
             status = _decide(qc, params)
             if status == "kept" and writer is not None:
-                writer.write(int(slot), tile)
-            out.append({"slot": slot, "status": status, "error": "", **qc})
+                if streams:
+                    writer.copy(int(slot), streams)
+                else:
+                    writer.write(int(slot), tile)
+            out.append({"slot": slot, "status": status, "error": "", "copied": bool(streams), **qc})
     finally:
         reader.close()
     return pd.DataFrame(out)
+
+
+def _copyable(
+    reader: SlideReader, writer: TileWriter | None, read_level: int, read_size: int, tile_size: int
+) -> str | None:
+    """The colour coding of the slide's JPEG tiles when they can go into ``writer``'s store as they are."""
+    if writer is None or writer.jpeg is None or read_size != tile_size:
+        return None
+    layout = reader.jpeg_layout(read_level)
+    if layout is None or layout[0] != writer.inner or layout[1] != writer.jpeg.colorspace:
+        return None
+    return layout[1]
+
+
+def _decode_block(streams: list[bytes], per_side: int, colorspace: str) -> np.ndarray:
+    """Decode ``per_side**2`` JPEG streams (row-major) into one tile."""
+    parts = [decode_jpeg(s, colorspace) for s in streams]
+    rows = [np.concatenate(parts[i : i + per_side], axis=1) for i in range(0, len(parts), per_side)]
+    return np.concatenate(rows, axis=0)
+
+
+def store_encoding(slide_path: str, params: TilingParams, read_level: int, read_size: int) -> TileEncoding:
+    """The store encoding for a slide: JPEG inner chunks = the slide's own JPEG tiles when their bytes can be copied."""
+    if params.tile_codec == "blosc":
+        return TileEncoding(codec="blosc")
+    with open_slide(slide_path, mpp_override=params.mpp_override, decoder=params.decoder) as reader:
+        layout = reader.jpeg_layout(read_level)
+    if layout and read_size == params.tile_size and params.tile_size % layout[0] == 0:
+        return TileEncoding(quality=params.jpeg_quality, colorspace=layout[1], inner=layout[0])
+    return TileEncoding(quality=params.jpeg_quality)
 
 
 def _decide(qc: dict[str, float], params: TilingParams) -> str:
@@ -267,6 +319,7 @@ def run_filter(
         return cands.assign(
             status=pd.Series(dtype=str),
             error=pd.Series(dtype=str),
+            copied=pd.Series(dtype=bool),
             **{c: pd.Series(dtype=np.float64) for c in ("whitespace_fraction", "blur", "pen_fraction")},
         )
     n_tasks = min(len(cands), max(1, parallel.workers * parallel.tasks_per_worker))
