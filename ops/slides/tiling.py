@@ -23,12 +23,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy import ndimage
 
 from ops.slides.jpeg_codec import decode_jpeg
 from ops.slides.reader import Decoder, SlideError, SlideReader, open_slide
 from ops.slides.tile_store import DEFAULT_JPEG_QUALITY, TileEncoding, TileWriter
-from ops.slides.tissue import TissueMaskParams, channel_max_min, read_lowres, saturation, tissue_mask
+from ops.slides.tissue import TissueMaskParams, read_lowres, tissue_mask
 
 Scheduler = Literal["threads", "processes", "synchronous"]
 
@@ -181,18 +180,19 @@ def tile_qc(tile: np.ndarray, params: TilingParams) -> dict[str, float]:
     """Whitespace fraction, blur (variance of Laplacian) and pen-ink fraction of one RGB tile."""
     assert tile.ndim == 3 and tile.shape[-1] == 3, f"expected [H, W, 3], received {tile.shape}"
     # Every measure is taken on the half-resolution view (every second pixel): the shares and the Laplacian
-    # variance are as good there (65k pixels of a 512-px tile), and the check costs less than decoding the tile.
-    half = tile[::2, ::2]
-    hi, lo = channel_max_min(half)
-    # saturation < s  <=>  hi - lo < s * hi  (no division)
-    white = ((hi - lo) < params.white_saturation * hi.astype(np.float32)) & (hi > params.white_value)
-    grey = half.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    blur = float(ndimage.laplace(grey).var())
-    r, g, b = (half[..., i].astype(np.int16) for i in range(3))
-    sat = saturation(half)
+    # variance are as good there (65k pixels of a 512-px tile). The channels are copied out once and everything
+    # after is integer arithmetic on contiguous planes: on a strided [H, W, 3] view the same checks cost more than
+    # decoding the tile (measured 8 ms vs 6 ms on these machines), which set the tiler's floor.
+    r, g, b = (np.ascontiguousarray(tile[::2, ::2, i]).astype(np.int16) for i in range(3))
+    hi, lo = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    spread = hi - lo  # saturation = spread / hi
+    # saturation < s  <=>  spread < s * hi  (no division)
+    white = (spread < params.white_saturation * hi.astype(np.float32)) & (hi > params.white_value)
+    grey = r * np.float32(0.299) + g * np.float32(0.587) + b * np.float32(0.114)  # ITU-R 601 luma
+    lap = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
     # Pen ink: green or blue dominating red clearly (H&E/IHC stains are red/brown/purple), or near-black.
-    pen = ((g > r + 30) & (g > b)) | ((b > r + 40) & (b > g + 20) & (sat > 0.5)) | (hi < 50)
-    return {"whitespace_fraction": float(white.mean()), "blur": blur, "pen_fraction": float(pen.mean())}
+    pen = ((g > r + 30) & (g > b)) | ((b > r + 40) & (b > g + 20) & (2 * spread > hi)) | (hi < 50)
+    return {"whitespace_fraction": float(white.mean()), "blur": float(lap.var()), "pen_fraction": float(pen.mean())}
 
 
 def filter_tiles(
@@ -255,9 +255,15 @@ def _copyable(
 
 def _decode_block(streams: list[bytes], per_side: int, colorspace: str) -> np.ndarray:
     """Decode ``per_side**2`` JPEG streams (row-major) into one tile."""
-    parts = [decode_jpeg(s, colorspace) for s in streams]
-    rows = [np.concatenate(parts[i : i + per_side], axis=1) for i in range(0, len(parts), per_side)]
-    return np.concatenate(rows, axis=0)
+    first = decode_jpeg(streams[0], colorspace)
+    edge = first.shape[0]
+    tile = np.empty((edge * per_side, edge * per_side, 3), np.uint8)
+    for i, stream in enumerate(streams):
+        y, x = divmod(i, per_side)
+        tile[y * edge : (y + 1) * edge, x * edge : (x + 1) * edge] = (
+            first if i == 0 else decode_jpeg(stream, colorspace)
+        )
+    return tile
 
 
 def store_encoding(slide_path: str, params: TilingParams, read_level: int, read_size: int) -> TileEncoding:
