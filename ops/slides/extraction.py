@@ -37,7 +37,7 @@ class ExtractionResult:
     thumbnail_png: bytes
     store_bytes: int  # bytes of the tile store on disk
     store_ratio: float  # store bytes / slide file bytes (what an archive of slides will cost in tile stores)
-    encoding: str  # e.g. "jpeg q90 (inner 256, ycbcr)" or "blosc"
+    encoding: str  # e.g. "jpeg q95 (inner 256 px, ycbcr)" or "blosc"
 
 
 def extract_tiles(
