@@ -128,11 +128,14 @@ def grid_thumbnail(plan: GridPlan, candidates: pd.DataFrame | None = None, max_s
 
     Without ``candidates`` (before the per-tile pass), every candidate is drawn in blue.
     """
-    rgb = plan.mask_rgb.astype(np.float32)
-    rgb[plan.mask] = rgb[plan.mask] * 0.8 + np.array([0, 0, 255]) * 0.2
+    # Resize first, tint after: the mask image of a 100k-px slide is ~3k px, and a float copy of it is 100 MB.
+    h, w = plan.mask.shape
+    scale = max_side / max(w, h)  # small masks are enlarged too, so the grid stays readable in the UI
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    rgb = np.asarray(Image.fromarray(plan.mask_rgb).resize(size, Image.Resampling.BILINEAR)).astype(np.float32)
+    mask = np.asarray(Image.fromarray(plan.mask).resize(size, Image.Resampling.NEAREST))
+    rgb[mask] = rgb[mask] * 0.8 + np.array([0, 0, 255]) * 0.2
     img = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
-    scale = max_side / max(img.size)  # small masks are enlarged too, so the grid stays readable in the UI
-    img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(img)
     k = scale / plan.mask_downsample  # level-0 pixels -> thumbnail pixels
     size = plan.footprint * k
