@@ -7,6 +7,7 @@ between steps by the IO manager.
 import json
 import time
 import warnings
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -19,12 +20,13 @@ from assets.partitions import slide_partitions
 from ops.slides.crops import split_tiles
 from ops.slides.extraction import extract_tiles, grid_thumbnail
 from ops.slides.reader import Decoder, open_slide
-from ops.slides.tile_store import replace_dir, temp_dir_beside
+from ops.slides.tile_store import DEFAULT_JPEG_QUALITY, replace_dir, temp_dir_beside
 from ops.slides.tiling import TilingParams, load_plan, params_from_dict, plan_grid, save_plan
 from ops.slides.tissue import TissueMaskParams
+from ops.slides.validation import validate_slide
 from resources import DaskResource, FactoryStorage
 
-TILING_CODE_VERSION = "tiling-2"
+TILING_CODE_VERSION = "tiling-3"  # 3: JPEG tile stores (slide bytes copied), validation at the door
 # Unchanged from when the split lived beside the GAN assets, so a split made then is not reported stale.
 SPLIT_CODE_VERSION = "gan-1"
 
@@ -83,6 +85,15 @@ class TileFilterConfig(dg.Config):
     decoder: Decoder = Field(
         default="auto", description="auto (direct TIFF tile decoding when possible), openslide or tifffile."
     )
+    tile_codec: Literal["jpeg", "blosc"] = Field(
+        default="jpeg", description="jpeg (compact; the slide's JPEG tiles copied where aligned) or blosc (lossless)."
+    )
+    jpeg_quality: int = Field(
+        default=DEFAULT_JPEG_QUALITY,
+        ge=1,
+        le=100,
+        description="JPEG quality (1-100) of re-encoded tiles; copied tiles keep theirs.",
+    )
 
 
 def _grid_params(config: TileGridConfig) -> TilingParams:
@@ -105,6 +116,7 @@ def tile_grid(
     entry, path = storage.slide(key)
     params = _grid_params(config)
     start = time.perf_counter()
+    validate_slide(path, mpp_override=params.mpp_override)  # a broken file fails here, named, with the fix
     with open_slide(path, mpp_override=params.mpp_override) as reader:
         plan = plan_grid(reader, params)
         info = reader.info
@@ -167,7 +179,7 @@ def tissue_tiles(
         metadata={
             "slide_id": entry.slide_id,
             "kept": counts["kept"],
-            "dropped": dg.MetadataValue.json({k: v for k, v in counts.items() if k not in ("kept", "grid")}),
+            "dropped": dg.MetadataValue.json({k: v for k, v in counts.items() if k not in ("kept", "grid", "copied")}),
             "grid_tiles": counts["grid"],
             "decoded_tiles": len(result.candidates),
             "tissue_fraction_histogram": dg.MetadataValue.json(
@@ -176,6 +188,10 @@ def tissue_tiles(
             "tiles_per_second": round(len(result.candidates) / max(seconds, 1e-9), 2),
             "seconds": round(seconds, 3),
             "tile_store": dg.MetadataValue.path(str(result.out_dir / "tiles.zarr")),
+            "store_encoding": result.encoding,
+            "store_mb": round(result.store_bytes / 1e6, 2),
+            "store_ratio": round(result.store_ratio, 4),
+            "copied_tiles": counts["copied"],
             "tile_table": dg.MetadataValue.path(str(result.out_dir / "tiles.parquet")),
             "kept_grid": png_markdown(result.thumbnail_png, "kept tiles (green) on the slide thumbnail"),
             "config": dg.MetadataValue.json(params.to_dict()),

@@ -73,13 +73,29 @@ def sync_slides(instance, echo=print) -> list[str]:
 
 
 def cmd_slides_add(args: argparse.Namespace) -> int:
-    """Copy slides into the inbox (atomically) and register their partitions."""
+    """Check each slide (refusing files that cannot be tiled), copy the good ones into the inbox, register them.
+
+    Exit status: 0 when every file was added, 1 when any was refused (the others are still added), 2 when a path
+    does not exist (nothing is added).
+    """
+    from ops.slides.reader import SlideError
+    from ops.slides.validation import validate_slide
+
     inbox = _home() / "slides"
     inbox.mkdir(parents=True, exist_ok=True)
-    for src in map(Path, args.paths):
+    sources = list(map(Path, args.paths))
+    for src in sources:
         if not src.is_file():
             print(f"error: {src}: no such file", file=sys.stderr)
             return 2
+    refused = 0
+    for src in sources:
+        try:
+            validate_slide(src)
+        except SlideError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            refused += 1
+            continue
         dst = inbox / src.name
         if dst.exists() and os.path.samefile(src, dst):
             continue
@@ -89,7 +105,9 @@ def cmd_slides_add(args: argparse.Namespace) -> int:
         os.replace(tmp, dst)
         print(f"copied {src} -> {dst}")
     sync_slides(get_instance())
-    return 0
+    if refused:
+        print(f"{refused} of {len(sources)} files refused; nothing of them was copied or registered.", file=sys.stderr)
+    return 1 if refused else 0
 
 
 def cmd_slides_list(args: argparse.Namespace) -> int:
@@ -380,8 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = slides_sub.add_parser(
         "add",
         help="copy slides into the inbox and register their partitions",
-        description="Copy slide files into the inbox and add one `slides` partition each, "
-        "so `dagster asset materialize --partition KEY` works without the daemon.",
+        description="Check each slide file (it opens, has a plausible pyramid, its thumbnail and a sample of "
+        "full-resolution tiles decode), copy the good ones into the inbox and add one `slides` partition each, "
+        "so `dagster asset materialize --partition KEY` works without the daemon. Refused files are named with "
+        "the reason and the fix; the exit status is then 1.",
     )
     add.add_argument("paths", nargs="+", help="slide files (.svs, .tiff, .ndpi, .mrxs, ...)")
     add.set_defaults(func=cmd_slides_add)

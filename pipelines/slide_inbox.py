@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ops.slides.registry import ScanResult
+from ops.slides.validation import validate_slide
 from resources import FactoryStorage
 
 
@@ -21,9 +22,9 @@ class InboxChanges:
 
 
 def reconcile_inbox(storage: FactoryStorage, existing_keys: list[str]) -> InboxChanges:
-    """Scan the inbox, save the registry, and work out which partitions must change."""
+    """Scan the inbox (refusing files that cannot be tiled), save the registry, and work out partition changes."""
     registry = storage.registry()
-    scan = registry.scan(storage.inbox)
+    scan = registry.scan(storage.inbox, check=validate_slide)
     registry.save()
     existing = set(existing_keys)
     add_keys = sorted(k for k in registry.entries if k not in existing)
@@ -38,4 +39,5 @@ def describe(changes: InboxChanges) -> list[tuple[str, str]]:
     lines += [("warning", f"{f}: same content as registered slide {k!r}; not added again") for f, k in scan.duplicates]
     lines += [("warning", f"{e.file} vanished from the inbox; partition {e.key} removed") for e in scan.removed]
     lines += [("warning", f"{name}: not a slide file (unknown extension); ignored") for name in scan.ignored]
+    lines += [("warning", f"refused {name}, no partition added: {why}") for name, why in scan.refused]
     return lines

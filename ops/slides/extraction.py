@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from ops.slides.tile_store import compact, create_tile_array, replace_dir, temp_dir_beside
-from ops.slides.tiling import GridPlan, ParallelSpec, TilingParams, run_filter
+from ops.slides.tile_store import compact, create_tile_array, replace_dir, store_bytes, temp_dir_beside
+from ops.slides.tiling import GridPlan, ParallelSpec, TilingParams, run_filter, store_encoding
 
 TILE_TABLE = "tiles.parquet"
 QC_TABLE = "candidates.parquet"
@@ -33,8 +33,11 @@ class ExtractionResult:
     out_dir: Path
     table: pd.DataFrame  # kept tiles, row i = tiles[i]
     candidates: pd.DataFrame  # every decoded candidate with its status
-    counts: dict[str, int]  # grid / not_candidate / per status
+    counts: dict[str, int]  # grid / not_candidate / per status / copied (kept tiles stored as the slide's bytes)
     thumbnail_png: bytes
+    store_bytes: int  # bytes of the tile store on disk
+    store_ratio: float  # store bytes / slide file bytes (what an archive of slides will cost in tile stores)
+    encoding: str  # e.g. "jpeg q95 (inner 256 px, ycbcr)" or "blosc"
 
 
 def extract_tiles(
@@ -63,7 +66,8 @@ def extract_tiles(
     tmp = temp_dir_beside(out_dir)
     try:
         n_cand = int(plan.grid["candidate"].sum())
-        create_tile_array(tmp / TILE_STORE, n_cand, params.tile_size)
+        encoding = store_encoding(slide_path, params, plan.read_level, plan.read_size)
+        create_tile_array(tmp / TILE_STORE, n_cand, params.tile_size, encoding)
         cands = run_filter(slide_path, plan, params, str(tmp / TILE_STORE), parallel, progress)
         kept = cands[cands["status"] == "kept"].sort_values("slot")
         arr = compact(tmp / TILE_STORE, kept["slot"].to_numpy())
@@ -85,12 +89,19 @@ def extract_tiles(
             }
         )
         arr.attrs.update(
-            {"slide_id": slide_id, "tile_size": params.tile_size, "mpp": plan.tile_mpp, "read_level": plan.read_level}
+            {
+                "slide_id": slide_id,
+                "tile_size": params.tile_size,
+                "mpp": plan.tile_mpp,
+                "read_level": plan.read_level,
+                "copied_from_slide": int(kept["copied"].sum()),
+            }
         )
         _write_parquet(table, tmp / TILE_TABLE)
         _write_parquet(cands.drop(columns=["candidate"]), tmp / QC_TABLE)
         thumb = grid_thumbnail(plan, cands)
         (tmp / THUMBNAIL).write_bytes(thumb)
+        n_bytes = store_bytes(tmp / TILE_STORE)
         replace_dir(tmp, out_dir)
     except BaseException:
         import shutil
@@ -99,7 +110,13 @@ def extract_tiles(
         raise
     counts = {"grid": len(plan.grid), "not_candidate": int((~plan.grid["candidate"]).sum())}
     counts.update({s: int((cands["status"] == s).sum()) for s in STATUSES})
-    return ExtractionResult(out_dir, table, cands, counts, thumb)
+    counts["copied"] = int(kept["copied"].sum())
+    if encoding.codec == "jpeg":
+        label = f"jpeg q{encoding.quality} (inner {encoding.inner or params.tile_size} px, {encoding.colorspace})"
+    else:
+        label = "blosc-lz4 (lossless)"
+    ratio = n_bytes / max(os.path.getsize(slide_path), 1)
+    return ExtractionResult(out_dir, table, cands, counts, thumb, n_bytes, ratio, label)
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -111,11 +128,14 @@ def grid_thumbnail(plan: GridPlan, candidates: pd.DataFrame | None = None, max_s
 
     Without ``candidates`` (before the per-tile pass), every candidate is drawn in blue.
     """
-    rgb = plan.mask_rgb.astype(np.float32)
-    rgb[plan.mask] = rgb[plan.mask] * 0.8 + np.array([0, 0, 255]) * 0.2
+    # Resize first, tint after: the mask image of a 100k-px slide is ~3k px, and a float copy of it is 100 MB.
+    h, w = plan.mask.shape
+    scale = max_side / max(w, h)  # small masks are enlarged too, so the grid stays readable in the UI
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    rgb = np.asarray(Image.fromarray(plan.mask_rgb).resize(size, Image.Resampling.BILINEAR)).astype(np.float32)
+    mask = np.asarray(Image.fromarray(plan.mask).resize(size, Image.Resampling.NEAREST))
+    rgb[mask] = rgb[mask] * 0.8 + np.array([0, 0, 255]) * 0.2
     img = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
-    scale = max_side / max(img.size)  # small masks are enlarged too, so the grid stays readable in the UI
-    img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(img)
     k = scale / plan.mask_downsample  # level-0 pixels -> thumbnail pixels
     size = plan.footprint * k

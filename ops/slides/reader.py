@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ops.slides.jpeg_codec import ColorSpace
 
 Decoder = Literal["auto", "openslide", "tifffile"]
 
@@ -75,6 +78,16 @@ class SlideReader:
 
         try:
             self._tiff = tifffile.TiffFile(self.path)
+            # tifffile silently replaces a 0 width/height by the tile size; the tags say what the file records.
+            sizes = [(p.tags.valueof(256, 1), p.tags.valueof(257, 1)) for p in self._tiff.pages]
+            empty = [i for i, (w, h) in enumerate(sizes) if not w or not h]
+            if empty:
+                w, h = sizes[empty[0]]
+                raise SlideError(
+                    f"{self.path}: level {empty[0]} of the image pyramid (TIFF page {empty[0]}) is "
+                    f"{w}x{h} pixels (empty); the file's structure is damaged. Re-export "
+                    "the slide from the scanner software (or copy it again from the archive) and add it again."
+                )
             pages = [p for p in self._tiff.pages if p.is_tiled and p.ndim == 3 and p.shape[-1] in (3, 4)]
             if self._osr is not None:
                 want = list(self._osr.level_dimensions)
@@ -88,7 +101,11 @@ class SlideReader:
                 if not pages:  # a flat (stripped) TIFF: one level, decoded through tifffile's series
                     series = self._tiff.series[0]
                     if series.ndim != 3 or series.shape[-1] not in (3, 4):
-                        raise SlideError(f"{self.path}: expected an RGB image, found shape {series.shape}.")
+                        raise SlideError(
+                            f"{self.path}: no image pyramid and no readable level: the only image has shape "
+                            f"{series.shape}, where a slide is RGB (height x width x 3). This is no slide scan (a "
+                            "mask or a grey-level export?); add the original slide file from the scanner instead."
+                        )
                     self._levels = [zarr.open(series.aszarr(level=0), mode="r")]
                     return
             _check_not_truncated(self.path, pages)
@@ -106,7 +123,9 @@ class SlideReader:
     def _make_info(self, mpp_override: float | None) -> SlideInfo:
         if self._osr is not None:
             props = self._osr.properties
-            mpp = _float(props.get("openslide.mpp-x"))
+            # openslide leaves out an mpp it cannot parse (e.g. "nan"); the vendor's raw field still says what the
+            # file records, so validation can refuse it instead of tiling with no resolution.
+            mpp = _float(props.get("openslide.mpp-x") or props.get("aperio.MPP"))
             info = SlideInfo(
                 path=self.path,
                 vendor=props.get("openslide.vendor", "unknown"),
@@ -175,6 +194,54 @@ class SlideReader:
                     sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw, :3
                 ]
         return out
+
+    def jpeg_layout(self, level: int) -> tuple[int, ColorSpace] | None:
+        """``(tile edge, colour coding)`` of ``level``'s JPEG tiles when their bytes can be copied as they are.
+
+        ``None`` unless the level is a tiled TIFF page of square 8-bit RGB JPEG tiles read directly (not through
+        openslide): only then is a stored tile's stream exactly what decoding the slide would decode.
+        """
+        if self.decoder != "tifffile" or not 0 <= level < len(self._levels):
+            return None
+        page = self._levels[level]
+        if not hasattr(page, "dataoffsets") or page.compression != 7 or page.tilewidth != page.tilelength:
+            return None
+        if page.photometric not in (2, 6) or page.planarconfig != 1 or page.extrasamples or page.shape[-1] != 3:
+            return None
+        # As tifffile decodes them: photometric RGB without a JFIF marker means R, G, B coded with no colour
+        # transform (Aperio); everything else is YCbCr.
+        return int(page.tilewidth), ("rgb" if page.photometric == 2 and not page.is_jfif else "ycbcr")
+
+    def jpeg_streams(self, x: int, y: int, level: int, size: int) -> list[bytes] | None:
+        """The slide's own JPEG tiles covering a ``size``-px square region, as standalone streams (row-major).
+
+        Returns ``None`` unless the region is exactly a block of whole, non-empty tiles inside the level (then the
+        tiler decodes and re-encodes instead). (x, y) are level-0 pixels, ``size`` is in level pixels. TIFF JPEG
+        tiles usually share one quantisation/Huffman table block (``JPEGTables``); it is merged into each stream so
+        any JPEG decoder reads it alone.
+        """
+        layout = self.jpeg_layout(level)
+        if layout is None:
+            return None
+        edge = layout[0]
+        page = self._levels[level]
+        ds = self.info.level_downsamples[level]
+        lx, ly = int(round(x / ds)), int(round(y / ds))
+        h, w = page.shape[:2]
+        if lx % edge or ly % edge or size % edge or lx < 0 or ly < 0 or lx + size > w or ly + size > h:
+            return None
+        across = -(-w // edge)
+        fh, tables = self._tiff.filehandle, page.jpegtables
+        streams = []
+        for ty in range(ly // edge, (ly + size) // edge):
+            for tx in range(lx // edge, (lx + size) // edge):
+                index = ty * across + tx
+                if not page.databytecounts[index]:
+                    return None
+                fh.seek(page.dataoffsets[index])
+                data = fh.read(page.databytecounts[index])
+                streams.append(data[:2] + tables[2:-2] + data[2:] if tables else data)
+        return streams
 
     def read_level(self, level: int) -> np.ndarray:
         """Read a whole (low-resolution) level as RGB uint8."""

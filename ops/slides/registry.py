@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class ScanResult:
     removed: list[SlideEntry] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (file, key of the slide it duplicates)
     ignored: list[str] = field(default_factory=list)  # files that are not slides
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (file, why) for files that failed the check
 
 
 def sanitize_key(stem: str) -> str:
@@ -95,14 +97,17 @@ class SlideRegistry:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.entries: dict[str, SlideEntry] = {}
+        # Files that failed the door check, by name: [size, mtime_ns, reason]; re-checked only when they change.
+        self.refused: dict[str, list] = {}
         if self.path.exists():
             raw = json.loads(self.path.read_text())
             self.entries = {k: SlideEntry(**v) for k, v in raw.get("slides", {}).items()}
+            self.refused = raw.get("refused", {})
 
     def save(self) -> None:
         """Write atomically (temp file + rename) so a crash never leaves a truncated registry."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"slides": {k: asdict(v) for k, v in sorted(self.entries.items())}}
+        payload = {"slides": {k: asdict(v) for k, v in sorted(self.entries.items())}, "refused": self.refused}
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".registry-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=1)
@@ -124,11 +129,21 @@ class SlideRegistry:
                 "`histofactory slides add PATH` or drop it in the inbox for the sensor."
             ) from None
 
-    def scan(self, inbox: str | os.PathLike[str]) -> ScanResult:
-        """Reconcile the registry with the inbox folder (does not save; call ``save``)."""
+    def scan(self, inbox: str | os.PathLike[str], check: Callable[[Path], object] | None = None) -> ScanResult:
+        """Reconcile the registry with the inbox folder (does not save; call ``save``).
+
+        Args:
+            inbox: The inbox folder.
+            check: Called on every new or changed slide file before it is registered; a ``ValueError`` it raises
+                (``SlideError`` is one) refuses the file: it is reported in ``refused`` with the message and not
+                registered (a registered file that changed into a broken one keeps its old entry; its tiling fails with
+                the same message). A refused file is
+                checked again only when its size or modification time changes, so a sensor warns once per file.
+        """
         inbox = Path(inbox)
         result = ScanResult()
         present = {p.name: p for p in sorted(inbox.iterdir())} if inbox.exists() else {}
+        self.refused = {n: r for n, r in self.refused.items() if n in present}
         by_file = self.by_file()
         for name, entry in list(by_file.items()):
             if name not in present or not present[name].is_file():
@@ -144,6 +159,16 @@ class SlideRegistry:
             known = self.by_file().get(name)
             if known and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
                 continue
+            if self.refused.get(name, [None, None])[:2] == [stat.st_size, stat.st_mtime_ns]:
+                continue
+            if check is not None:
+                try:
+                    check(path)
+                except ValueError as exc:
+                    self.refused[name] = [stat.st_size, stat.st_mtime_ns, str(exc)]
+                    result.refused.append((name, str(exc)))
+                    continue
+            self.refused.pop(name, None)
             digest = file_sha256(path)
             twin = self.by_hash().get(digest)
             if twin and twin.file != name:

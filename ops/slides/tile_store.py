@@ -1,8 +1,16 @@
-"""Kept tiles in a zarr v3 array, one compressed chunk per tile, written so readers never see half a store.
+"""Kept tiles in a zarr v3 array, one chunk file per tile, written so readers never see half a store.
 
 Workers write tiles straight into a temporary array at their candidate index (no tile travels back to the caller,
 so memory stays flat and a dask cluster can write in parallel). ``finalize`` then makes the array dense by renaming
 chunk files (cheap: no re-encoding) and swaps the finished folder into place with ``os.replace``.
+
+Two encodings (``TileEncoding``):
+
+- ``jpeg`` (default): each tile is a zarr *shard* whose inner chunks are JPEG streams (``ops.slides.jpeg_codec``).
+  The inner chunk edge is the slide's own JPEG tile edge when it divides the tile, so a tile that lines up with the
+  slide's tile grid is stored by copying the slide's compressed bytes (no re-encoding, no generation loss); other
+  tiles are encoded at ``quality``. Plain ``zarr.open_array`` reads either.
+- ``blosc``: lossless Blosc-lz4 RGB, as before (6.2x the bytes of the slides on the demo).
 """
 
 from __future__ import annotations
@@ -10,13 +18,45 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
+
+from ops.slides.jpeg_codec import ColorSpace, JpegCodec, encode_jpeg
 
 TILES_ARRAY = "tiles"
+# Chosen by bench/tile_codec.py on the demo slides (scanner stand-in writes JPEG quality 85). Most kept tiles are
+# copied as the slide's own bytes; the re-encoded ones are mostly resized to a target mpp, where 95 is the lowest
+# quality whose 5th-percentile PSNR vs lossless is >= 40 dB (85: 35 dB, 90: 37 dB), at 0.83x the source's bytes
+# for the same slide area, so a store stays smaller than its slide. README, "Compact tile stores", has the table.
+DEFAULT_JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class TileEncoding:
+    """How kept tiles are coded in the store.
+
+    Attributes:
+        codec: ``jpeg`` (compact; the slide's own JPEG tiles copied where they line up) or ``blosc`` (lossless).
+        quality: JPEG quality 1-100 for tiles that are (re-)encoded.
+        colorspace: JPEG colour coding, the slide's own when its bytes are copied (``ycbcr`` or ``rgb``).
+        inner: JPEG inner chunk edge in pixels (the slide's tile edge, dividing the tile edge); ``None`` = the tile.
+    """
+
+    codec: Literal["jpeg", "blosc"] = "jpeg"
+    quality: int = DEFAULT_JPEG_QUALITY
+    colorspace: ColorSpace = "ycbcr"
+    inner: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.codec not in ("jpeg", "blosc"):
+            raise ValueError(f"tile codec must be 'jpeg' or 'blosc', received {self.codec!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, received {self.quality}")
 
 
 def compressor(name: str = "lz4", level: int = 5) -> BloscCodec:
@@ -25,19 +65,25 @@ def compressor(name: str = "lz4", level: int = 5) -> BloscCodec:
 
 
 def create_tile_array(
-    path: str | os.PathLike[str], n_slots: int, tile_size: int, codec: BloscCodec | None = None
+    path: str | os.PathLike[str], n_slots: int, tile_size: int, encoding: TileEncoding | None = None
 ) -> zarr.Array:
-    """Create ``path`` (a zarr group) with a ``tiles`` array ``[n_slots, tile, tile, 3]`` uint8, chunk = one tile."""
+    """Create ``path`` (a zarr group) with a ``tiles`` array ``[n_slots, tile, tile, 3]`` uint8, one file per tile."""
+    encoding = encoding or TileEncoding()
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    return group.create_array(
-        TILES_ARRAY,
-        shape=(max(n_slots, 0), tile_size, tile_size, 3),
-        chunks=(1, tile_size, tile_size, 3),
-        dtype="uint8",
-        compressors=codec or compressor(),
-        fill_value=255,
-        dimension_names=("tile", "y", "x", "channel"),
+    shape, tile_chunk = (max(n_slots, 0), tile_size, tile_size, 3), (1, tile_size, tile_size, 3)
+    common = dict(shape=shape, dtype="uint8", fill_value=255, dimension_names=("tile", "y", "x", "channel"))
+    if encoding.codec == "blosc":
+        return group.create_array(TILES_ARRAY, chunks=tile_chunk, compressors=compressor(), **common)
+    inner = encoding.inner or tile_size
+    if tile_size % inner:
+        raise ValueError(f"JPEG inner chunk edge {inner} must divide the tile edge {tile_size}")
+    shard = ShardingCodec(
+        chunk_shape=(1, inner, inner, 3),
+        codecs=[JpegCodec(quality=encoding.quality, colorspace=encoding.colorspace)],
+        index_codecs=[BytesCodec(endian="little")],
+        index_location="end",
     )
+    return group.create_array(TILES_ARRAY, chunks=tile_chunk, serializer=shard, compressors=None, **common)
 
 
 def open_tile_array(path: str | os.PathLike[str], mode: str = "r") -> zarr.Array:
@@ -46,27 +92,32 @@ def open_tile_array(path: str | os.PathLike[str], mode: str = "r") -> zarr.Array
 
 
 class TileWriter:
-    """Writes tiles straight into their chunk files of a tile array, encoded with the array's own Blosc settings.
+    """Writes tiles straight into their chunk files of a tile array, encoded with the array's own settings.
 
     Why not ``arr[i] = tile``: zarr 3 routes every write through its asyncio event loop thread; with dask worker
     threads writing concurrently that costs ~8 ms per 512-px tile on 2 cores, more than decoding the tile (~1.3 ms).
-    Encoding here gives byte-identical chunks (``tests/ops/slides/test_tile_store.py``) at ~0.5 ms, releases the GIL in
-    Blosc, and each chunk file appears atomically (temp file, then rename). Only for arrays made by
-    ``create_tile_array`` (bytes + blosc codecs, one chunk per tile).
+    Encoding here gives chunks zarr reads back (byte-identical to zarr's own for Blosc;
+    ``tests/ops/slides/test_tile_store.py``), releases the GIL in the codecs, and each chunk file appears atomically
+    (temp file, then rename). Only for arrays made by ``create_tile_array`` (one chunk file per tile).
     """
 
     _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        import numcodecs
-
         self.array = open_tile_array(path, mode="r+")
+        self.root = Path(path) / TILES_ARRAY
+        self.tile_shape = self.array.shape[1:]
         codecs = self.array.metadata.codecs
+        self.jpeg: JpegCodec | None = None
+        if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) and isinstance(codecs[0].codecs[0], JpegCodec):
+            self.jpeg = codecs[0].codecs[0]
+            self.inner = int(codecs[0].chunk_shape[1])
+            return
         blosc = codecs[-1]
         if len(codecs) != 2 or not isinstance(blosc, BloscCodec) or self.array.metadata.chunks[0] != 1:
             raise ValueError(f"{path}: TileWriter needs a tile store made by create_tile_array, found {codecs}")
-        self.root = Path(path) / TILES_ARRAY
-        self.tile_shape = self.array.shape[1:]
+        import numcodecs
+
         self.codec = numcodecs.Blosc(
             cname=blosc.cname.value,
             clevel=blosc.clevel,
@@ -74,13 +125,50 @@ class TileWriter:
             blocksize=blosc.blocksize,
         )
 
+    @property
+    def inner_tiles(self) -> int:
+        """JPEG streams per tile edge (``copy`` takes ``inner_tiles**2`` streams); 0 for a lossless store."""
+        return self.tile_shape[0] // self.inner if self.jpeg else 0
+
     def write(self, slot: int, tile: np.ndarray) -> None:
+        """Encode ``tile`` (``[T, T, 3]`` uint8) into the store's slot ``slot``."""
         assert tile.shape == self.tile_shape and tile.dtype == np.uint8, f"expected {self.tile_shape} uint8 tile"
+        if self.jpeg is None:
+            self._put(slot, self.codec.encode(np.ascontiguousarray(tile)))
+            return
+        t = self.inner
+        parts = [
+            encode_jpeg(np.ascontiguousarray(tile[y : y + t, x : x + t]), self.jpeg.quality, self.jpeg.colorspace)
+            for y in range(0, self.tile_shape[0], t)
+            for x in range(0, self.tile_shape[1], t)
+        ]
+        self.copy(slot, parts)
+
+    def copy(self, slot: int, streams: list[bytes]) -> None:
+        """Store already-coded JPEG streams (row-major over the tile's inner chunks) as slot ``slot``, as they are.
+
+        This is the byte passthrough: a slide's own JPEG tiles (with their tables merged in) land in the store
+        without being decoded and re-encoded. The streams must decode to the inner chunk size in the store's
+        colour coding; ``ops.slides.reader.SlideReader.jpeg_streams`` checks that.
+        """
+        if self.jpeg is None or len(streams) != self.inner_tiles**2:
+            raise ValueError(f"copy needs a JPEG store and {self.inner_tiles**2} streams, received {len(streams)}")
+        sizes = np.array([len(s) for s in streams], np.uint64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
+        index = np.stack([offsets, sizes], axis=-1).astype("<u8")  # (inner chunks, 2), row-major = C order
+        self._put(slot, b"".join(streams) + index.tobytes())
+
+    def _put(self, slot: int, data: bytes) -> None:
         path = self.root / self.array.metadata.encode_chunk_key((int(slot), 0, 0, 0))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(self.codec.encode(np.ascontiguousarray(tile)))
+        tmp.write_bytes(data)
         os.replace(tmp, path)
+
+
+def store_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes a tile store takes on disk (chunk files and metadata)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def compact(path: str | os.PathLike[str], kept_slots: np.ndarray) -> zarr.Array:

@@ -25,7 +25,7 @@ from ops.labelling.slide_annotations import (
     write_mask_store,
 )
 from ops.slides.crops import PairCropSampler
-from ops.slides.tile_store import TileWriter, create_tile_array
+from ops.slides.tile_store import TileEncoding, TileWriter, create_tile_array
 
 PAPER = CLASS_MAPS["paper"]
 DEMO = CLASS_MAPS["demo"]
@@ -186,7 +186,8 @@ def test_slide_annotation_errors(tmp_path) -> None:
 
 
 def _tile_store(path: Path, tiles: np.ndarray) -> Path:
-    create_tile_array(path, len(tiles), tiles.shape[1])
+    # Lossless, so pixel-exact alignment checks hold (the default JPEG store is within JPEG noise only).
+    create_tile_array(path, len(tiles), tiles.shape[1], TileEncoding(codec="blosc"))
     writer = TileWriter(path)
     for i, t in enumerate(tiles):
         writer.write(i, t)

@@ -75,7 +75,7 @@ def test_extract_writes_dense_store_and_table(tmp_path, slide_a):
     res = extract_tiles(str(slide_a), plan, params, ParallelSpec(workers=2), tmp_path / "out", "case_a", "sl-x")
     arr = open_tile_array(tmp_path / "out" / "tiles.zarr")
     table = pd.read_parquet(tmp_path / "out" / "tiles.parquet")
-    assert arr.shape == (len(table), 512, 512, 3) and arr.chunks == (1, 512, 512, 3)
+    assert arr.shape == (len(table), 512, 512, 3) and arr.shards == (1, 512, 512, 3)  # one file per tile
     assert arr.metadata.zarr_format == 3
     assert len(table) == res.counts["kept"] > 5
     assert list(table["tile_index"]) == list(range(len(table)))
@@ -92,19 +92,65 @@ def test_extract_writes_dense_store_and_table(tmp_path, slide_a):
     assert res.thumbnail_png.startswith(b"\x89PNG")
 
 
+def test_aligned_tiles_are_the_slides_own_jpeg_bytes(tmp_path, slide_a):
+    """Byte passthrough: a 512-px tile on the slide's 256-px JPEG grid is stored as the slide's four streams."""
+    import tifffile
+
+    params = TilingParams()
+    with open_slide(slide_a) as reader:
+        plan = plan_grid(reader, params)
+    res = extract_tiles(str(slide_a), plan, params, SYNC, tmp_path / "out", "case_a", "sl-x")
+    assert res.counts["copied"] == res.counts["kept"] > 5 and res.encoding.startswith("jpeg")
+    arr = open_tile_array(tmp_path / "out" / "tiles.zarr")
+    with tifffile.TiffFile(slide_a) as tif:
+        page = tif.pages[0]
+        row = res.table.iloc[0]
+        index = (int(row.y) // 256) * (3072 // 256) + int(row.x) // 256
+        with open(slide_a, "rb") as f:
+            f.seek(page.dataoffsets[index])
+            raw = f.read(page.databytecounts[index])
+    shard = (tmp_path / "out" / "tiles.zarr" / "tiles" / arr.metadata.encode_chunk_key((0, 0, 0, 0))).read_bytes()
+    assert raw[2:] in shard, "the slide's entropy-coded tile is stored byte for byte"
+    with open_slide(slide_a, decoder="tifffile") as reader:
+        for i, row in res.table.iterrows():
+            np.testing.assert_array_equal(arr[i], reader.read_region(int(row.x), int(row.y), 0, 512, 512))
+    assert res.store_ratio < 1.0 and res.store_bytes > 0
+
+
+def test_reencoded_jpeg_tiles_stay_close_to_lossless(tmp_path, slide_a):
+    """Tiles that must be resized cannot be copied; at the default quality they stay within JPEG noise."""
+    stores = {}
+    for codec in ("jpeg", "blosc"):
+        params = TilingParams(target_mpp=0.75, tile_codec=codec)  # between levels: read 768 px, resize to 512
+        with open_slide(slide_a) as reader:
+            plan = plan_grid(reader, params)
+        res = extract_tiles(str(slide_a), plan, params, SYNC, tmp_path / codec, "a", "sl-a")
+        stores[codec] = (open_tile_array(tmp_path / codec / "tiles.zarr")[:], res)
+    (jpeg, rj), (lossless, rl) = stores["jpeg"], stores["blosc"]
+    assert rj.counts["copied"] == 0 and jpeg.shape == lossless.shape and len(jpeg) > 0
+    mse = np.mean((jpeg.astype(np.float64) - lossless.astype(np.float64)) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 35
+    assert rj.store_bytes < rl.store_bytes / 3
+
+
 def test_background_is_never_decoded(tmp_path, slide_a, monkeypatch):
     reads: list[tuple[int, int, int]] = []
-    original = SlideReader.read_region
+    original, streams = SlideReader.read_region, SlideReader.jpeg_streams
 
     def counting(self, x, y, level, width, height):
         reads.append((x, y, level))
         return original(self, x, y, level, width, height)
+
+    def counting_streams(self, x, y, level, size):
+        reads.append((x, y, level))
+        return streams(self, x, y, level, size)
 
     params = TilingParams()
     with open_slide(slide_a) as reader:
         plan = plan_grid(reader, params)
     assert all(level > 0 for _, _, level in reads), "planning reads only low-resolution levels"
     monkeypatch.setattr(SlideReader, "read_region", counting)
+    monkeypatch.setattr(SlideReader, "jpeg_streams", counting_streams)
     extract_tiles(str(slide_a), plan, params, SYNC, tmp_path / "out", "case_a", "sl-x")
     level0 = {(x, y) for x, y, level in reads if level == 0}
     candidates = set(zip(plan.grid.loc[plan.grid.candidate, "x"], plan.grid.loc[plan.grid.candidate, "y"], strict=True))
