@@ -5,7 +5,7 @@
 Two training loops the demo runs, as the pipeline runs them, from random weights (weights do not change the speed):
 the GAN fine-tune (``GanTrainer.train_step``, demo preset, batch 16, 64 px) and the LDM (``LdmTrainer.train_step``,
 demo preset, concat conditioning, batch 32 on 4x16x16 latents). Every measurement is a fresh child process
-(``bench/child_process.py``) that sets ``torch.set_num_threads``, runs 2 untimed warm-up steps and times a fixed
+(``bench/child_process.py``) that sets ``torch.set_num_threads``, runs one untimed warm-up step and times a fixed
 number of steps.
 
 1. Each loop with 1 and with 2 threads, alone and beside one busy process (a pure-Python spin loop that holds one
@@ -72,8 +72,7 @@ def child(spec: dict) -> dict:
         def step() -> None:
             trainer.train_step(z0, masks)
 
-    for _ in range(2):
-        step()
+    step()  # warm-up: allocator, lazy R1 of step 0, first EMA
     start = time.perf_counter()
     for _ in range(spec["steps"]):
         step()
