@@ -293,8 +293,9 @@ def _check_file(path: str) -> None:
 def _check_not_truncated(path: str, pages: list) -> None:
     """A copy cut short points past the end of the file; say so instead of failing tile by tile later."""
     size = os.path.getsize(path)
-    for page in pages:
-        end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=True) if c), default=0)
+    for page in pages:  # vectorised: a 100k-px level has ~150k tiles, and every worker opens the slide
+        offsets, counts = np.asarray(page.dataoffsets, np.int64), np.asarray(page.databytecounts, np.int64)
+        end = int((offsets + counts)[counts > 0].max(initial=0))
         if end > size:
             raise SlideError(
                 f"{path}: the file is truncated (its tiles need {end} bytes, the file has {size}). The copy or "

@@ -71,7 +71,15 @@ def create_tile_array(
     encoding = encoding or TileEncoding()
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     shape, tile_chunk = (max(n_slots, 0), tile_size, tile_size, 3), (1, tile_size, tile_size, 3)
-    common = dict(shape=shape, dtype="uint8", fill_value=255, dimension_names=("tile", "y", "x", "channel"))
+    common = dict(
+        shape=shape,
+        dtype="uint8",
+        fill_value=255,
+        dimension_names=("tile", "y", "x", "channel"),
+        # "c.<slot>.0.0.0" files in one folder: with "/" every tile costs a folder chain (measured 1.4 ms per tile
+        # of mkdir, half the decode of a 512-px tile).
+        chunk_key_encoding={"name": "default", "separator": "."},
+    )
     if encoding.codec == "blosc":
         return group.create_array(TILES_ARRAY, chunks=tile_chunk, compressors=compressor(), **common)
     inner = encoding.inner or tile_size
@@ -106,6 +114,7 @@ class TileWriter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.array = open_tile_array(path, mode="r+")
         self.root = Path(path) / TILES_ARRAY
+        self._root = str(self.root)
         self.tile_shape = self.array.shape[1:]
         codecs = self.array.metadata.codecs
         self.jpeg: JpegCodec | None = None
@@ -159,10 +168,13 @@ class TileWriter:
         self._put(slot, b"".join(streams) + index.tobytes())
 
     def _put(self, slot: int, data: bytes) -> None:
-        path = self.root / self.array.metadata.encode_chunk_key((int(slot), 0, 0, 0))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(data)
+        name = self.array.metadata.encode_chunk_key((int(slot), 0, 0, 0))
+        path = os.path.join(self._root, name)
+        if "/" in name:  # stores made with the "/" separator
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}")
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
 
 
