@@ -31,12 +31,9 @@ from flwr.serverapp.strategy import FedAvg
 
 from ops.common.file_io import atomic_torch_save
 from ops.federated.networks import CondDiscriminator, CondGanConfig, CondGenerator
+from ops.federated.runtime import LINEAGE_FILE, MODEL_FILE, MODEL_FORMAT
 from ops.federated.sites import load_site
 from ops.federated.training import LocalTraining, build, train_local
-
-LINEAGE_FILE = "lineage.json"
-MODEL_FILE = "global.pt"
-MODEL_FORMAT = "histofactory-cgan-1"
 
 
 def pack(G: CondGenerator, D: CondDiscriminator) -> ArrayRecord:

@@ -27,6 +27,10 @@ from pathlib import Path
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 GUARD_DIR = Path(__file__).resolve().parent / "server_guard"
 CONNECTION = "histofactory"
+# What the ServerApp writes to its out-dir (the lineage last: its presence means the run finished).
+LINEAGE_FILE = "lineage.json"
+MODEL_FILE = "global.pt"
+MODEL_FORMAT = "histofactory-cgan-1"
 
 
 class FederationError(RuntimeError):
@@ -74,12 +78,63 @@ def make_auth_keys(folder: Path, name: str) -> tuple[Path, Path]:
     return private, public
 
 
+def make_tls(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a SuperLink certificate for 127.0.0.1/localhost (loopback demo and tests; production
+    certificates come from the cluster's issuer, see deploy/README.md); returns (ca, cert, key) PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "histofactory federation CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    import ipaddress
+
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(san, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.crt", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
+    paths[2].chmod(0o600)
+    return paths
+
+
 @dataclass(frozen=True)
 class Site:
-    """A hospital: its name and the folder only its SuperNode reads."""
+    """A hospital: its name and the folder only its SuperNode reads (several joined by ``os.pathsep``)."""
 
     name: str
-    root: Path
+    root: Path | str
 
 
 @dataclass
@@ -97,13 +152,21 @@ class Federation:
         workdir: Scratch folder (Flower home, logs, keys).
         sites: The sites; each gets a SuperNode with ``site`` and ``site-root`` in its node config.
         auth: Start the SuperLink with ``--enable-supernode-auth``; only sites registered with
-            :meth:`register` (done for every site in :meth:`start`) may join.
+            :meth:`register` (done for every site in :meth:`start`) may join. Flower requires TLS for it, so
+            ``auth`` turns ``tls`` on.
+        tls: Encrypt every link (Fleet, Control, ServerAppIo) with a throwaway CA made by :func:`make_tls`.
+        address: Attach to a running SuperLink (``host:port``, e.g. the cluster's Service) instead of starting
+            processes; ``root_certificates`` is its CA file (unset = insecure, for loopback only). Sites are then
+            whatever SuperNodes that SuperLink admits.
         start_timeout: Seconds to wait for the SuperLink port and for every SuperNode to connect.
     """
 
     workdir: Path
     sites: list[Site]
     auth: bool = False
+    tls: bool = False
+    address: str | None = None
+    root_certificates: str | None = None
     start_timeout: float = 60.0
     port: int = 0
     procs: list[_Proc] = field(default_factory=list)
@@ -125,7 +188,7 @@ class Federation:
         env.pop("HISTOFACTORY_DENY_PATHS", None)
         if server:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARD_DIR), env.get("PYTHONPATH")]))
-            env["HISTOFACTORY_DENY_PATHS"] = os.pathsep.join(str(s.root.resolve()) for s in self.sites)
+            env["HISTOFACTORY_DENY_PATHS"] = os.pathsep.join(str(s.root) for s in self.sites)
             env["HISTOFACTORY_DENY_LOG"] = str(self.deny_log)
         return env
 
@@ -149,11 +212,20 @@ class Federation:
         """Start the SuperLink, register the sites (with ``auth``) and start their SuperNodes; wait until all
         are connected."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.address:
+            self._write_flower_config()
+            return self
         self.port = free_port()
+        self.tls = self.tls or self.auth
+        if self.tls:
+            self.ca, cert, key = make_tls(self.workdir / "tls")
+            security = ["--ssl-ca-certfile", str(self.ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+        else:
+            security = ["--insecure"]
         self._write_flower_config()
         args = [
             _bin("flower-superlink"),
-            "--insecure",
+            *security,
             "--host",
             "127.0.0.1",
             "--port",
@@ -172,7 +244,7 @@ class Federation:
         False: an unregistered node, which the SuperLink must refuse)."""
         args = [
             _bin("flower-supernode"),
-            "--insecure",
+            *(["--root-certificates", str(self.ca)] if self.tls else ["--insecure"]),
             "--superlink",
             f"127.0.0.1:{self.port}",
             "--port",
@@ -248,8 +320,6 @@ class Federation:
             FederationError: the submission failed, the run ended without output, or ``timeout`` passed; the
                 message carries the tail of the SuperLink log.
         """
-        from ops.federated.apps import LINEAGE_FILE
-
         overrides = self.workdir / f"run-{time.time_ns()}.toml"  # a file: the inline form splits values on spaces
         overrides.write_text(_toml({**run_config, "out-dir": str(out_dir)}))
         out = self._flwr(["run", str(APP_DIR), CONNECTION, "--run-config", str(overrides), "--format", "json"], 120)
@@ -268,7 +338,11 @@ class Federation:
                     if not lineage.exists():
                         raise FederationError(f"Flower run {run_id} ended ({status}) without output; {self.tail()}")
             time.sleep(0.5)
-        raise FederationError(f"Flower run {run_id} did not finish within {timeout:.0f} s; {self.tail()}")
+        down = [p.name.removeprefix("supernode-") for p in self.procs if p.popen.poll() is not None]
+        raise FederationError(
+            f"Flower run {run_id} did not finish within {timeout:.0f} s (sites whose SuperNode is down: "
+            f"{down or 'none'}); {self.tail()}"
+        )
 
     def _run_status(self, run_id: object) -> str:
         try:
@@ -286,10 +360,13 @@ class Federation:
     # -- helpers --------------------------------------------------------------------------------------------
 
     def _write_flower_config(self) -> None:
+        """The ``flwr`` CLI's connection (``$FLWR_HOME/config.toml``, Flower >= 1.26) named ``histofactory``."""
+        address = self.address or f"127.0.0.1:{self.port}"
+        ca = self.root_certificates if self.address else (str(self.ca) if self.tls else None)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n'
+            + (f"root-certificates = {json.dumps(ca)}\n" if ca else "insecure = true\n")
         )
 
     def _flwr(self, args: list[str], timeout: float) -> dict:

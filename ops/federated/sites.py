@@ -83,28 +83,31 @@ def _csv_labels(path: Path) -> dict[tuple[str, int | None], int]:
     return {(r["slide"], int(r["tile_index"]) if per_tile else None): int(r["label"]) for r in rows}
 
 
-def load_site(root: str | os.PathLike[str], resolution: int, dab_threshold: float = 0.2) -> SiteData:
+def load_site(root: str | os.PathLike[str], resolution: int, dab_threshold: float = 0.5) -> SiteData:
     """Everything a site trains on, read from its own root (see the module docstring for the layouts).
+
+    ``root`` may list several folders separated by ``os.pathsep`` (a site holding several slides' tile stores).
 
     Raises:
         FileNotFoundError: the root holds neither tile stores nor ``crops.npz``.
         ValueError: a ``labels.csv`` misses a tile, or tiles are not a multiple of ``resolution``.
     """
-    root = Path(root)
-    prepared = root / "crops.npz"
-    if prepared.exists():
+    roots = [Path(p) for p in str(root).split(os.pathsep) if p]
+    prepared = roots[0] / "crops.npz"
+    if len(roots) == 1 and prepared.exists():
         with np.load(prepared) as data:
             return SiteData(data["images"], data["labels"].astype(np.int64), ())
-    tables = sorted(root.rglob("tiles.parquet"))
+    tables = sorted(t for r in roots for t in r.rglob("tiles.parquet"))
     if not tables:
         raise FileNotFoundError(
             f"site root {root} holds no tile store (tiles.parquet + tiles.zarr) and no crops.npz; point the site's "
             "SuperNode at the folder with its tiles"
         )
-    csv_path = root / "labels.csv"
-    csv_labels = _csv_labels(csv_path) if csv_path.exists() else None
     images, labels, slides = [], [], []
     for table_path in tables:
+        owner = next(r for r in roots if table_path.is_relative_to(r))
+        csv_path = owner / "labels.csv"
+        csv_labels = _csv_labels(csv_path) if csv_path.exists() else None
         table = pd.read_parquet(table_path)
         if table.empty:
             continue
