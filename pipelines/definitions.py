@@ -5,6 +5,7 @@ import dagster as dg
 from assets.diffusion import autoencoder, ldm_model, mask_bank
 from assets.evaluation import downstream_eval, real_annotations, synthetic_helps
 from assets.export import synthetic_dataset
+from assets.federated import federated_gan
 from assets.gan import gan_model, generated_samples
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier, tile_annotations
 from assets.slides import tile_grid, tissue_tiles, training_tiles
@@ -31,6 +32,7 @@ defs = dg.Definitions(
         synthetic_dataset,
         real_annotations,
         downstream_eval,
+        federated_gan,
     ],
     asset_checks=[synthetic_helps],
     jobs=[tiling_job, *factory_jobs.values(), export_job, *downstream_jobs.values()],
