@@ -6,6 +6,7 @@ from assets import diffusion, evaluation, export, gan, labelling, slides
 from assets.diffusion import autoencoder, ldm_model, mask_bank
 from assets.evaluation import downstream_eval, real_annotations
 from assets.export import synthetic_dataset
+from assets.federated import federated_gan
 from assets.gan import gan_model, generated_samples
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier, tile_annotations
 from assets.slides import tile_grid, tissue_tiles, training_tiles
@@ -32,6 +33,7 @@ defs = dg.Definitions(
         synthetic_dataset,
         real_annotations,
         downstream_eval,
+        federated_gan,
     ],
     # Each stage's quality gates sit at the end of its assets module; a new one needs no edit here.
     asset_checks=dg.load_asset_checks_from_modules([slides, gan, labelling, diffusion, export, evaluation]),

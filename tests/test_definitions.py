@@ -32,6 +32,7 @@ def test_definitions_load():
         "synthetic_dataset",
         "real_annotations",
         "downstream_eval",
+        "federated_gan",
     } == keys
     for job in ("tiling", "factory_demo", "factory_paper", "export", "downstream_demo", "downstream_paper"):
         assert defs.resolve_job_def(job) is not None
@@ -107,7 +108,7 @@ def test_every_asset_group_has_its_stage():
 
     graph = defs.get_repository_def().asset_graph
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert groups == {"slides", "gan", "labelling", "diffusion", "export", "evaluation"}
+    assert groups == {"slides", "gan", "labelling", "diffusion", "export", "evaluation", "federated"}
     for group in groups:
         assert (ROOT / "assets" / f"{group}.py").exists(), f"group {group} has no assets/{group}.py"
         assert (ROOT / "ops" / group / "__init__.py").exists(), f"group {group} has no ops/{group}/ package"

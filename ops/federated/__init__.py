@@ -1,0 +1,4 @@
+"""Hospitals that cannot share slides train one generator together: class-conditional GANs (cGAN, WGAN-GP, ACGAN with
+CNN/ResNet/ViT discriminators), tile classes and site splits, the Flower ServerApp/ClientApp running FedAvg, the
+processes of Flower's deployment runtime on loopback, and the paper's downstream tile-classifier check.
+"""
