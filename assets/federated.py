@@ -18,11 +18,11 @@ from pydantic import Field
 
 from assets.lineage import content_hash, png_markdown, write_json_atomic
 from assets.slides import training_tiles
+from ops.common.images import image_grid_png
 from ops.federated.networks import CondGanConfig, CondGenerator
 from ops.federated.runtime import MODEL_FILE, MODEL_FORMAT, Federation, Site
 from ops.federated.sites import read_site_map
 from ops.federated.training import sample
-from ops.gan.loop import image_grid_png
 from resources import FactoryStorage, MlflowTracking
 
 FEDERATED_CODE_VERSION = "federated-1"
