@@ -51,6 +51,18 @@ def test_unet_keeps_spatial_size_and_outputs_one_logit_per_class(up_mode: str, d
     assert out.shape == (2, 3, 16, 24)
 
 
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_monai_basic_unet_behind_the_same_config_trains_saves_and_loads(norm: str, toy: dict, tmp_path: Path) -> None:
+    cfg = UNetConfig(n_classes=2, base_channels=4, depth=4, norm=norm, arch="monai")
+    model = train_segmenter(*toy["train"], cfg, epochs=3, lr=1e-2, seed=0)
+    assert evaluate_segmenter(model, *toy["test"], n_classes=2)["mean_dice"] > 0.6
+    loaded = load_segmenter(save_segmenter(model, tmp_path / "monai.pt"))
+    assert loaded.cfg == cfg
+    assert np.array_equal(predict_segmenter(model, toy["test"][0]), predict_segmenter(loaded, toy["test"][0]))
+    with pytest.raises(ValueError, match="BasicUNet always down-samples 4 times; set depth=4"):
+        UNetConfig(n_classes=2, depth=3, arch="monai")
+
+
 def test_unet_rejects_sizes_not_divisible_by_two_to_the_depth() -> None:
     with pytest.raises(AssertionError, match="divisible by 2\\*\\*depth = 8"):
         UNet(UNetConfig(n_classes=2, depth=3))(torch.randn(1, 3, 20, 16))
@@ -63,6 +75,8 @@ def test_unet_rejects_sizes_not_divisible_by_two_to_the_depth() -> None:
         ({"n_classes": 2, "base_channels": 0}, "base_channels: expected a positive integer"),
         ({"n_classes": 2, "depth": -1}, "depth: expected an integer >= 0"),
         ({"n_classes": 2, "up_mode": "nearest"}, "up_mode: expected one of"),
+        ({"n_classes": 2, "norm": "layer"}, "norm: expected one of"),
+        ({"n_classes": 2, "arch": "timm"}, "arch: expected one of"),
     ],
 )
 def test_bad_config_fails_naming_the_option(kwargs: dict, match: str) -> None:
