@@ -3,8 +3,8 @@
 import dagster as dg
 
 from assets.diffusion import autoencoder, ldm_model, mask_bank
-from assets.evaluation import downstream_eval, real_annotations, synthetic_helps
-from assets.export import synthetic_dataset
+from assets.evaluation import downstream_eval, label_judge, real_annotations, synthetic_helps
+from assets.export import label_agreement_floor, synthetic_dataset
 from assets.gan import gan_model, generated_samples
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier, tile_annotations
 from assets.slides import tile_grid, tissue_tiles, training_tiles
@@ -30,9 +30,10 @@ defs = dg.Definitions(
         ldm_model,
         synthetic_dataset,
         real_annotations,
+        label_judge,
         downstream_eval,
     ],
-    asset_checks=[synthetic_helps],
+    asset_checks=[synthetic_helps, label_agreement_floor],
     jobs=[tiling_job, *factory_jobs.values(), export_job, *downstream_jobs.values()],
     sensors=[slide_inbox_sensor],
     schedules=[weekly_retraining],
