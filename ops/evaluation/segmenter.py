@@ -1,16 +1,16 @@
-"""A small 2D U-Net, and the train/evaluate/compare loop that asks "does synthetic data help segmentation?".
+"""The segmenter of the downstream test: a small 2D U-Net (hand-written, or MONAI's BasicUNet), trained and scored.
 
-The factory's claim is that GAN-generated, automatically labelled tiles are worth training on. The downstream test
-is the one DatasetGAN and HDGAN report: train the same segmenter on different training sets (real only, synthetic
-only, real + synthetic), score each on the same held-out real test set, and repeat over seeds so that a difference
-can be told apart from seed noise. This module holds that experiment, in plain torch (no torchvision):
+The factory's claim is that synthetic, automatically labelled tiles are worth training on. The downstream test is the
+one DatasetGAN and HDGAN report: train the same segmenter on different training sets and score each on the same
+held-out real test set. This module holds the network and its train / predict / evaluate steps (no torchvision):
 
 * :class:`UNet` — conv-BN-ReLU ×2 per level, max-pool down, bilinear or transposed-conv up, skip concatenation;
 * :func:`train_segmenter` / :func:`predict_segmenter` / :func:`evaluate_segmenter` — arrays in, model or masks or
   metrics (via ``ops.evaluation.metrics``) out;
-* :func:`compare_training_sets` / :func:`summarise` — the seeds × training-sets table and its mean ± sd.
+* :class:`MonaiUNet` — MONAI's ``BasicUNet`` behind the same config and layout (``arch="monai"``), which the
+  learning curve (``ops.evaluation.learning_curve``) trains; the arms-by-budgets comparison lives there.
 
-Sections, bottom-up: config → layers → network → save/load → augmentation → training → evaluation → comparison.
+Sections, bottom-up: config → layers → network → save/load → augmentation → training → evaluation.
 
 Layouts: images are uint8 ``[N, H, W, C]`` (the tile-store layout) and masks uint8 ``[N, H, W]`` class ids, with
 ``ignore_index`` (255) for unannotated pixels; the network works on float ``[N, C, H, W]`` in [-1, 1].
@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -457,103 +456,3 @@ def evaluate_segmenter(
     pred = predict_segmenter(model, images, batch_size=batch_size, device=device)
     cm = confusion_matrix(masks, pred, n_classes, ignore_index=ignore_index)
     return segmentation_report(cm, names)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Comparing training sets.
-
-
-def compare_training_sets(
-    train_sets: Mapping[str, tuple[np.ndarray, np.ndarray]],  # name → (images uint8 [N,H,W,C], masks uint8 [N,H,W])
-    test: tuple[np.ndarray, np.ndarray],  # held-out real (images, masks), the same for every set
-    n_classes: int,  # K
-    *,
-    steps: int,  # optimiser steps per run, the same for every set (epochs = steps * batch_size / set size)
-    seeds: Sequence[int] = (0, 1, 2),  # one training run per seed and set
-    cfg: UNetConfig | None = None,  # architecture; None = UNetConfig(n_classes, in_channels from the test images)
-    class_names: Sequence[str] | None = None,  # names for the dice/<class> columns; None = "0", "1", …
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    device: str | torch.device = "cpu",
-    ignore_index: int = IGNORE_INDEX,
-    augment: bool = True,
-    callback: Callable[[str, int, dict[str, float]], None] | None = None,  # callback(set, seed, metrics) per run
-) -> pd.DataFrame:
-    """Train one segmenter per (training set, seed) and score each on the same test set.
-
-    The same seed gives every set the same initial weights, so per-seed differences between sets are paired, and
-    every set gets the same number of optimiser steps: with equal epochs a set ten times larger would also be
-    trained ten times longer, and "more data helps" would partly mean "more training helps".
-
-    Returns:
-        One row per (set, seed): ``set``, ``seed``, ``n_train``, ``mean_dice``, ``pixel_accuracy``,
-        ``dice/<class>`` for each class.
-
-    Raises:
-        ValueError: no training sets or seeds, or ``cfg.n_classes`` disagrees with ``n_classes``.
-    """
-    if not train_sets:
-        raise ValueError("compare_training_sets: train_sets is empty; pass e.g. {'real': (images, masks)}")
-    if not seeds:
-        raise ValueError("compare_training_sets: seeds is empty; pass at least one seed, e.g. (0, 1, 2)")
-    test_images, test_masks = test
-    cfg = cfg or UNetConfig(n_classes=n_classes, in_channels=int(np.asarray(test_images).shape[-1]))
-    if cfg.n_classes != n_classes:
-        raise ValueError(f"compare_training_sets: cfg.n_classes={cfg.n_classes} but n_classes={n_classes}")
-    names = [str(c) for c in range(n_classes)] if class_names is None else list(class_names)
-    rows = []
-    for set_name, (images, masks) in train_sets.items():
-        epochs = max(1, math.ceil(steps * batch_size / len(images)))
-        for seed in seeds:
-            model = train_segmenter(
-                images,
-                masks,
-                cfg,
-                epochs,
-                batch_size=batch_size,
-                lr=lr,
-                seed=seed,
-                device=device,
-                ignore_index=ignore_index,
-                augment=augment,
-            )
-            report = evaluate_segmenter(
-                model, test_images, test_masks, n_classes, class_names=names, ignore_index=ignore_index, device=device
-            )
-            if callback is not None:
-                callback(set_name, seed, report)
-            rows.append(
-                {
-                    "set": set_name,
-                    "seed": int(seed),
-                    "n_train": len(images),
-                    "epochs": epochs,
-                    "mean_dice": report["mean_dice"],
-                    "pixel_accuracy": report["pixel_accuracy"],
-                    **{f"dice/{c}": report[f"dice/{c}"] for c in names},
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def summarise(df: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Mean and sample standard deviation (ddof 1; NaN for one seed) over seeds, per training set.
-
-    Returns:
-        ``{set: {"n_seeds": .., "mean_dice_mean": .., "mean_dice_sd": .., "dice/<c>_mean": .., ...}}`` for
-        ``mean_dice``, ``pixel_accuracy`` and every ``dice/<c>`` column.
-    """
-    if "set" not in df.columns:
-        raise ValueError(
-            f"summarise: expected the compare_training_sets table with a 'set' column, "
-            f"received columns {list(df.columns)}"
-        )
-    metrics = [c for c in df.columns if c in ("mean_dice", "pixel_accuracy") or c.startswith("dice/")]
-    out: dict[str, dict[str, float]] = {}
-    for set_name, group in df.groupby("set", sort=False):
-        stats: dict[str, float] = {"n_seeds": float(len(group))}
-        for col in metrics:
-            stats[f"{col}_mean"] = float(group[col].mean())
-            stats[f"{col}_sd"] = float(group[col].std(ddof=1)) if len(group) > 1 else float("nan")
-        out[str(set_name)] = stats
-    return out
