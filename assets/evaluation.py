@@ -252,7 +252,7 @@ def downstream_eval(
             "curve": png_markdown(picture, "test mean Dice vs label budget"),
             "table": dg.MetadataValue.md(_table_markdown(summary)),
             "lambda_chosen": dg.MetadataValue.json(result.curve.lambdas),
-            "verdict": dg.MetadataValue.json(result.verdict),
+            "verdict": dg.MetadataValue.json(json.loads(json.dumps(result.verdict), parse_constant=lambda _: None)),
             "real_crops": dg.MetadataValue.json(real.counts()),
             "synthetic_pairs": dg.MetadataValue.json(result.synthetic_pairs),
             **{

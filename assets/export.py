@@ -531,7 +531,8 @@ def _write_label_scores(export_dir, manifest: pd.DataFrame, class_map, config: E
 
 
 def _label_metadata(summary: dict) -> dict:
-    out: dict = {"label_scores": dg.MetadataValue.json(json.loads(json.dumps(summary, default=float)))}
+    finite = json.loads(json.dumps(summary, default=float), parse_constant=lambda _: None)  # NaN -> null
+    out: dict = {"label_scores": dg.MetadataValue.json(finite)}
     for route, stats in summary["routes"].items():
         for key in ("fidelity", "judge_agreement"):
             if key in stats and np.isfinite(stats[key]):

@@ -408,7 +408,7 @@ def curve_verdict(summary: pd.DataFrame, small_budget: int = 8) -> dict:
     largest = summary["budget"].max()
     at_max = syn[syn["budget"] == largest]
     losing = at_max[at_max["ci_high_mean_dice"] < 0]
-    smallest = syn[syn["budget"] == summary["budget"].min()]
+    smallest = syn[syn["budget"] == summary["budget"].min()].dropna(subset=["gain_mean_dice"])
     best = smallest.loc[smallest["gain_mean_dice"].idxmax()] if len(smallest) else None
     return {
         "passed": bool(len(helping)) and not len(losing),
