@@ -153,7 +153,7 @@ def cut_pairs(
     resolution: int,  # crop edge in tile pixels
     crops_per_tile: int,  # non-overlapping crops cut from each tile
     seed: int = 0,  # seeds crop positions
-    labeller: Callable[[np.ndarray], np.ndarray] | None = None,  # labels a crop when the rows have no mask store
+    labeller: Callable[[np.ndarray], np.ndarray] | None = None,  # labels a whole tile when rows have no mask store
 ) -> RealPairs:
     """Cut non-overlapping crops of every tile, with their masks (from the mask store, or ``labeller``).
 
@@ -176,10 +176,11 @@ def cut_pairs(
             if key not in stores:
                 stores[key] = open_mask_array(row["mask_store"])
             tile_mask = np.asarray(stores[key][int(row["mask_index"])])
+        else:  # label the whole tile, as an annotator would, so crop borders get the same context as mask stores
+            tile_mask = labeller(tile)
         for y, x in grid_positions(min(tile.shape[:2]), resolution, crops_per_tile, rng):
-            crop = tile[y : y + resolution, x : x + resolution]
-            images.append(crop)
-            masks.append(tile_mask[y : y + resolution, x : x + resolution] if has_masks else labeller(crop))
+            images.append(tile[y : y + resolution, x : x + resolution])
+            masks.append(tile_mask[y : y + resolution, x : x + resolution])
             ids.append(tile_id(row["slide"], row["tile_index"]))
             out_parts.append(part)
     return RealPairs(

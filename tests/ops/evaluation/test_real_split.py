@@ -83,10 +83,18 @@ def test_budget_spreads_over_tiles_and_refuses_too_large_a_budget() -> None:
         budget_indices(ids, 13, seed=0)
 
 
+def _odd(tile: np.ndarray) -> np.ndarray:
+    return (tile[..., 0] % 2).astype(np.uint8)
+
+
 def test_round_trip_and_refusal_of_old_files(tiles, tmp_path) -> None:
     pairs = cut_pairs(tiles, assign_parts(tiles, seed=0), 32, 2, labeller=None)
     loaded = RealPairs.load(pairs.save(tmp_path / "real.npz"))
     assert np.array_equal(loaded.images, pairs.images) and loaded.counts() == pairs.counts()
+    labelled = cut_pairs(tiles.drop(columns=["mask_store", "mask_index"]), assign_parts(tiles), 32, 2, labeller=_odd)
+    assert (labelled.masks == (labelled.images[..., 0] % 2)).all(), "the labeller labels each tile"
+    with pytest.raises(ValueError, match="no mask_store column and no labeller"):
+        cut_pairs(tiles.drop(columns=["mask_store", "mask_index"]), assign_parts(tiles), 32, 2)
     np.savez(tmp_path / "old.npz", images=pairs.images, masks=pairs.masks)
     with pytest.raises(ValueError, match="lack \\['tile_ids', 'parts'\\].*rematerialize real_annotations"):
         RealPairs.load(tmp_path / "old.npz")
