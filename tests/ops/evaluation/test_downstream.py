@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from ops.evaluation.downstream import export_pairs, require_same_classes, run_downstream
+from ops.evaluation.judge import JudgeConfig, judge_labeller, train_judge
 from ops.evaluation.learning_curve import CurveConfig
 from ops.evaluation.real_split import RealPairs
+from ops.export.label_scores import judge_agreement
 
 CLASSES = ["bg", "square"]
 
@@ -65,3 +67,16 @@ def test_run_downstream_gives_the_headline(export) -> None:
     assert headline["ci_low_smallest"] <= headline["gain_smallest"] <= headline["ci_high_smallest"]
     with pytest.raises(ValueError, match="differ from the real pairs'"):
         run_downstream(real, ["bg", "other"], export, cfg)
+
+
+def test_the_judge_trains_on_training_crops_and_reports_held_out_dice(export) -> None:
+    images, masks = _squares(10, 0)
+    ids = np.array([f"s#{i}" for i in range(4)] + [f"h#{i}" for i in range(6)])
+    real = RealPairs(images, masks, ids, np.array(["train"] * 4 + ["val"] * 3 + ["test"] * 3))
+    model, report = train_judge(real, CLASSES, JudgeConfig(steps=3, base_channels=4))
+    assert 0 <= report["mean_dice"] <= 1 and {"dice/bg", "dice/square", "mean_jaccard"} <= set(report)
+    syn_images, syn_masks = export_pairs(export, "ldm", 4)
+    agreement, _ = judge_agreement(syn_images, syn_masks, judge_labeller(model), len(CLASSES))
+    assert agreement.shape == (4,) and ((agreement >= 0) & (agreement <= 1)).all()
+    with pytest.raises(ValueError, match="JudgeConfig.steps: expected >= 1"):
+        JudgeConfig(steps=0)
