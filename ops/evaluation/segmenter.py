@@ -221,7 +221,7 @@ def build_network(cfg: UNetConfig) -> Segmenter:
 
 
 def build_segmenter(
-    n_classes: int, base_channels: int = 16, norm: str = "group", arch: str = "monai", in_channels: int = 3
+    n_classes: int, base_channels: int = 16, norm: str = "group", arch: str = "handwritten", in_channels: int = 3
 ) -> Segmenter:
     """The learning curve's segmenter (64-px crops reach a 4-px bottleneck with MONAI, 8 px hand-written)."""
     depth = MONAI_DEPTH if arch == "monai" else 3
