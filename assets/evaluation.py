@@ -182,7 +182,7 @@ class DownstreamConfig(dg.Config):
     real_passes: int = Field(default=CurveConfig().real_passes, ge=1, description="Passes over the N real crops.")
     min_steps: int = Field(default=CurveConfig().min_steps, ge=1, description="Floor on optimiser steps.")
     base_channels: int = Field(default=CurveConfig().base_channels, ge=1, description="Segmenter width.")
-    norm: str = Field(default=CurveConfig().norm, description="group (default) or batch (re-estimated on real).")
+    norm: str = Field(default=CurveConfig().norm, description="batch (default; re-estimated on real crops) or group.")
     synthetic_max: int = Field(default=CurveConfig().synthetic_max, ge=1, description="Synthetic pairs per route.")
 
     def curve(self) -> CurveConfig:
