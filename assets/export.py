@@ -23,6 +23,9 @@ from ops.common.images import image_grid_png
 from ops.diffusion.autoencoder import load_autoencoder
 from ops.diffusion.denoiser import load_denoiser
 from ops.diffusion.mask_bank import MaskBank, weights_by_name
+from ops.evaluation.downstream import LABEL_SCORES_FILE
+from ops.evaluation.judge import JUDGE_FILE, judge_labeller
+from ops.evaluation.segmenter import load_segmenter
 from ops.export.gan_route import (
     ExportParams,
     SyntheticBatch,
@@ -33,10 +36,18 @@ from ops.export.gan_route import (
     uncertain_to_drop,
     write_batch,
 )
+from ops.export.label_scores import (
+    agreement_correlation,
+    below_agreement,
+    fidelity,
+    judge_agreement,
+    route_summary,
+)
 from ops.export.ldm_route import synthesize_ldm_pairs
 from ops.export.memorization import check_memorization
 from ops.gan.trainer import load_generator
 from ops.labelling.class_maps import get_class_map
+from ops.labelling.demo_annotator import demo_annotate
 from ops.labelling.pixel_classifier import PixelEnsemble
 from ops.slides.crops import TileCropSampler
 from ops.slides.tile_store import replace_dir, temp_dir_beside
@@ -83,6 +94,24 @@ class ExportConfig(dg.Config):
         default={},
         description="LDM masks: class name -> multiple of its pixel share in the real masks, "
         'e.g. {"arteriole": 3.0} for three times as many arteriole pixels.',
+    )
+    stand_in_fidelity: bool = Field(
+        default=False,
+        description="DEMO ONLY: score every pair's fidelity (Dice of its mask against the stand-in annotator's labels "
+        "of its image); expert data has no such labeller and is scored by the label judge instead.",
+    )
+    min_agreement: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Drop pairs whose fidelity (demo) or judge agreement (expert data) is below this Dice; "
+        "0 keeps every pair. Dropped pairs are listed in dropped.parquet with low_agreement=true.",
+    )
+    agreement_floor: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="The export's check warns when a route's mean fidelity (or judge agreement) is below this.",
     )
 
 
@@ -151,7 +180,7 @@ _PATHS = ("gan_checkpoint", "ldm_checkpoint", "autoencoder", "mask_bank")  # whe
 @dg.asset(
     group_name="export",
     partitions_def=export_batches,
-    deps=[pixel_classifier, classifier_eval, ldm_model],
+    deps=[pixel_classifier, classifier_eval, ldm_model, dg.AssetKey("label_judge")],  # key: evaluation imports us
     code_version=EXPORT_CODE_VERSION,
     kinds={"pytorch", "parquet"},
     description="Synthetic image-mask pairs (GAN and/or LDM), one batch per partition, uncertainty- and "
@@ -237,11 +266,14 @@ def synthetic_dataset(
     uncertain[gan_rows] = uncertain_to_drop(
         np.where(near_copy[gan_rows], -np.inf, uncertainty[gan_rows]), config.drop_uncertain
     )
-    keep = ~(uncertain | near_copy)
+    scores = _label_scores(context, storage, config, images, masks, class_map)
+    low_agreement = _low_agreement(scores, config.min_agreement)
+    keep = ~(uncertain | near_copy | low_agreement)
 
     rows = pd.concat(
         [_manifest_rows(r, batch, lineage, class_map, tiles["mpp"].dropna()) for r in routes], ignore_index=True
     )
+    rows = pd.concat([rows, scores], axis=1).assign(low_agreement=low_agreement)
     rows["nn_pixel_distance"] = memo["nn_pixel"].to_numpy(np.float32)
     rows["nn_feature_distance"] = memo["nn_feature"].to_numpy(np.float32)
     rows["near_copy"] = near_copy
@@ -249,6 +281,7 @@ def synthetic_dataset(
     write_batch(tmp, images, masks, keep, rows, class_map.palette(), {r.latents_file: r.arrays for r in routes})
     replace_dir(tmp, export_dir / "batches" / f"{batch:03d}")
     full = assemble_manifest(export_dir)
+    label_summary = _write_label_scores(export_dir, full, class_map, config, storage)
     _write_card(export_dir, version, lineage, params, config, class_map, full)
     seconds = time.perf_counter() - start
     kept_per_generator = {g: int(keep[generator == g].sum()) for g in lineage["generators"]}
@@ -261,6 +294,8 @@ def synthetic_dataset(
             "dropped_uncertain": int(uncertain.sum()),
             "dropped_near_copy": int(near_copy.sum()),
             "near_copy_share": float(near_copy.mean()),
+            "dropped_low_agreement": int(low_agreement.sum()),
+            **_label_metadata(label_summary),
             "uncertainty_mean": float(np.nanmean(uncertainty)) if gan_rows.any() else float("nan"),
             "nn_pixel_distance": dg.MetadataValue.json(_quantiles(memo["nn_pixel"])),
             "nn_feature_distance": dg.MetadataValue.json(_quantiles(memo["nn_feature"])),
@@ -405,6 +440,10 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
 - near-copies of training tiles (pixel space, and the GAN discriminator's feature space when a GAN is in the
   lineage) are dropped from every route
 
+## Label scores (does each mask say what its image shows?)
+
+{_label_score_lines(export_dir)}
+
 ## Classes (mask pixel value, name, colour, mean pixel share)
 
 """
@@ -418,7 +457,8 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
   lineage)
 - `batches/<b>/images/<id>.png` RGB image; `batches/<b>/masks/<id>.png` indexed mask (palette = class colours)
 - `batches/<b>/latents.npz` / `ldm_latents.npz`: what regenerates every sample of the batch (kept or dropped)
-- `batches/<b>/dropped.parquet`: samples dropped and why (uncertainty, near_copy)
+- `batches/<b>/dropped.parquet`: samples dropped and why (uncertainty, near_copy, low_agreement)
+- `label_scores.json`: per route mean fidelity / judge agreement and per class; the judge's held-out Dice
 - `classes.json`: class ids, names, colours
 
 Load in PyTorch: `SyntheticSegmentationDataset("<this folder>", generator="ldm")` from `ops.export.dataset`
@@ -428,6 +468,119 @@ Load in PyTorch: `SyntheticSegmentationDataset("<this folder>", generator="ldm")
     tmp = export_dir / ".dataset_card.md.tmp"
     tmp.write_text(card)
     tmp.replace(export_dir / "dataset_card.md")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Label scores of every pair: fidelity (demo stand-in) and agreement with the label judge (real annotated crops).
+
+
+def _label_scores(
+    context: dg.AssetExecutionContext,
+    storage: FactoryStorage,
+    config: ExportConfig,
+    images: np.ndarray,
+    masks: np.ndarray,
+    class_map,
+) -> pd.DataFrame:
+    """Per-pair ``fidelity`` and ``judge_agreement`` (NaN where not measured) and their per-class Dice columns."""
+    k, out = class_map.n_classes, pd.DataFrame(index=range(len(images)))
+    if config.stand_in_fidelity:
+        context.log.warning("DEMO: fidelity is measured against the rule-based stand-in annotator")
+        mean, per_class = fidelity(images, masks, _stand_in, k)
+        out = out.assign(fidelity=mean.astype(np.float32), **_class_columns("fidelity", per_class, class_map))
+    judge = storage.real_annotations_path.parent / JUDGE_FILE
+    if judge.exists():
+        model = load_segmenter(judge)
+        if model.cfg.n_classes != k:
+            raise ValueError(
+                f"{judge}: the label judge predicts {model.cfg.n_classes} classes but the export's class map "
+                f"{class_map.name!r} has {k}; rematerialize real_annotations and label_judge with that class map"
+            )
+        mean, per_class = judge_agreement(images, masks, judge_labeller(model), k)
+        out = out.assign(judge_agreement=mean.astype(np.float32), **_class_columns("judge", per_class, class_map))
+    else:
+        context.log.warning(f"no label judge at {judge}: judge_agreement is not measured (materialize label_judge)")
+    return out
+
+
+def _stand_in(images: np.ndarray) -> np.ndarray:
+    return np.stack([demo_annotate(img) for img in images])
+
+
+def _class_columns(prefix: str, per_class: np.ndarray, class_map) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}_{name.replace(' ', '_')}": per_class[:, i].astype(np.float32)
+        for i, name in enumerate(class_map.classes)
+    }
+
+
+def _low_agreement(scores: pd.DataFrame, min_agreement: float) -> np.ndarray:
+    """Pairs below ``min_agreement``: by fidelity where measured (demo), else by judge agreement."""
+    column = "fidelity" if "fidelity" in scores else "judge_agreement" if "judge_agreement" in scores else None
+    if column is None or min_agreement <= 0:
+        return np.zeros(len(scores), bool)
+    return below_agreement(scores[column].to_numpy(), min_agreement)
+
+
+def _write_label_scores(export_dir, manifest: pd.DataFrame, class_map, config: ExportConfig, storage) -> dict:
+    """Per-route summary of the kept pairs' scores, the judge's held-out Dice and the correlation, as JSON."""
+    summary: dict = {"agreement_floor": config.agreement_floor, "min_agreement": config.min_agreement, "routes": {}}
+    for column, prefix in (("fidelity", "fidelity"), ("judge_agreement", "judge")):
+        if column not in manifest or manifest[column].isna().all():
+            continue
+        per_class = manifest[[f"{prefix}_{n.replace(' ', '_')}" for n in class_map.classes]].to_numpy()
+        for route, stats in route_summary(manifest, per_class, class_map.classes, column).items():
+            summary["routes"].setdefault(route, {}).update(stats)
+    report = storage.real_annotations_path.parent / JUDGE_FILE.replace(".pt", ".json")
+    if report.exists():
+        summary["judge_dice_held_out"] = json.loads(report.read_text())["held_out"]["mean_dice"]
+    if {"fidelity", "judge_agreement"} <= set(manifest.columns):
+        summary["judge_fidelity_correlation"] = agreement_correlation(
+            manifest["fidelity"].to_numpy(), manifest["judge_agreement"].to_numpy()
+        )
+    tmp = export_dir / f".{LABEL_SCORES_FILE}.tmp"
+    tmp.write_text(json.dumps(summary, indent=1, default=float))
+    tmp.replace(export_dir / LABEL_SCORES_FILE)
+    return summary
+
+
+def _label_metadata(summary: dict) -> dict:
+    finite = json.loads(json.dumps(summary, default=float), parse_constant=lambda _: None)  # NaN -> null
+    out: dict = {"label_scores": dg.MetadataValue.json(finite)}
+    for route, stats in summary["routes"].items():
+        for key in ("fidelity", "judge_agreement"):
+            if key in stats and np.isfinite(stats[key]):
+                out[f"{key}_{route}"] = float(stats[key])
+    if "judge_dice_held_out" in summary:
+        out["judge_dice_held_out"] = float(summary["judge_dice_held_out"])
+    return out
+
+
+def _label_score_lines(export_dir) -> str:
+    """The card's label-score paragraph, from ``label_scores.json``."""
+    path = export_dir / LABEL_SCORES_FILE
+    summary = json.loads(path.read_text()) if path.exists() else {"routes": {}}
+    lines = [
+        "`fidelity` (demo only): Dice of the exported mask against the stand-in annotator's labels of the exported "
+        "image (a real pair scores 1.0). `judge_agreement`: Dice against a segmenter trained on the real annotated "
+        "training crops"
+        + (
+            f", whose own held-out Dice is {summary['judge_dice_held_out']:.3f}"
+            if "judge_dice_held_out" in summary
+            else ""
+        )
+        + ". Per-pair values and per-class columns are in the manifest."
+    ]
+    for route, stats in sorted(summary["routes"].items()):
+        for key in ("fidelity", "judge_agreement"):
+            if key in stats:
+                per_class = ", ".join(
+                    f"{k.split('/', 1)[1]} {v:.2f}" for k, v in stats.items() if k.startswith(f"{key}/") and v == v
+                )
+                lines.append(f"- {route}: mean {key} {stats[key]:.3f} ({per_class})")
+    if "judge_fidelity_correlation" in summary:
+        lines.append(f"- correlation of judge agreement with fidelity: {summary['judge_fidelity_correlation']:.2f}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -463,4 +616,27 @@ def near_copies_rare(context: dg.AssetCheckExecutionContext, config: NearCopyGat
         config.max_near_copy_share,
         "near-copies of training crops are rare",
         extra={"dropped_near_copy": number(meta, "dropped_near_copy", "synthetic_dataset")},
+    )
+
+
+@dg.asset_check(
+    asset=synthetic_dataset,
+    description="Warns when a route's mean fidelity (or judge agreement, without a stand-in) is below the floor.",
+)
+def label_agreement_floor(context: dg.AssetCheckExecutionContext, storage: FactoryStorage) -> dg.AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(synthetic_dataset.key)
+    version = event.asset_materialization.metadata["export_version"].value
+    summary = json.loads((storage.export_root / version / LABEL_SCORES_FILE).read_text())
+    floor, means = summary["agreement_floor"], {}
+    for route, stats in summary["routes"].items():
+        key = "fidelity" if "fidelity" in stats else "judge_agreement"
+        means[f"{key}_{route}"] = float(stats[key])
+    low = sorted(k for k, v in means.items() if v < floor)
+    return dg.AssetCheckResult(
+        passed=not low and bool(means),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={**means, "agreement_floor": floor},
+        description=f"below the floor {floor}: {', '.join(low)}"
+        if low
+        else ("no label score measured" if not means else f"every route at or above {floor}"),
     )

@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets import diffusion, evaluation, export, gan, labelling, slides
 from assets.diffusion import autoencoder, ldm_model, mask_bank
-from assets.evaluation import downstream_eval, real_annotations
+from assets.evaluation import downstream_eval, label_judge, real_annotations
 from assets.export import synthetic_dataset
 from assets.federated import federated_gan
 from assets.gan import gan_model, generated_samples
@@ -32,6 +32,7 @@ defs = dg.Definitions(
         ldm_model,
         synthetic_dataset,
         real_annotations,
+        label_judge,
         downstream_eval,
         federated_gan,
     ],

@@ -21,9 +21,11 @@ FACTORY_ASSETS = [
     "mask_bank",
     "autoencoder",
     "ldm_model",
+    "real_annotations",  # before the export: the label judge trained on them scores every exported pair
+    "label_judge",
 ]
 EXPORT_ASSETS = ["synthetic_dataset"]
-DOWNSTREAM_ASSETS = ["real_annotations", "downstream_eval"]
+DOWNSTREAM_ASSETS = ["downstream_eval"]
 
 tiling_job = dg.define_asset_job(
     "tiling",
@@ -60,5 +62,7 @@ export_job = dg.define_asset_job(
 )
 
 downstream_jobs = preset_jobs(
-    "downstream", DOWNSTREAM_ASSETS, "U-Net on real vs real + synthetic pairs, scored on held-out real pairs"
+    "downstream",
+    DOWNSTREAM_ASSETS,
+    "Learning curve: real vs real + synthetic pairs at each label budget, scored on held-out real crops",
 )

@@ -31,6 +31,7 @@ def test_definitions_load():
         "ldm_model",
         "synthetic_dataset",
         "real_annotations",
+        "label_judge",
         "downstream_eval",
         "federated_gan",
     } == keys

@@ -1,16 +1,16 @@
-"""A small 2D U-Net, and the train/evaluate/compare loop that asks "does synthetic data help segmentation?".
+"""The segmenter of the downstream test: a small 2D U-Net (hand-written, or MONAI's BasicUNet), trained and scored.
 
-The factory's claim is that GAN-generated, automatically labelled tiles are worth training on. The downstream test
-is the one DatasetGAN and HDGAN report: train the same segmenter on different training sets (real only, synthetic
-only, real + synthetic), score each on the same held-out real test set, and repeat over seeds so that a difference
-can be told apart from seed noise. This module holds that experiment, in plain torch (no torchvision):
+The factory's claim is that synthetic, automatically labelled tiles are worth training on. The downstream test is the
+one DatasetGAN and HDGAN report: train the same segmenter on different training sets and score each on the same
+held-out real test set. This module holds the network and its train / predict / evaluate steps (no torchvision):
 
 * :class:`UNet` — conv-BN-ReLU ×2 per level, max-pool down, bilinear or transposed-conv up, skip concatenation;
 * :func:`train_segmenter` / :func:`predict_segmenter` / :func:`evaluate_segmenter` — arrays in, model or masks or
   metrics (via ``ops.evaluation.metrics``) out;
-* :func:`compare_training_sets` / :func:`summarise` — the seeds × training-sets table and its mean ± sd.
+* :class:`MonaiUNet` — MONAI's ``BasicUNet`` behind the same config and layout (``arch="monai"``), which the
+  learning curve (``ops.evaluation.learning_curve``) trains; the arms-by-budgets comparison lives there.
 
-Sections, bottom-up: config → layers → network → save/load → augmentation → training → evaluation → comparison.
+Sections, bottom-up: config → layers → network → save/load → augmentation → training → evaluation.
 
 Layouts: images are uint8 ``[N, H, W, C]`` (the tile-store layout) and masks uint8 ``[N, H, W]`` class ids, with
 ``ignore_index`` (255) for unannotated pixels; the network works on float ``[N, C, H, W]`` in [-1, 1].
@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +39,9 @@ from ops.common.device import pick_device
 from ops.evaluation.metrics import IGNORE_INDEX, confusion_matrix, segmentation_report
 
 UP_MODES = ("bilinear", "transpose")
+NORMS = ("batch", "group")
+ARCHS = ("handwritten", "monai")
+MONAI_DEPTH = 4  # BasicUNet's fixed number of 2× down-samplings
 CHECKPOINT_FORMAT = "histofactory.unet/1"
 
 EpochCallback = Callable[[int, float], None]  # (epoch index from 0, mean training loss of that epoch)
@@ -57,6 +59,8 @@ class UNetConfig(DictConfig):
     base_channels: int = 16  # channels at full resolution; doubled at each level down
     depth: int = 3  # number of 2× down-samplings; input H and W must be divisible by 2**depth
     up_mode: str = "bilinear"  # 'bilinear' (parameter-free, no checkerboard) | 'transpose' (learned 2×2 stride 2)
+    norm: str = "batch"  # 'batch' | 'group' (GroupNorm: per-image statistics, which other images cannot set)
+    arch: str = "handwritten"  # 'handwritten' (this module's UNet) | 'monai' (MONAI's BasicUNet, depth 4)
 
     def __post_init__(self) -> None:
         for name in ("n_classes", "in_channels", "base_channels"):
@@ -69,6 +73,15 @@ class UNetConfig(DictConfig):
             raise ValueError(f"UNetConfig.depth: expected an integer >= 0, received {self.depth!r}")
         if self.up_mode not in UP_MODES:
             raise ValueError(f"UNetConfig.up_mode: expected one of {UP_MODES}, received {self.up_mode!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"UNetConfig.norm: expected one of {NORMS}, received {self.norm!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"UNetConfig.arch: expected one of {ARCHS}, received {self.arch!r}")
+        if self.arch == "monai" and self.depth != MONAI_DEPTH:
+            raise ValueError(
+                f"UNetConfig.depth: MONAI's BasicUNet always down-samples {MONAI_DEPTH} times; set depth="
+                f"{MONAI_DEPTH} with arch='monai', received {self.depth!r}"
+            )
 
     def channels(self, level: int) -> int:
         """Feature channels at ``level`` (0 = full resolution)."""
@@ -79,20 +92,28 @@ class UNetConfig(DictConfig):
 # Layers.
 
 
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm with up to 8 groups (as many as divide ``channels``)."""
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    return nn.BatchNorm2d(channels)
+
+
 class DoubleConv(nn.Sequential):
-    """(3×3 conv → BatchNorm → ReLU) × 2; the conv has no bias because BatchNorm's shift replaces it."""
+    """(3×3 conv → norm → ReLU) × 2; the conv has no bias because the norm's shift replaces it."""
 
     def __init__(
         self,
         in_channels: int,  # input channels
         out_channels: int,  # output channels (both convs)
+        norm: str = "batch",  # see UNetConfig.norm
     ) -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            norm_layer(norm, out_channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            norm_layer(norm, out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -106,6 +127,7 @@ class UpBlock(nn.Module):
         skip_channels: int,  # channels of the skip connection (level i)
         out_channels: int,  # output channels (level i)
         up_mode: str,  # see UNetConfig.up_mode
+        norm: str = "batch",  # see UNetConfig.norm
     ) -> None:
         super().__init__()
         if up_mode == "transpose":
@@ -114,7 +136,7 @@ class UpBlock(nn.Module):
         else:
             self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
             up_channels = in_channels
-        self.conv = DoubleConv(up_channels + skip_channels, out_channels)
+        self.conv = DoubleConv(up_channels + skip_channels, out_channels, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # [N, C_in or C_out, 2h, 2w]
@@ -137,12 +159,13 @@ class UNet(nn.Module):
         self.cfg = cfg
         self.pool = nn.MaxPool2d(2)
         self.enc = nn.ModuleList(
-            DoubleConv(cfg.in_channels if i == 0 else cfg.channels(i - 1), cfg.channels(i))
+            DoubleConv(cfg.in_channels if i == 0 else cfg.channels(i - 1), cfg.channels(i), cfg.norm)
             for i in range(cfg.depth + 1)
         )
         # dec[i] brings level i+1 up to level i.
         self.dec = nn.ModuleList(
-            UpBlock(cfg.channels(i + 1), cfg.channels(i), cfg.channels(i), cfg.up_mode) for i in range(cfg.depth)
+            UpBlock(cfg.channels(i + 1), cfg.channels(i), cfg.channels(i), cfg.up_mode, cfg.norm)
+            for i in range(cfg.depth)
         )
         self.head = nn.Conv2d(cfg.channels(0), cfg.n_classes, kernel_size=1)
 
@@ -160,6 +183,49 @@ class UNet(nn.Module):
         for i in reversed(range(self.cfg.depth)):
             x = self.dec[i](x, skips.pop())
         return self.head(x)
+
+
+class MonaiUNet(nn.Module):
+    """MONAI's ``BasicUNet`` (features ``b, b, 2b, 4b, 8b, b``) behind this module's config and input layout."""
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        from monai.networks.nets import BasicUNet
+
+        self.cfg, b = cfg, cfg.base_channels
+        norm = ("group", {"num_groups": math.gcd(8, b)}) if cfg.norm == "group" else ("batch", {})
+        self.net = BasicUNet(
+            spatial_dims=2,
+            in_channels=cfg.in_channels,
+            out_channels=cfg.n_classes,
+            features=(b, b, 2 * b, 4 * b, 8 * b, b),
+            norm=norm,
+            upsample="deconv" if cfg.up_mode == "transpose" else "nontrainable",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, f = self.cfg.in_channels, 2**self.cfg.depth
+        assert x.ndim == 4 and x.shape[1] == c, f"x: expected [N, {c}, H, W], received {tuple(x.shape)}"
+        assert x.shape[2] % f == 0 and x.shape[3] % f == 0, (
+            f"x: H and W must be divisible by 2**depth = {f}, received {tuple(x.shape[2:])}"
+        )
+        return self.net(x)
+
+
+Segmenter = UNet | MonaiUNet
+
+
+def build_network(cfg: UNetConfig) -> Segmenter:
+    """The network ``cfg.arch`` names."""
+    return MonaiUNet(cfg) if cfg.arch == "monai" else UNet(cfg)
+
+
+def build_segmenter(
+    n_classes: int, base_channels: int = 16, norm: str = "group", arch: str = "handwritten", in_channels: int = 3
+) -> Segmenter:
+    """The learning curve's segmenter (64-px crops reach a 4-px bottleneck with MONAI, 8 px hand-written)."""
+    depth = MONAI_DEPTH if arch == "monai" else 3
+    return build_network(UNetConfig(n_classes, in_channels, base_channels, depth=depth, norm=norm, arch=arch))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,7 +251,7 @@ def load_segmenter(path: str | os.PathLike[str], device: str | torch.device = "c
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"U-Net checkpoint {path}: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
-    model = UNet(UNetConfig.from_dict(payload["config"]))
+    model = build_network(UNetConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     return model.to(_device(device)).eval()
 
@@ -305,7 +371,7 @@ def train_segmenter(
     dev = _device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = UNet(cfg).to(dev)
+        model = build_network(cfg).to(dev)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x_all = torch.from_numpy(np.ascontiguousarray(images))  # uint8, converted per batch to bound memory
@@ -390,103 +456,3 @@ def evaluate_segmenter(
     pred = predict_segmenter(model, images, batch_size=batch_size, device=device)
     cm = confusion_matrix(masks, pred, n_classes, ignore_index=ignore_index)
     return segmentation_report(cm, names)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Comparing training sets.
-
-
-def compare_training_sets(
-    train_sets: Mapping[str, tuple[np.ndarray, np.ndarray]],  # name → (images uint8 [N,H,W,C], masks uint8 [N,H,W])
-    test: tuple[np.ndarray, np.ndarray],  # held-out real (images, masks), the same for every set
-    n_classes: int,  # K
-    *,
-    steps: int,  # optimiser steps per run, the same for every set (epochs = steps * batch_size / set size)
-    seeds: Sequence[int] = (0, 1, 2),  # one training run per seed and set
-    cfg: UNetConfig | None = None,  # architecture; None = UNetConfig(n_classes, in_channels from the test images)
-    class_names: Sequence[str] | None = None,  # names for the dice/<class> columns; None = "0", "1", …
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    device: str | torch.device = "cpu",
-    ignore_index: int = IGNORE_INDEX,
-    augment: bool = True,
-    callback: Callable[[str, int, dict[str, float]], None] | None = None,  # callback(set, seed, metrics) per run
-) -> pd.DataFrame:
-    """Train one segmenter per (training set, seed) and score each on the same test set.
-
-    The same seed gives every set the same initial weights, so per-seed differences between sets are paired, and
-    every set gets the same number of optimiser steps: with equal epochs a set ten times larger would also be
-    trained ten times longer, and "more data helps" would partly mean "more training helps".
-
-    Returns:
-        One row per (set, seed): ``set``, ``seed``, ``n_train``, ``mean_dice``, ``pixel_accuracy``,
-        ``dice/<class>`` for each class.
-
-    Raises:
-        ValueError: no training sets or seeds, or ``cfg.n_classes`` disagrees with ``n_classes``.
-    """
-    if not train_sets:
-        raise ValueError("compare_training_sets: train_sets is empty; pass e.g. {'real': (images, masks)}")
-    if not seeds:
-        raise ValueError("compare_training_sets: seeds is empty; pass at least one seed, e.g. (0, 1, 2)")
-    test_images, test_masks = test
-    cfg = cfg or UNetConfig(n_classes=n_classes, in_channels=int(np.asarray(test_images).shape[-1]))
-    if cfg.n_classes != n_classes:
-        raise ValueError(f"compare_training_sets: cfg.n_classes={cfg.n_classes} but n_classes={n_classes}")
-    names = [str(c) for c in range(n_classes)] if class_names is None else list(class_names)
-    rows = []
-    for set_name, (images, masks) in train_sets.items():
-        epochs = max(1, math.ceil(steps * batch_size / len(images)))
-        for seed in seeds:
-            model = train_segmenter(
-                images,
-                masks,
-                cfg,
-                epochs,
-                batch_size=batch_size,
-                lr=lr,
-                seed=seed,
-                device=device,
-                ignore_index=ignore_index,
-                augment=augment,
-            )
-            report = evaluate_segmenter(
-                model, test_images, test_masks, n_classes, class_names=names, ignore_index=ignore_index, device=device
-            )
-            if callback is not None:
-                callback(set_name, seed, report)
-            rows.append(
-                {
-                    "set": set_name,
-                    "seed": int(seed),
-                    "n_train": len(images),
-                    "epochs": epochs,
-                    "mean_dice": report["mean_dice"],
-                    "pixel_accuracy": report["pixel_accuracy"],
-                    **{f"dice/{c}": report[f"dice/{c}"] for c in names},
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def summarise(df: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Mean and sample standard deviation (ddof 1; NaN for one seed) over seeds, per training set.
-
-    Returns:
-        ``{set: {"n_seeds": .., "mean_dice_mean": .., "mean_dice_sd": .., "dice/<c>_mean": .., ...}}`` for
-        ``mean_dice``, ``pixel_accuracy`` and every ``dice/<c>`` column.
-    """
-    if "set" not in df.columns:
-        raise ValueError(
-            f"summarise: expected the compare_training_sets table with a 'set' column, "
-            f"received columns {list(df.columns)}"
-        )
-    metrics = [c for c in df.columns if c in ("mean_dice", "pixel_accuracy") or c.startswith("dice/")]
-    out: dict[str, dict[str, float]] = {}
-    for set_name, group in df.groupby("set", sort=False):
-        stats: dict[str, float] = {"n_seeds": float(len(group))}
-        for col in metrics:
-            stats[f"{col}_mean"] = float(group[col].mean())
-            stats[f"{col}_sd"] = float(group[col].std(ddof=1)) if len(group) > 1 else float("nan")
-        out[str(set_name)] = stats
-    return out

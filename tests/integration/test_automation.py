@@ -47,6 +47,7 @@ def test_training_assets_share_one_pool_limited_to_one(factory_home):
         "gan_model",
         "pixel_classifier",
         "downstream_eval",
+        "label_judge",
         "autoencoder",
         "ldm_model",
     }

@@ -18,6 +18,7 @@ from assets.gan import gan_model
 from assets.labelling import tile_annotations
 from assets.slides import training_tiles
 from ops.diffusion.denoiser import read_ldm_checkpoint
+from ops.evaluation.real_split import RealPairs
 from ops.gan.trainer import CheckpointError
 from ops.labelling.class_maps import AnnotationError
 from ops.labelling.slide_annotations import open_mask_array
@@ -70,11 +71,15 @@ def test_slide_geojson_becomes_tile_masks_and_bad_files_are_named(tiled_home):
     expected[50:150, 100:200] = 1  # nucleus interior
     np.testing.assert_array_equal(mask, expected)
 
-    # Expert annotations of a held-out slide become the downstream test pairs.
-    held = tiles[tiles["split"] == "holdout"].iloc[0]
-    hx, hy = int(held["x"]), int(held["y"])
-    (inbox / f"{held['slide']}.geojson").write_text(
-        json.dumps({"type": "FeatureCollection", "features": [_square(hx, hy, size, "dab-positive region")]})
+    # Expert annotations of a held-out slide become the validation and test pairs (disjoint tiles).
+    held = tiles[tiles["split"] == "holdout"].iloc[:2]
+    (inbox / f"{held.iloc[0]['slide']}.geojson").write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [_square(int(r.x), int(r.y), size, "dab-positive region") for r in held.itertuples()],
+            }
+        )
     )
     _run([tile_annotations], instance, home, plain)
     _run([gan_model], instance, home, {"gan_model": {"config": TINY_GAN}})
@@ -83,14 +88,17 @@ def test_slide_geojson_becomes_tile_masks_and_bad_files_are_named(tiled_home):
             [real_annotations],
             instance,
             home,
-            {"real_annotations": {"config": {"source": "slide_annotations", "n": 6}}},
+            {"real_annotations": {"config": {"source": "slide_annotations", "crops_per_tile": 1}}},
         )
         .asset_materializations_for_node("real_annotations")[0]
         .metadata
     )
     assert real["source"].value == "slide_annotations"
-    pairs = np.load(home / "annotations" / "real" / "pairs.npz")
-    assert pairs["images"].shape == (6, 64, 64, 3) and (pairs["masks"] == 3).all(), "only the held-out tile's label"
+    assert (real["train_tiles"].value, real["val_tiles"].value, real["test_tiles"].value) == (1, 1, 1)
+    pairs = RealPairs.load(home / "annotations" / "real" / "pairs.npz")
+    assert pairs.images.shape == (3, 64, 64, 3)
+    assert (pairs.masks[pairs.parts != "train"] == 3).all(), "held-out crops carry the held-out tiles' label"
+    held = held.iloc[0]
     (inbox / f"{held['slide']}.geojson").unlink()
 
     # Drawn on another (bigger) image, or with a class the map does not know: the error names the file and the fix.

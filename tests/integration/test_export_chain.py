@@ -4,6 +4,7 @@ the PyTorch loader, the downstream proof of value, and staleness after a complet
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import dagster as dg
@@ -15,8 +16,8 @@ from factory_helpers import TINY_CHAIN, TINY_LDM, resources_for, tile_every_slid
 from PIL import Image
 
 from assets.diffusion import autoencoder, ldm_model, mask_bank
-from assets.evaluation import downstream_eval, real_annotations, synthetic_helps
-from assets.export import synthetic_dataset
+from assets.evaluation import downstream_eval, label_judge, real_annotations, synthetic_helps
+from assets.export import label_agreement_floor, synthetic_dataset
 from assets.gan import gan_model, generated_samples
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier, tile_annotations
 from assets.slides import training_tiles
@@ -50,16 +51,38 @@ CHAIN = [
     mask_bank,
     autoencoder,
     ldm_model,
+    real_annotations,
+    label_judge,
 ]
-CONFIG = {**TINY_CHAIN, **TINY_LDM}
+CONFIG = {
+    **TINY_CHAIN,
+    **TINY_LDM,
+    "real_annotations": {"config": {"crops_per_tile": 2, "heldout_tiles": 6}},
+    "label_judge": {"config": {"steps": 4, "base_channels": 4}},
+}
 EXPORT = {
     "synthetic_dataset": {
-        "config": {"batch_size": 10, "memorization_bank": 200, "generators": ["stylegan2", "ldm"], "ldm_steps": 2}
+        "config": {
+            "batch_size": 10,
+            "memorization_bank": 200,
+            "generators": ["stylegan2", "ldm"],
+            "ldm_steps": 2,
+            "stand_in_fidelity": True,
+        }
     }
 }
 DOWNSTREAM = {
-    "real_annotations": {"config": {"n": 24}},
-    "downstream_eval": {"config": {"real_train": 8, "synthetic_max": 20, "steps": 4}},
+    "downstream_eval": {
+        "config": {
+            "budgets": [2],
+            "seeds": [0, 1],
+            "lambdas": [0.3, 0.5],
+            "real_passes": 1,
+            "min_steps": 2,
+            "base_channels": 4,
+            "synthetic_max": 5,
+        }
+    },
 }
 
 
@@ -97,7 +120,7 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     home, instance = patient_home
     _run(CHAIN, instance, home, CONFIG)
     for batch in ("000", "001"):
-        result = _run([synthetic_dataset], instance, home, EXPORT, partition_key=batch)
+        result = _run([synthetic_dataset, label_agreement_floor], instance, home, EXPORT, partition_key=batch)
     meta = result.asset_materializations_for_node("synthetic_dataset")[0].metadata
     version = meta["export_version"].value
     export = home / "export" / version
@@ -130,6 +153,20 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
         "torch_version",
         "latents",
     } <= set(manifest.columns)
+    # -- label scores: fidelity against the stand-in and agreement with the judge, per pair and per route ----------
+    for column in ("fidelity", "judge_agreement", "fidelity_stroma", "judge_stroma"):
+        values = manifest[column].dropna()
+        assert len(values) and ((values >= 0) & (values <= 1)).all(), column
+    scores = json.loads((export / "label_scores.json").read_text())
+    assert set(scores["routes"]) == {"stylegan2", "ldm"} and 0 <= scores["judge_dice_held_out"] <= 1
+    for route in ("stylegan2", "ldm"):
+        assert {"fidelity", "judge_agreement", "fidelity/stroma"} <= set(scores["routes"][route])
+        assert meta[f"fidelity_{route}"].value == pytest.approx(scores["routes"][route]["fidelity"])
+    assert "judge_fidelity_correlation" in scores and "## Label scores" in (export / "dataset_card.md").read_text()
+    assert not dropped["low_agreement"].any(), "min_agreement 0 drops nothing"
+    [floor] = result.get_asset_check_evaluations()
+    assert floor.check_name == "label_agreement_floor" and "fidelity_ldm" in floor.metadata
+
     latents = np.load(export / "batches" / "000" / "latents.npz")
     assert latents["w"].shape[0] == 10 and latents["z"].shape == (10, 128)
 
@@ -184,27 +221,43 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
         [synthetic_dataset],
         instance,
         home,
-        {"synthetic_dataset": {"config": {**EXPORT["synthetic_dataset"]["config"], "psi": 0.5}}},
+        {"synthetic_dataset": {"config": {**EXPORT["synthetic_dataset"]["config"], "psi": 0.5, "min_agreement": 0.99}}},
         "000",
     )
     other_version = other.asset_materializations_for_node("synthetic_dataset")[0].metadata["export_version"].value
     assert other_version != version and export.exists() and (home / "export" / other_version).exists()
+    strict = pd.read_parquet(home / "export" / other_version / "batches" / "000" / "dropped.parquet")
+    assert (
+        strict["low_agreement"].sum()
+        == other.asset_materializations_for_node("synthetic_dataset")[0].metadata["dropped_low_agreement"].value
+        > 0
+    ), "pairs below min_agreement are dropped with their reason"
+    assert (strict.loc[strict["low_agreement"], "fidelity"] < 0.99).all()
     _run([synthetic_dataset], instance, home, EXPORT, "001")  # the latest export is the default one again
 
-    # -- downstream proof of value ----------------------------------------------------------------------------------
+    # -- downstream proof of value: the learning curve ------------------------------------------------------------
     down = dg.materialize(
-        [real_annotations, downstream_eval, synthetic_helps],
+        [downstream_eval, synthetic_helps],
         instance=instance,
         resources=resources_for(home),
         run_config=dg.RunConfig(ops=DOWNSTREAM),
     )
     assert down.success
     dmeta = down.asset_materializations_for_node("downstream_eval")[0].metadata
-    summary = dmeta["summary"].value
-    assert set(summary) == {"real", "real+stylegan2", "real+ldm"}, "real only, +GAN, +LDM on the same test set"
-    assert dmeta["synthetic_pairs"].value == {"stylegan2": len(gan), "ldm": len(ldm)}
-    for stats in summary.values():
-        assert 0 <= stats["mean_dice_mean"] <= 1 and stats["mean_dice_sd"] >= 0
+    results = json.loads((home / "downstream" / "results.json").read_text())
+    arms = {row["arm"] for row in results["summary"]}
+    assert arms == {"real", "real_aug"} | {
+        f"{a}:{r}" for a in ("syn_only", "mix", "syn_then_real") for r in ("ldm", "stylegan2")
+    }
+    assert dmeta["synthetic_pairs"].value == {"stylegan2": 5, "ldm": 5}
+    assert set(results["lambdas"]["2"]) == {"ldm", "stylegan2"} and results["lambdas"]["2"]["ldm"] in (0.3, 0.5)
+    for row in results["summary"]:
+        assert 0 <= row["mean_dice"] <= 1 and row["seeds"] == 2
+        if not row["arm"].startswith("syn_only"):
+            assert row["real_passes"] == results["summary"][0]["real_passes"], "equal passes over the real crops"
+    assert "gain_smallest" in dmeta and "curve" in dmeta and "fidelity_ldm" in dmeta
+    real = results["real"]
+    assert real["train_crops"] > 0 and real["val_crops"] > 0 and real["test_crops"] > 0
     checks = down.get_asset_check_evaluations()
     assert [c.check_name for c in checks] == ["synthetic_helps"]
 

@@ -5,20 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from ops.evaluation.segmenter import (
     UNet,
     UNetConfig,
-    compare_training_sets,
     evaluate_segmenter,
     load_segmenter,
     predict_segmenter,
     random_dihedral,
     save_segmenter,
-    summarise,
     train_segmenter,
 )
 
@@ -51,6 +48,18 @@ def test_unet_keeps_spatial_size_and_outputs_one_logit_per_class(up_mode: str, d
     assert out.shape == (2, 3, 16, 24)
 
 
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_monai_basic_unet_behind_the_same_config_trains_saves_and_loads(norm: str, toy: dict, tmp_path: Path) -> None:
+    cfg = UNetConfig(n_classes=2, base_channels=4, depth=4, norm=norm, arch="monai")
+    model = train_segmenter(*toy["train"], cfg, epochs=3, lr=1e-2, seed=0)
+    assert evaluate_segmenter(model, *toy["test"], n_classes=2)["mean_dice"] > 0.6
+    loaded = load_segmenter(save_segmenter(model, tmp_path / "monai.pt"))
+    assert loaded.cfg == cfg
+    assert np.array_equal(predict_segmenter(model, toy["test"][0]), predict_segmenter(loaded, toy["test"][0]))
+    with pytest.raises(ValueError, match="BasicUNet always down-samples 4 times; set depth=4"):
+        UNetConfig(n_classes=2, depth=3, arch="monai")
+
+
 def test_unet_rejects_sizes_not_divisible_by_two_to_the_depth() -> None:
     with pytest.raises(AssertionError, match="divisible by 2\\*\\*depth = 8"):
         UNet(UNetConfig(n_classes=2, depth=3))(torch.randn(1, 3, 20, 16))
@@ -63,6 +72,8 @@ def test_unet_rejects_sizes_not_divisible_by_two_to_the_depth() -> None:
         ({"n_classes": 2, "base_channels": 0}, "base_channels: expected a positive integer"),
         ({"n_classes": 2, "depth": -1}, "depth: expected an integer >= 0"),
         ({"n_classes": 2, "up_mode": "nearest"}, "up_mode: expected one of"),
+        ({"n_classes": 2, "norm": "layer"}, "norm: expected one of"),
+        ({"n_classes": 2, "arch": "timm"}, "arch: expected one of"),
     ],
 )
 def test_bad_config_fails_naming_the_option(kwargs: dict, match: str) -> None:
@@ -155,50 +166,3 @@ def test_bad_training_settings_are_rejected(toy: dict) -> None:
         train_segmenter(*toy["test"], TINY, epochs=0)
     with pytest.raises(ValueError, match="lr must be > 0"):
         train_segmenter(*toy["test"], TINY, epochs=1, lr=0.0)
-
-
-# ---------------------------------------------------------------------------------------------- comparison
-def test_compare_training_sets_gives_one_row_per_set_and_seed(toy: dict) -> None:
-    train_images, train_masks = toy["train"]
-    sets = {"real": (train_images[:12], train_masks[:12]), "real+synthetic": (train_images[:24], train_masks[:24])}
-    seen: list[tuple[str, int]] = []
-    df = compare_training_sets(
-        sets,
-        toy["test"],
-        n_classes=2,
-        steps=3,
-        cfg=TINY,
-        class_names=["bg", "square"],
-        callback=lambda name, seed, report: seen.append((name, seed)),
-    )
-    assert len(df) == 6 and len(seen) == 6
-    assert df.groupby("set")["seed"].apply(sorted).to_dict() == {"real": [0, 1, 2], "real+synthetic": [0, 1, 2]}
-    assert {"mean_dice", "pixel_accuracy", "dice/bg", "dice/square", "n_train"} <= set(df.columns)
-    assert df.set_index("set")["n_train"].to_dict() == {"real": 12, "real+synthetic": 24}
-    # equal optimiser steps (3 x batch 16): the small set gets more epochs, not fewer updates
-    assert df.set_index("set")["epochs"].to_dict() == {"real": 4, "real+synthetic": 2}
-
-    summary = summarise(df)
-    assert set(summary) == {"real", "real+synthetic"}
-    real = summary["real"]
-    assert real["n_seeds"] == 3
-    values = df.loc[df["set"] == "real", "mean_dice"]
-    assert real["mean_dice_mean"] == pytest.approx(values.mean())
-    assert real["mean_dice_sd"] == pytest.approx(values.std(ddof=1))
-    assert {"dice/square_mean", "dice/square_sd", "pixel_accuracy_mean"} <= set(real)
-
-
-def test_summarise_with_one_seed_has_nan_sd(toy: dict) -> None:
-    df = compare_training_sets({"real": toy["test"]}, toy["test"], n_classes=2, steps=1, seeds=(0,), cfg=TINY)
-    assert np.isnan(summarise(df)["real"]["mean_dice_sd"])
-
-
-def test_compare_rejects_empty_inputs_and_mismatched_config(toy: dict) -> None:
-    with pytest.raises(ValueError, match="train_sets is empty"):
-        compare_training_sets({}, toy["test"], n_classes=2, steps=1)
-    with pytest.raises(ValueError, match="seeds is empty"):
-        compare_training_sets({"real": toy["test"]}, toy["test"], n_classes=2, steps=1, seeds=())
-    with pytest.raises(ValueError, match="cfg.n_classes=2 but n_classes=3"):
-        compare_training_sets({"real": toy["test"]}, toy["test"], n_classes=3, steps=1, cfg=TINY)
-    with pytest.raises(ValueError, match="'set' column"):
-        summarise(pd.DataFrame({"x": [1.0]}))

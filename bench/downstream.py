@@ -1,0 +1,87 @@
+"""The downstream benchmark: label fidelity per route and the low-label learning curve, on a finished demo's data.
+
+    HISTOFACTORY_HOME=<demo home> python bench/downstream.py [--quick] [--home DIR] [--export VERSION] [--threads 1]
+
+Runs ``ops.evaluation.downstream.run_downstream`` - the function the ``downstream_eval`` asset runs - on the data a
+``histofactory demo`` left under the home: the leak-free real pairs of ``real_annotations`` (training crops of the
+annotated training tiles, validation and test crops of disjoint held-out tiles) and the synthetic pairs of the newest
+export (or ``--export``). Label scores (fidelity against the demo stand-in, agreement with the label judge) are read
+from the export's ``label_scores.json``, where the export wrote them.
+
+Full: budgets N in {4, 8, 16, 32, 64, all}, 5 seeds, every arm (real, real_aug, syn_only, mix with lambda in
+{0.1, 0.3, 0.5} chosen on validation, syn_then_real) per route. ``--quick``: N in {4, 16}, 3 seeds, the same arms
+(under 30 minutes on 2 quiet cores). The generators are used as exported: this bench does not yet retrain or
+fine-tune each route's labelled part per budget (see the README, "Equal label budget"), so the synthetic arms' labels
+come from the demo's 24 annotated tiles, more than the smallest budgets.
+
+Last line: ``fidelity_<route>=<x> judge_<route>=<x> ... gain_at_4=<x> ci_low_at_4=<x> best_arm_at_4=<name>
+gain_at_max=<x>`` (gain = best synthetic arm - real only, mean test Dice, paired over seeds; CI 95 % bootstrap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ops.evaluation.downstream import run_downstream  # noqa: E402
+from ops.evaluation.learning_curve import CurveConfig  # noqa: E402
+from ops.evaluation.real_split import RealPairs  # noqa: E402
+from ops.labelling.annotations import get_class_map  # noqa: E402
+
+QUICK = {"budgets": (4, 16), "seeds": (0, 1, 2)}
+
+
+def _latest_export(home: Path, version: str | None) -> Path:
+    root = home / "export"
+    if version:
+        return root / version
+    exports = sorted((p for p in root.glob("*") if (p / "manifest.parquet").exists()), key=lambda p: p.stat().st_mtime)
+    if not exports:
+        raise SystemExit(f"no export under {root}: run `HISTOFACTORY_HOME={home} histofactory demo` first")
+    return exports[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N in {4, 16}, 3 seeds")
+    parser.add_argument("--home", default=os.environ.get("HISTOFACTORY_HOME", "data"), help="a finished demo's home")
+    parser.add_argument("--export", default=None, help="export version (default: the newest)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 degrades best on shared cores)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    home = Path(args.home)
+    pairs = home / "annotations" / "real" / "pairs.npz"
+    if not pairs.exists():
+        raise SystemExit(f"{pairs}: no real pairs; run `HISTOFACTORY_HOME={home} histofactory demo` first")
+    real = RealPairs.load(pairs)
+    classes = list(get_class_map((pairs.parent / "class_map.txt").read_text().strip()).classes)
+    export = _latest_export(home, args.export)
+    cfg = CurveConfig(**QUICK) if args.quick else CurveConfig()
+    print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
+    start = time.perf_counter()
+    result = run_downstream(real, classes, export, cfg, progress=lambda line: print(line, flush=True))
+    summary = result.curve.summary
+    cols = ["budget", "arm", "lambda", "mean_dice", "mean_dice_sd", "gain_mean_dice", "ci_low_mean_dice",
+            "ci_high_mean_dice", "mean_jaccard", "real_passes"]  # fmt: skip
+    print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"lambda chosen on validation: {result.curve.lambdas}; {time.perf_counter() - start:.0f} s")
+    v, n = result.verdict, result.verdict["smallest_budget"]
+    scores = []
+    for route in result.routes:
+        stats = result.label_scores.get("routes", {}).get(route, {})
+        scores.append(f"fidelity_{route}={stats.get('fidelity', float('nan')):.3f}")
+        scores.append(f"judge_{route}={stats.get('judge_agreement', float('nan')):.3f}")
+    scores += [f"gain_at_{n}={v['gain_small']:.3f}", f"ci_low_at_{n}={v['ci_low_small']:.3f}"]
+    scores += [f"best_arm_at_{n}={v['best_arm_small']}", f"gain_at_max={v['gain_at_max']:.3f}"]
+    print(" ".join(scores))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The learning curve: λ-weighted loss, equal real passes, λ chosen on validation, bootstrap, verdict, bad settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ops.evaluation.learning_curve import (
+    CurveConfig,
+    curve_png,
+    curve_verdict,
+    learning_curve,
+    mixed_loss,
+    paired_bootstrap,
+    train_arm,
+)
+from ops.evaluation.real_split import RealPairs
+from ops.evaluation.stain_jitter import hed_jitter
+
+TINY = CurveConfig(
+    budgets=(2, 4), seeds=(0, 1), lambdas=(0.3, 0.5), real_passes=2, min_steps=2, batch_real=2, batch_syn=2,
+    base_channels=4, synthetic_max=6, n_boot=200,
+)  # fmt: skip
+
+
+def _squares(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), np.uint8)
+    for m, (y, x) in zip(masks, rng.integers(0, size - 6, (n, 2)), strict=True):
+        m[y : y + 6, x : x + 6] = 1
+    images = np.clip(rng.normal(70, 20, (n, size, size, 3)) + 110 * masks[..., None], 0, 255).astype(np.uint8)
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def real() -> RealPairs:
+    images, masks = _squares(14, 0)
+    ids = np.array([f"s#{i // 2}" for i in range(8)] + [f"h#{i}" for i in range(6)])
+    parts = np.array(["train"] * 8 + ["val"] * 3 + ["test"] * 3)
+    return RealPairs(images, masks, ids, parts)
+
+
+def test_mixed_loss_equals_the_hand_computed_mix() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lr, ls = torch.randn(2, 3, 4, 4, generator=gen), torch.randn(3, 3, 4, 4, generator=gen)
+    yr, ys = torch.randint(0, 3, (2, 4, 4), generator=gen), torch.randint(0, 3, (3, 4, 4), generator=gen)
+    expected = 0.7 * F.cross_entropy(lr, yr) + 0.3 * F.cross_entropy(ls, ys)
+    assert mixed_loss(lr, yr, ls, ys, 0.3).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert mixed_loss(lr, yr, None, None, 0.0).item() == pytest.approx(F.cross_entropy(lr, yr).item(), rel=1e-6)
+
+
+def test_every_arm_makes_the_same_passes_over_the_real_crops(real) -> None:
+    crops = real.part("train")[:2]
+    syn = _squares(6, 9)
+    passes = {
+        arm: train_arm(arm, crops, None if arm.startswith("real") else syn, TINY, 2, seed=0, lam=0.3).real_passes
+        for arm in ("real", "real_aug", "mix", "syn_then_real", "syn_only")
+    }
+    assert passes["syn_only"] == 0
+    assert len({v for k, v in passes.items() if k != "syn_only"}) == 1 and passes["real"] > 0
+
+
+def test_curve_pairs_seeds_chooses_lambda_on_validation_and_reports_gains(real) -> None:
+    syn = {"ldm": _squares(8, 5)}
+    result = learning_curve(real, syn, ["bg", "square"], TINY)
+    runs, summary = result.runs, result.summary
+    assert sorted(runs["budget"].unique()) == [2, 4]
+    # mix ran for every λ; the summary keeps the λ with the best mean validation Dice
+    assert set(runs.loc[runs["arm"] == "mix:ldm", "lambda"]) == {0.3, 0.5}
+    for budget in (2, 4):
+        group = runs[(runs["arm"] == "mix:ldm") & (runs["budget"] == budget)]
+        best = group.groupby("lambda")["val_mean_dice"].mean().idxmax()
+        assert result.lambdas[str(budget)]["ldm"] == best
+    assert set(summary["arm"]) == {"real", "real_aug", "syn_only:ldm", "mix:ldm", "syn_then_real:ldm"}
+    real_rows = summary[summary["arm"] == "real"]
+    assert (real_rows["gain_mean_dice"] == 0).all()
+    row = summary[(summary["arm"] == "mix:ldm") & (summary["budget"] == 2)].iloc[0]
+    assert row["ci_low_mean_dice"] <= row["gain_mean_dice"] <= row["ci_high_mean_dice"]
+    assert {"mean_jaccard", "dice/square", "gain_mean_jaccard"} <= set(summary.columns)
+    assert curve_png(summary)[:4] == b"\x89PNG"
+
+
+def test_bad_settings_fail_naming_the_setting(real) -> None:
+    with pytest.raises(ValueError, match="label budget N=9 but only 8 labelled training crops"):
+        learning_curve(real, {}, ["bg", "square"], CurveConfig(**{**TINY.to_dict(), "budgets": (9,)}))
+    with pytest.raises(ValueError, match="route 'gan' has 3 pairs but synthetic_max=6"):
+        learning_curve(real, {"gan": _squares(3, 1)}, ["bg", "square"], TINY)
+    with pytest.raises(ValueError, match="CurveConfig.lambdas"):
+        CurveConfig(lambdas=(1.5,))
+    with pytest.raises(ValueError, match="'real' is the reference"):
+        CurveConfig(arms=("mix",))
+
+
+def _summary(rows: list[tuple[int, str, float, float, float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"budget": n, "arm": a, "gain_mean_dice": g, "ci_low_mean_dice": lo, "ci_high_mean_dice": hi}
+            for n, a, g, lo, hi in rows
+        ]
+    )
+
+
+def test_verdict_passes_when_synthetic_helps_at_small_budgets_and_warns_on_losses_at_the_largest() -> None:
+    helps = _summary(
+        [(4, "real", 0, 0, 0), (4, "mix:ldm", 0.05, 0.01, 0.09), (64, "real", 0, 0, 0), (64, "mix:ldm", 0, -0.02, 0.02)]
+    )
+    verdict = curve_verdict(helps)
+    assert verdict["passed"] and verdict["helping"] == ["mix:ldm@N=4"] and verdict["best_arm_small"] == "mix:ldm"
+    within_noise = _summary([(4, "real", 0, 0, 0), (4, "mix:ldm", 0.05, -0.01, 0.09)])
+    assert not curve_verdict(within_noise)["passed"]
+    aug_only = _summary([(4, "real", 0, 0, 0), (4, "real_aug", 0.1, 0.05, 0.15)])
+    assert not curve_verdict(aug_only)["passed"]  # classical augmentation is not a synthetic arm
+    loses = _summary(
+        [
+            (4, "real", 0, 0, 0),
+            (4, "mix:gan", 0.05, 0.01, 0.09),
+            (64, "real", 0, 0, 0),
+            (64, "mix:gan", -0.1, -0.15, -0.05),
+        ]
+    )
+    verdict = curve_verdict(loses)
+    assert not verdict["passed"] and verdict["losing_at_max"] == ["mix:gan"] and verdict["gain_at_max"] == -0.1
+
+
+def test_paired_bootstrap_brackets_the_mean() -> None:
+    mean, lo, hi = paired_bootstrap(np.array([0.1, 0.2, 0.3, 0.2, 0.15]), 500)
+    assert lo <= mean <= hi and lo > 0
+    assert np.isnan(paired_bootstrap(np.array([np.nan]))[0])
+
+
+def test_hed_jitter_keeps_range_and_changes_stain_only_slightly() -> None:
+    x = torch.rand(4, 3, 8, 8) * 1.6 - 0.8
+    out = hed_jitter(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+    assert 0 < (out - x).abs().mean() < 0.2
+    still = hed_jitter(x, torch.Generator().manual_seed(0), scale=0.0, shift=0.0)
+    assert torch.allclose(still, x, atol=1e-3)
