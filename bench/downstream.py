@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.evaluation.downstream import run_downstream  # noqa: E402
 from ops.evaluation.learning_curve import CurveConfig  # noqa: E402
 from ops.evaluation.real_split import RealPairs  # noqa: E402
-from ops.labelling.annotations import get_class_map  # noqa: E402
+from ops.labelling.class_maps import get_class_map  # noqa: E402
 
 QUICK = {"budgets": (4, 16), "seeds": (0, 1, 2)}
 

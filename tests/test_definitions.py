@@ -125,7 +125,11 @@ BLOCKING_GATES = {
     "export": {("synthetic_dataset", "near_copies_rare")},
     "evaluation": set(),
 }
-WARNING_GATES = {("tile_grid", "mpp_known"), ("downstream_eval", "synthetic_helps")}
+WARNING_GATES = {
+    ("tile_grid", "mpp_known"),
+    ("synthetic_dataset", "label_agreement_floor"),
+    ("downstream_eval", "synthetic_helps"),
+}
 
 
 def test_every_stage_has_quality_gates_and_the_blocking_ones_block():
@@ -145,7 +149,7 @@ def test_every_stage_has_quality_gates_and_the_blocking_ones_block():
     for job, gates in {
         "tiling": {"tissue_found", "mpp_known", "tiles_kept"},
         "factory_demo": {"swd_below_untrained", "dice_above_chance", "mask_agreement_above_chance"},
-        "export": {"near_copies_rare"},
+        "export": {"near_copies_rare", "label_agreement_floor"},
         "downstream_demo": {"synthetic_helps"},
     }.items():
         assert {k.name for k in defs.resolve_job_def(job).asset_layer.asset_graph.asset_check_keys} == gates, job
