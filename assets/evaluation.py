@@ -8,17 +8,14 @@ The asset check warns when no synthetic set helps.
 """
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from assets.export import synthetic_dataset
-from assets.gan import gan_model
-from assets.labelling import tile_annotation_class_map, tile_annotations
 from assets.lineage import png_markdown
-from assets.slides import training_tiles
 from ops.evaluation.metrics import overlay_png
 from ops.evaluation.segmenter import UNetConfig, compare_training_sets, summarise
 from ops.export.dataset import SyntheticSegmentationDataset
@@ -27,6 +24,7 @@ from ops.labelling.annotations import get_class_map
 from ops.labelling.demo_annotator import demo_annotate
 from ops.slides.crops import PairCropSampler, TileCropSampler
 from resources import FactoryStorage, MlflowTracking, TorchDevice
+from resources.references import DownstreamRef, ExportRef, RealAnnotationsRef, TileAnnotationsRef, TrainingTilesRef
 
 DOWNSTREAM_CODE_VERSION = "downstream-1"
 
@@ -43,26 +41,35 @@ class RealAnnotationConfig(dg.Config):
         "demo_annotator: DEMO ONLY, held-out crops labelled by the rule-based stand-in.",
     )
     n: int = Field(default=48, description="Real crops (first real_train of them train, the rest test).")
+    resolution: int = Field(
+        default=64, description="Crop edge in pixels; equal to the exported pairs' (the generators') resolution."
+    )
     seed: int = Field(default=0, description="Seeds crop positions.")
 
 
 @dg.asset(
     group_name="evaluation",
-    deps=[training_tiles, gan_model, tile_annotations],
     code_version=DOWNSTREAM_CODE_VERSION,
     kinds={"python"},
     description="Real image-mask pairs from held-out slides (slide annotations, or the demo stand-in).",
 )
 def real_annotations(
-    context: dg.AssetExecutionContext, config: RealAnnotationConfig, storage: FactoryStorage
+    context: dg.AssetExecutionContext,
+    config: RealAnnotationConfig,
+    training_tiles: TrainingTilesRef,
+    tile_annotations: TileAnnotationsRef | None,
+    storage: FactoryStorage,
 ) -> dg.MaterializeResult:
-    storage.require("training_tiles", "gan_model")
     if config.source not in REAL_SOURCES:
         raise ValueError(f"real_annotations.source: unknown {config.source!r}; expected one of {REAL_SOURCES}")
-    resolution = json.loads((storage.gan_root / "current.json").read_text())["resolution"]
+    resolution = config.resolution
     if config.source == "slide_annotations":
-        storage.require("tile_annotations")
-        table = pd.read_parquet(storage.tile_annotations_dir / "tiles.parquet")
+        if tile_annotations is None:
+            raise FileNotFoundError(
+                "real_annotations.source is slide_annotations but `tile_annotations` was never materialized: "
+                "materialize `tile_annotations` first, or use source: demo_annotator for the demo"
+            )
+        table = pd.read_parquet(tile_annotations.table)
         held = table[table["split"] == "holdout"]
         if held.empty:
             raise ValueError(
@@ -70,9 +77,9 @@ def real_annotations(
                 f"into {storage.slide_annotation_inbox} and rematerialize tile_annotations"
             )
         images, masks = PairCropSampler(held, resolution, seed=config.seed, crops_per_tile=1).batch_uint8(config.n)
-        colours = get_class_map(tile_annotation_class_map(storage)).colours
+        colours = get_class_map(tile_annotations.class_map).colours
     else:
-        tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+        tiles = pd.read_parquet(training_tiles.path)
         holdout = tiles[tiles["split"] == "holdout"]
         if holdout.empty:
             raise ValueError("training_tiles has no held-out tiles; real test pairs must come from unseen slides")
@@ -86,12 +93,13 @@ def real_annotations(
     np.savez_compressed(tmp, images=images, masks=masks)
     tmp.replace(out)
     return dg.MaterializeResult(
+        value=RealAnnotationsRef(path=str(out), source=config.source, resolution=resolution),
         metadata={
             "pairs": config.n,
             "source": config.source,
             "overlay": png_markdown(overlay_png(images[0], masks[0], colours), "real tile with its mask"),
             "path": dg.MetadataValue.path(str(out)),
-        }
+        },
     )
 
 
@@ -105,16 +113,8 @@ class DownstreamConfig(dg.Config):
     base_channels: int = Field(default=16, description="U-Net width.")
 
 
-def _latest_export(context: dg.AssetExecutionContext, storage: FactoryStorage):
-    event = context.instance.get_latest_materialization_event(synthetic_dataset.key)
-    if event is None:
-        raise ValueError("no synthetic_dataset batch has been materialized; run the export first")
-    return storage.export_root / event.asset_materialization.metadata["export_version"].value
-
-
 @dg.asset(
     group_name="evaluation",
-    deps=[real_annotations, synthetic_dataset],
     code_version=DOWNSTREAM_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
@@ -123,16 +123,17 @@ def _latest_export(context: dg.AssetExecutionContext, storage: FactoryStorage):
 def downstream_eval(
     context: dg.AssetExecutionContext,
     config: DownstreamConfig,
+    real_annotations: RealAnnotationsRef,
+    synthetic_dataset: dict[str, ExportRef],
     storage: FactoryStorage,
     mlflow_tracking: MlflowTracking,
     torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    storage.require("real_annotations")
-    real = np.load(storage.real_annotations_path)
+    real = np.load(real_annotations.path)
     images, masks = real["images"], real["masks"]
     if len(images) <= config.real_train:
         raise ValueError(f"{len(images)} real pairs leave no test set with real_train={config.real_train}")
-    export_dir = _latest_export(context, storage)
+    export_dir = Path(max(synthetic_dataset.values(), key=lambda ref: ref.created_at).path)  # the latest batch
     manifest = pd.read_parquet(export_dir / "manifest.parquet")
     generators = sorted(manifest["generator"].unique())
     train_real = (images[: config.real_train], masks[: config.real_train])
@@ -194,6 +195,7 @@ def downstream_eval(
             }
         )
     return dg.MaterializeResult(
+        value=DownstreamRef(path=str(out), content_hash=export_dir.name),
         metadata={
             "mean_dice_real": real_dice,
             "mean_dice_sd_real": summary["real"]["mean_dice_sd"],
@@ -206,7 +208,7 @@ def downstream_eval(
                 f"synthetic_examples_{g}": png_markdown(image_grid_png(x[:16], columns=8, scale=2), f"{g} pairs")
                 for g, x in synthetic.items()
             },
-        }
+        },
     )
 
 

@@ -3,8 +3,8 @@ resolution), the pixel-classifier ensemble, and its evaluation on the test split
 """
 
 import hashlib
-import json
 import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -13,9 +13,8 @@ import torch
 import zarr
 from pydantic import Field
 
-from assets.gan import gan_model, generated_samples
 from assets.lineage import content_hash, png_array, png_markdown, tile_set_hash
-from assets.slides import training_tiles
+from assets.training_run import TrainingRun
 from ops.diffusion.mask_bank import shares
 from ops.evaluation.metrics import confusion_matrix, confusion_matrix_png, overlay_png, segmentation_report
 from ops.gan.trainer import load_generator
@@ -42,10 +41,21 @@ from ops.labelling.slide_annotations import (
 from ops.slides.reader import open_slide
 from ops.slides.tile_store import replace_dir, temp_dir_beside
 from resources import FactoryStorage, MlflowTracking, TorchDevice
+from resources.references import (
+    AnnotationsRef,
+    ClassifierEvalRef,
+    GanModelRef,
+    GeneratedFeaturesRef,
+    GeneratedSamplesRef,
+    PixelClassifierRef,
+    TileAnnotationsRef,
+    TrainingTilesRef,
+)
 
 # Unchanged from when tile_annotations lived with the diffusion assets, so existing masks are not reported stale.
 TILE_ANNOTATION_CODE_VERSION = "ldm-1"
 LABELLING_CODE_VERSION = "labelling-1"
+CLASSIFIER_MODEL_NAME = "histofactory-pixel-classifier"
 
 
 class AnnotationConfig(dg.Config):
@@ -66,17 +76,18 @@ class AnnotationConfig(dg.Config):
 
 @dg.asset(
     group_name="labelling",
-    deps=[generated_samples],
     code_version=LABELLING_CODE_VERSION,
     kinds={"python", "zarr"},
     description="Expert masks (indexed PNG or QuPath GeoJSON) of generated images, validated and versioned.",
 )
 def annotations(
-    context: dg.AssetExecutionContext, config: AnnotationConfig, storage: FactoryStorage
+    context: dg.AssetExecutionContext,
+    config: AnnotationConfig,
+    generated_samples: GeneratedSamplesRef,
+    storage: FactoryStorage,
 ) -> dg.MaterializeResult:
-    storage.require("generated_samples")
     class_map = get_class_map(config.class_map)
-    samples = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")
+    samples = zarr.open_group(generated_samples.path, mode="r")
     images = samples["images"]
     image_ids = [f"sample_{i:05d}" for i in range(images.shape[0])]
     inbox = storage.annotation_inbox
@@ -115,10 +126,15 @@ def annotations(
     group.create_array("labels", data=masks, chunks=(1, *shape))
     group.attrs.update({"class_map": config.class_map, "classes": list(class_map.classes), "version": version})
     index.to_parquet(tmp / "index.parquet", index=False)
-    (tmp / "version.json").write_text(json.dumps({"version": version, "class_map": config.class_map}))
     replace_dir(tmp, storage.annotations_dir)
     shares = np.bincount(masks.ravel(), minlength=class_map.n_classes)[: class_map.n_classes] / masks.size
     return dg.MaterializeResult(
+        value=AnnotationsRef(
+            path=str(storage.annotations_dir),
+            content_hash=version,
+            class_map=config.class_map,
+            resolution=shape[0],
+        ),
         metadata={
             "annotation_version": version,
             "images": len(ids),
@@ -148,24 +164,27 @@ class FeatureConfig(dg.Config):
 
 @dg.asset(
     group_name="labelling",
-    deps=[annotations, gan_model],
     code_version=LABELLING_CODE_VERSION,
     kinds={"pytorch", "zarr"},
     description="Features of the last K synthesis blocks of the annotated images, native resolution, zarr.",
 )
 def generated_features(
-    context: dg.AssetExecutionContext, config: FeatureConfig, storage: FactoryStorage, torch_device: TorchDevice
+    context: dg.AssetExecutionContext,
+    config: FeatureConfig,
+    annotations: AnnotationsRef,
+    gan_model: GanModelRef,
+    generated_samples: GeneratedSamplesRef,
+    storage: FactoryStorage,
+    torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
     if config.layout not in ("native", "both"):
         raise ValueError(f"layout must be 'native' or 'both', received {config.layout!r}")
-    storage.require("annotations", "gan_model")
     device = torch_device.device()
-    current = json.loads((storage.gan_root / "current.json").read_text())
-    G = load_generator(current["checkpoint"], device)
+    G = load_generator(gan_model.path, device)
     if not 1 <= config.blocks <= len(G.block_resolutions):
         raise ValueError(f"blocks must be in 1..{len(G.block_resolutions)} for this generator, got {config.blocks}")
-    index = pd.read_parquet(storage.annotations_dir / "index.parquet")
-    ws = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")["w"]
+    index = pd.read_parquet(Path(annotations.path) / "index.parquet")
+    ws = zarr.open_group(generated_samples.path, mode="r")["w"]
     chans = G.block_channels[-config.blocks :]
     resolutions = G.block_resolutions[-config.blocks :]
     native_bytes = len(index) * sum(c * r * r for c, r in zip(chans, resolutions, strict=True)) * 2
@@ -178,7 +197,7 @@ def generated_features(
         len(index),
         [(c, r, r) for c, r in zip(chans, resolutions, strict=True)],
         overwrite=True,
-        attrs={"image_ids": index["image_id"].tolist(), "checkpoint": current["checkpoint"]},
+        attrs={"image_ids": index["image_id"].tolist(), "checkpoint": gan_model.path},
     ) as writer:
         for row, sample in enumerate(index["sample_index"]):
             with torch.no_grad():
@@ -192,6 +211,14 @@ def generated_features(
     res = G.block_resolutions[-1]
     full_bytes = len(index) * res * res * sum(chans) * 4
     return dg.MaterializeResult(
+        value=GeneratedFeaturesRef(
+            path=str(out),
+            blocks=config.blocks,
+            resolution=res,
+            content_hash=content_hash(
+                [gan_model.content_hash, gan_model.step, annotations.content_hash, config.blocks]
+            ),
+        ),
         metadata={
             "images": len(index),
             "features_per_pixel": int(sum(chans)),
@@ -227,18 +254,14 @@ class ClassifierConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds members and pixel sampling.")
 
 
-def _class_map_name(storage: FactoryStorage) -> str:
-    return json.loads((storage.annotations_dir / "version.json").read_text())["class_map"]
-
-
-def _labels(storage: FactoryStorage) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    group = zarr.open_group(str(storage.annotations_dir / "labels.zarr"), mode="r")
-    return (pd.read_parquet(storage.annotations_dir / "index.parquet"), group["labels"], list(group.attrs["classes"]))
+def _labels(annotations: AnnotationsRef) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    folder = Path(annotations.path)
+    group = zarr.open_group(str(folder / "labels.zarr"), mode="r")
+    return pd.read_parquet(folder / "index.parquet"), group["labels"], list(group.attrs["classes"])
 
 
 @dg.asset(
     group_name="labelling",
-    deps=[generated_features, annotations],
     code_version=LABELLING_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
@@ -247,14 +270,15 @@ def _labels(storage: FactoryStorage) -> tuple[pd.DataFrame, np.ndarray, list[str
 def pixel_classifier(
     context: dg.AssetExecutionContext,
     config: ClassifierConfig,
+    generated_features: GeneratedFeaturesRef,
+    annotations: AnnotationsRef,
     storage: FactoryStorage,
     mlflow_tracking: MlflowTracking,
     torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    storage.require("generated_features", "annotations")
     device = torch_device.device()
-    index, labels, classes = _labels(storage)
-    sampler = FeatureSampler(storage.features_dir / "native.zarr")
+    index, labels, classes = _labels(annotations)
+    sampler = FeatureSampler(generated_features.path)
     rows = {s: np.flatnonzero(index["split"].to_numpy() == s) for s in ("train", "val")}
 
     def stream(split: str, fixed: bool, batches: int) -> BatchStream:
@@ -286,16 +310,21 @@ def pixel_classifier(
         seed=config.seed,
         device=str(device),
     )
-    annotation_version = json.loads((storage.annotations_dir / "version.json").read_text())["version"]
-    tags = {
-        "dagster_run_id": context.run.run_id,
-        "dagster_asset": "pixel_classifier",
-        "annotation_version": annotation_version,
-    }
+    annotation_version = annotations.content_hash
+    # Not resumable (the ensemble trains in one go), so every materialization is a fresh MLflow run.
+    run = TrainingRun.open(
+        context,
+        mlflow_tracking,
+        storage.classifier_dir,
+        {"config": config.model_dump(), "annotations": annotation_version, "features": generated_features.content_hash},
+        CLASSIFIER_MODEL_NAME,
+        resume=False,
+    )
     start = time.perf_counter()
-    with mlflow_tracking.start_run("pixel-classifier", tags) as run:
+    with run.mlflow_run("pixel-classifier"):
         import mlflow
 
+        mlflow.set_tag("annotation_version", annotation_version)
         mlflow.log_params({**config.model_dump(), "n_features": sampler.n_features, "classes": ",".join(classes)})
 
         def on_progress(event) -> None:
@@ -308,30 +337,28 @@ def pixel_classifier(
 
         val = stream("val", True, max(2, config.batches_per_epoch // 4)) if len(rows["val"]) else None
         result = ensemble.fit(stream("train", False, config.batches_per_epoch), val, train_cfg, on_progress)
-        tmp = temp_dir_beside(storage.classifier_dir)
-        ensemble.save(tmp / "ensemble.pt", train_cfg)
-        (tmp / "lineage.json").write_text(
-            json.dumps(
-                {
-                    "mlflow_run_id": run.info.run_id,
-                    "annotation_version": annotation_version,
-                    "blocks": len(sampler.feature_slices),
-                    "class_map": _class_map_name(storage),
-                }
-            )
-        )
-        replace_dir(tmp, storage.classifier_dir)
-        mlflow.log_artifact(str(storage.classifier_dir / "ensemble.pt"), "classifier")
+        model_file = run.run_dir / "ensemble.pt"
+        ensemble.save(model_file, train_cfg)  # written atomically (temp file, then rename)
+        run.register(model_file, "classifier")
+    ref = run.reference(
+        PixelClassifierRef,
+        model_file,
+        content_hash=annotation_version,
+        class_map=annotations.class_map,
+        resolution=annotations.resolution,
+        blocks=len(sampler.feature_slices),
+    )
     return dg.MaterializeResult(
+        value=ref,
         metadata={
-            "mlflow_run_id": run.info.run_id,
+            **run.version_metadata(),
             "annotation_version": annotation_version,
             "epochs": result.epochs,
             "best_val_loss": float(np.nanmean(result.best_val_loss)) if result.best_val_loss else float("nan"),
             "members": config.members,
             "train_images": len(rows["train"]),
             "seconds": round(time.perf_counter() - start, 2),
-            "checkpoint": dg.MetadataValue.path(str(storage.classifier_dir / "ensemble.pt")),
+            "checkpoint": dg.MetadataValue.path(str(model_file)),
         },
     )
 
@@ -348,19 +375,22 @@ def predict_image(ensemble: PixelEnsemble, sampler: FeatureSampler, row: int) ->
 
 @dg.asset(
     group_name="labelling",
-    deps=[pixel_classifier],
     code_version=LABELLING_CODE_VERSION,
     kinds={"python", "mlflow"},
     description="Pixel accuracy per class, Dice, confusion matrix and overlays on the test split.",
 )
 def classifier_eval(
-    context: dg.AssetExecutionContext, storage: FactoryStorage, mlflow_tracking: MlflowTracking
+    context: dg.AssetExecutionContext,
+    pixel_classifier: PixelClassifierRef,
+    annotations: AnnotationsRef,
+    generated_features: GeneratedFeaturesRef,
+    generated_samples: GeneratedSamplesRef,
+    mlflow_tracking: MlflowTracking,
 ) -> dg.MaterializeResult:
-    storage.require("pixel_classifier")
-    index, labels, classes = _labels(storage)
-    ensemble = PixelEnsemble.load(storage.classifier_dir / "ensemble.pt")
-    sampler = FeatureSampler(storage.features_dir / "native.zarr")
-    images = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")["images"]
+    index, labels, classes = _labels(annotations)
+    ensemble = PixelEnsemble.load(pixel_classifier.path)
+    sampler = FeatureSampler(generated_features.path)
+    images = zarr.open_group(generated_samples.path, mode="r")["images"]
     test = np.flatnonzero(index["split"].to_numpy() == "test")
     if len(test) == 0:
         raise ValueError("the annotation split has no test images; set n_test > 0 on `annotations`")
@@ -369,7 +399,7 @@ def classifier_eval(
     from ops.labelling.annotations import get_class_map
     from ops.labelling.pixel_classifier import predict_from_proba
 
-    colours = get_class_map(_class_map_name(storage)).colours
+    colours = get_class_map(annotations.class_map).colours
     for n, row in enumerate(test):
         pred = predict_from_proba(predict_image(ensemble, sampler, int(row)))
         cm += confusion_matrix(np.asarray(labels[int(row)]), pred, len(classes))
@@ -377,15 +407,17 @@ def classifier_eval(
             overlays.append(overlay_png(images[int(index["sample_index"].iloc[row])], pred, colours))
     report = segmentation_report(cm, classes)
     cm_png = confusion_matrix_png(cm, classes)
-    run_id = json.loads((storage.classifier_dir / "lineage.json").read_text())["mlflow_run_id"]
+    run_id = pixel_classifier.mlflow_run_id
     with mlflow_tracking.start_run("pixel-classifier", run_id=run_id):
         import mlflow
 
         mlflow.log_metrics({f"test_{k}": v for k, v in report.items() if np.isfinite(v)})
         mlflow.log_image(png_array(cm_png), artifact_file="eval/confusion_matrix.png")
+    mean_dice = report.get("mean_dice", float("nan"))
     return dg.MaterializeResult(
+        value=ClassifierEvalRef(path=pixel_classifier.path, mlflow_run_id=run_id, mean_dice=mean_dice),
         metadata={
-            "mean_dice": report.get("mean_dice", float("nan")),
+            "mean_dice": mean_dice,
             "pixel_accuracy": report.get("pixel_accuracy", float("nan")),
             "report": dg.MetadataValue.json({k: round(float(v), 4) for k, v in report.items()}),
             "test_images": len(test),
@@ -418,17 +450,18 @@ class TileAnnotationConfig(dg.Config):
 
 @dg.asset(
     group_name="labelling",
-    deps=[training_tiles],
     code_version=TILE_ANNOTATION_CODE_VERSION,
     kinds={"python", "zarr"},
     description="QuPath GeoJSON drawn on the slides, rasterized onto the kept tiles: real image-mask pairs.",
 )
 def tile_annotations(
-    context: dg.AssetExecutionContext, config: TileAnnotationConfig, storage: FactoryStorage
+    context: dg.AssetExecutionContext,
+    config: TileAnnotationConfig,
+    training_tiles: TrainingTilesRef,
+    storage: FactoryStorage,
 ) -> dg.MaterializeResult:
-    storage.require("training_tiles")
     class_map = get_class_map(config.class_map)
-    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    tiles = pd.read_parquet(training_tiles.path)
     inbox = storage.slide_annotation_inbox
     inbox.mkdir(parents=True, exist_ok=True)
     if config.demo_annotator:
@@ -467,7 +500,6 @@ def tile_annotations(
         mask_store=str(storage.tile_annotations_dir / "masks.zarr"), mask_index=np.arange(len(table))
     )  # rows of the concatenated store
     table.to_parquet(tmp / "tiles.parquet", index=False)
-    (tmp / "class_map.txt").write_text(config.class_map)
     replace_dir(tmp, storage.tile_annotations_dir)
     share = shares(stacked, class_map.n_classes)
     # The masks depend on the files, the settings and which tiles were kept: all three make the version (the LDM's
@@ -480,6 +512,9 @@ def tile_annotations(
         }
     )
     return dg.MaterializeResult(
+        value=TileAnnotationsRef(
+            path=str(storage.tile_annotations_dir), content_hash=version, class_map=config.class_map
+        ),
         metadata={
             "annotated_tiles": len(table),
             "train_tiles": int((table["split"] == "train").sum()),
@@ -493,8 +528,3 @@ def tile_annotations(
         },
         data_version=dg.DataVersion(version),
     )
-
-
-def tile_annotation_class_map(storage: FactoryStorage) -> str:
-    """The class map the tile annotations were made with (``tile_annotations`` records it)."""
-    return (storage.tile_annotations_dir / "class_map.txt").read_text().strip()
