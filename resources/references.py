@@ -94,6 +94,7 @@ class GeneratedFeaturesRef(Reference):
 class PixelClassifierRef(Reference):
     """``pixel_classifier``: the ensemble file; ``content_hash`` is the annotation version it learned from."""
 
+    model_version: str
     blocks: int
 
 
