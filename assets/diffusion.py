@@ -4,11 +4,11 @@
 ``mask_bank`` collects the annotation shapes those masks contain; ``autoencoder`` learns the latent space;
 ``ldm_model`` learns to denoise latents given a mask. The export then draws masks from the bank (with the class
 balance a user asks for) and generates the images that fit them. Heavy artifacts are files under
-``$HISTOFACTORY_HOME/ldm`` referenced by path; MLflow run ids travel in metadata.
+``$HISTOFACTORY_HOME/ldm``; each asset hands on a typed reference to them (``resources.references``). The run
+folder, resume state, pretrained weights, MLflow run and registration are ``assets.training_run.TrainingRun``.
 """
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -20,9 +20,9 @@ import torch
 from pydantic import Field
 
 from assets.gates import gate, latest_metadata, number
-from assets.labelling import tile_annotation_class_map, tile_annotations
-from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
-from assets.slides import training_tiles
+from assets.lineage import package_versions, png_array, png_markdown, tile_set_hash
+from assets.training_run import TrainingRun
+from ops.common.file_io import CheckpointError
 from ops.common.images import image_grid_png
 from ops.common.train_loop import fit_steps
 from ops.diffusion.autoencoder import (
@@ -38,18 +38,18 @@ from ops.diffusion.mask_bank import MaskBank
 from ops.diffusion.samplers import sample_latents, self_distill
 from ops.evaluation.metrics import mask_agreement
 from ops.export.ldm_route import latents_to_uint8
-from ops.gan.trainer import CheckpointError
 from ops.labelling.class_maps import get_class_map
 from ops.slides.crops import PairCropSampler, TileCropSampler
 from resources import FactoryStorage, MlflowTracking, TorchDevice
+from resources.references import AutoencoderRef, LdmModelRef, MaskBankRef, TileAnnotationsRef, TrainingTilesRef
 
 DIFFUSION_CODE_VERSION = "ldm-1"
 LDM_MODEL_NAME = "histofactory-mask-ldm"
 AUTOENCODER_MODEL_NAME = "histofactory-autoencoder"
 
 
-def _annotated_train(storage: FactoryStorage) -> pd.DataFrame:
-    table = pd.read_parquet(storage.tile_annotations_dir / "tiles.parquet")
+def _annotated_train(tile_annotations: TileAnnotationsRef) -> pd.DataFrame:
+    table = pd.read_parquet(tile_annotations.table)
     train = table[table["split"] == "train"]
     if train.empty:
         raise ValueError(
@@ -74,23 +74,31 @@ class MaskBankConfig(dg.Config):
 
 @dg.asset(
     group_name="diffusion",
-    deps=[tile_annotations],
     code_version=DIFFUSION_CODE_VERSION,
     kinds={"numpy"},
     description="Real mask layouts and the annotation shapes in them; new masks are sampled from it.",
 )
 def mask_bank(
-    context: dg.AssetExecutionContext, config: MaskBankConfig, storage: FactoryStorage
+    context: dg.AssetExecutionContext,
+    config: MaskBankConfig,
+    tile_annotations: TileAnnotationsRef,
+    storage: FactoryStorage,
 ) -> dg.MaterializeResult:
-    storage.require("tile_annotations")
-    train = _annotated_train(storage)
-    class_map = get_class_map(tile_annotation_class_map(storage))
+    train = _annotated_train(tile_annotations)
+    class_map = get_class_map(tile_annotations.class_map)
     _, masks = PairCropSampler(train, config.resolution, seed=config.seed).batch_uint8(config.crops)
     bank = MaskBank.from_masks(masks, class_map.n_classes, min_area=config.min_area)
-    bank.save(storage.ldm_root / "mask_bank.npz")
+    bank_file = storage.ldm_root / "mask_bank.npz"
+    bank.save(bank_file)
     preview = bank.sample(np.arange(16))
     per_class = np.bincount(bank.shape_class, minlength=class_map.n_classes)
     return dg.MaterializeResult(
+        value=MaskBankRef(
+            path=str(bank_file),
+            resolution=config.resolution,
+            class_map=class_map.name,
+            content_hash=tile_annotations.content_hash,
+        ),
         metadata={
             "masks": len(masks),
             "shapes_per_class": dg.MetadataValue.json(
@@ -102,8 +110,8 @@ def mask_bank(
             "sampled_masks": png_markdown(
                 image_grid_png(_colour(preview, class_map.colours), columns=8, scale=2), "masks sampled from the bank"
             ),
-            "path": dg.MetadataValue.path(str(storage.ldm_root / "mask_bank.npz")),
-        }
+            "path": dg.MetadataValue.path(str(bank_file)),
+        },
     )
 
 
@@ -140,7 +148,6 @@ class AutoencoderTrainingConfig(dg.Config):
 
 @dg.asset(
     group_name="diffusion",
-    deps=[training_tiles],
     code_version=DIFFUSION_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
@@ -149,24 +156,29 @@ class AutoencoderTrainingConfig(dg.Config):
 def autoencoder(
     context: dg.AssetExecutionContext,
     config: AutoencoderTrainingConfig,
+    training_tiles: TrainingTilesRef,
     storage: FactoryStorage,
     mlflow_tracking: MlflowTracking,
     torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    storage.require("training_tiles")
     device = torch_device.device()
     cfg = get_autoencoder_config(config.preset)
     cfg = dataclasses.replace(cfg, kind=config.kind) if config.kind else cfg
-    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    tiles = pd.read_parquet(training_tiles.path)
     train, holdout = tiles[tiles["split"] == "train"], tiles[tiles["split"] == "holdout"]
-    run_key = content_hash({"config": config.model_dump(), "tiles": tile_set_hash(tiles)})
-    run_dir, checkpoint, state_file, state = _run_files(storage.ldm_root / "autoencoder" / run_key)
-    if checkpoint.exists():
-        trainer = AutoencoderTrainer.from_checkpoint(checkpoint, device)
-        context.log.info(f"resuming autoencoder training from {checkpoint} at step {trainer.step}")
+    run = TrainingRun.open(
+        context,
+        mlflow_tracking,
+        storage.ldm_root / "autoencoder",
+        {"config": config.model_dump(), "tiles": tile_set_hash(tiles)},
+        AUTOENCODER_MODEL_NAME,
+    )
+    if run.resuming:
+        trainer = AutoencoderTrainer.from_checkpoint(run.checkpoint, device)
+        context.log.info(f"resuming autoencoder training from {run.checkpoint} at step {trainer.step}")
     else:
         trainer = AutoencoderTrainer(cfg, lr=config.lr, kl_weight=config.kl_weight, device=device, seed=config.seed)
-        start_from = _pretrained(context, config, storage.pretrained(f"autoencoder_{config.preset}.pt"))
+        start_from = run.pretrained(config.from_scratch, config.pretrained, f"autoencoder_{config.preset}.pt")
         if start_from:
             model, pre_cfg, _ = load_autoencoder(start_from, device)
             _require_same(pre_cfg, cfg, start_from)
@@ -176,16 +188,11 @@ def autoencoder(
         config.eval_images, device
     )
     sampler = TileCropSampler(train, cfg.resolution, seed=config.seed * 1_000_003 + trainer.step)
-    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "autoencoder", "run_key": run_key}
     start = time.perf_counter()
-    with mlflow_tracking.start_run(
-        f"autoencoder-{config.preset}-{run_key[:8]}", tags, state.get("mlflow_run_id")
-    ) as run:
+    with run.mlflow_run(f"autoencoder-{config.preset}"):
         import mlflow
 
-        state["mlflow_run_id"] = run.info.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if "init" not in state:
+        if "init" not in run.state:
             mlflow.log_params(
                 {
                     **config.model_dump(),
@@ -194,9 +201,9 @@ def autoencoder(
                     "device": str(device),
                 }
             )
-            state["init"] = reconstruction_metrics(trainer.model, eval_x)
-            mlflow.log_metrics({f"init_{k}": v for k, v in state["init"].items()}, step=0)
-        state_file.write_text(json.dumps(state))
+            run.state["init"] = reconstruction_metrics(trainer.model, eval_x)
+            mlflow.log_metrics({f"init_{k}": v for k, v in run.state["init"].items()}, step=0)
+            run.save_state()
 
         def on_checkpoint(t: AutoencoderTrainer) -> None:
             mlflow.log_metrics(
@@ -207,7 +214,7 @@ def autoencoder(
             trainer,
             lambda: (sampler.batch(config.batch_size, device),),
             int(config.kimg * 1000),
-            checkpoint,
+            run.checkpoint,
             config.checkpoint_every,
             config.log_every,
             on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
@@ -216,34 +223,21 @@ def autoencoder(
         )
         final = reconstruction_metrics(trainer.model, eval_x)
         scale = trainer.fit_latent_scale([sampler.batch(config.batch_size, device) for _ in range(4)])
-        model_file = save_autoencoder(run_dir / "autoencoder.pt", trainer.model, cfg, scale)
+        model_file = save_autoencoder(run.run_dir / "autoencoder.pt", trainer.model, cfg, scale)
         with torch.no_grad():
             recon = latents_to_uint8(trainer.model, encode(trainer.model, eval_x[:8], scale), scale)
         originals = eval_x[:8].permute(0, 2, 3, 1).add(1).mul(127.5).round().clamp(0, 255).byte().cpu().numpy()
         grid = image_grid_png(np.concatenate([originals, recon]), columns=8, scale=2)
         mlflow.log_metrics({**{f"final_{k}": v for k, v in final.items()}, "latent_scale": scale}, step=trainer.step)
         mlflow.log_image(png_array(grid), artifact_file="reconstructions.png")
-        mlflow.log_artifact(str(model_file), "model")
-        version = mlflow_tracking.register(AUTOENCODER_MODEL_NAME, run.info.run_id, "model")
-    current = {
-        "path": str(model_file),
-        "run_key": run_key,
-        "mlflow_run_id": state["mlflow_run_id"],
-        "model_version": version,
-        "preset": config.preset,
-        "resolution": cfg.resolution,
-        "factor": cfg.factor,
-        "latent_channels": cfg.latent_channels,
-        "latent_scale": scale,
-        "step": trainer.step,
-    }
-    write_json_atomic(storage.ldm_root / "autoencoder.json", current)
+        run.register(model_file, "model")
+    ref = run.reference(AutoencoderRef, model_file, resolution=cfg.resolution, latent_scale=scale, step=trainer.step)
     return dg.MaterializeResult(
+        value=ref,
         metadata={
-            "mlflow_run_id": state["mlflow_run_id"],
-            "model_version": f"{AUTOENCODER_MODEL_NAME}/{version}",
+            **run.version_metadata(),
             "psnr_db": final["psnr"],
-            "psnr_db_at_init": state["init"]["psnr"],
+            "psnr_db_at_init": run.state["init"]["psnr"],
             "mse": final["mse"],
             "latent_scale": scale,
             "latent_shape": dg.MetadataValue.json([cfg.latent_channels, cfg.latent_resolution, cfg.latent_resolution]),
@@ -253,7 +247,7 @@ def autoencoder(
             "reconstructions": png_markdown(grid, "held-out crops (top) and reconstructions (bottom)"),
             "path": dg.MetadataValue.path(str(model_file)),
         },
-        data_version=dg.DataVersion(f"{run_key}-{trainer.step}"),
+        data_version=dg.DataVersion(f"{run.run_key}-{trainer.step}"),
     )
 
 
@@ -299,7 +293,6 @@ class LdmTrainingConfig(dg.Config):
 
 @dg.asset(
     group_name="diffusion",
-    deps=[autoencoder, tile_annotations, mask_bank],
     code_version=DIFFUSION_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
@@ -308,16 +301,17 @@ class LdmTrainingConfig(dg.Config):
 def ldm_model(
     context: dg.AssetExecutionContext,
     config: LdmTrainingConfig,
+    autoencoder: AutoencoderRef,
+    tile_annotations: TileAnnotationsRef,
+    mask_bank: MaskBankRef,
     storage: FactoryStorage,
     mlflow_tracking: MlflowTracking,
     torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    storage.require("autoencoder", "tile_annotations", "mask_bank")
     device = torch_device.device()
-    ae_info = json.loads((storage.ldm_root / "autoencoder.json").read_text())
-    ae, ae_cfg, scale = load_autoencoder(ae_info["path"], device)
-    class_map = get_class_map(tile_annotation_class_map(storage))
-    bank = MaskBank.load(storage.ldm_root / "mask_bank.npz")
+    ae, ae_cfg, scale = load_autoencoder(autoencoder.path, device)
+    class_map = get_class_map(tile_annotations.class_map)
+    bank = MaskBank.load(mask_bank.path)
     cfg = get_ldm_config(
         config.preset,
         class_map.n_classes,
@@ -339,22 +333,23 @@ def ldm_model(
         ema_decay=config.ema_decay,
         seed=config.seed,
     )
-    train = _annotated_train(storage)
-    annotation_version = (
-        context.instance.get_latest_materialization_event(tile_annotations.key)
-        .asset_materialization.metadata["annotation_version"]
-        .value
+    train = _annotated_train(tile_annotations)
+    annotation_version = tile_annotations.content_hash
+    run = TrainingRun.open(
+        context,
+        mlflow_tracking,
+        storage.ldm_root / "model",
+        {"config": config.model_dump(), "autoencoder": autoencoder.content_hash, "annotations": annotation_version},
+        LDM_MODEL_NAME,
     )
-    run_key = content_hash(
-        {"config": config.model_dump(), "autoencoder": ae_info["run_key"], "annotations": annotation_version}
-    )
-    run_dir, checkpoint, state_file, state = _run_files(storage.ldm_root / "model" / run_key)
-    if checkpoint.exists():
-        trainer = LdmTrainer.from_checkpoint(checkpoint, device)
-        context.log.info(f"resuming LDM training from {checkpoint} at step {trainer.step}")
+    if run.resuming:
+        trainer = LdmTrainer.from_checkpoint(run.checkpoint, device)
+        context.log.info(f"resuming LDM training from {run.checkpoint} at step {trainer.step}")
     else:
         trainer = LdmTrainer(cfg, train_cfg, device)
-        start_from = _pretrained(context, config, storage.pretrained(f"ldm_{config.preset}_{config.conditioning}.pt"))
+        start_from = run.pretrained(
+            config.from_scratch, config.pretrained, f"ldm_{config.preset}_{config.conditioning}.pt"
+        )
         if start_from:
             denoiser = load_denoiser(start_from, device)
             _require_same(denoiser.cfg, cfg, start_from)
@@ -384,23 +379,17 @@ def ldm_model(
         images = latents_to_uint8(ae, z, scale)
         return images, mask_agreement(images, preview_masks, real_images, real_masks, class_map.n_classes)
 
-    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "ldm_model", "run_key": run_key}
     start = time.perf_counter()
-    with mlflow_tracking.start_run(
-        f"ldm-{config.preset}-{config.conditioning}-{run_key[:8]}", tags, state.get("mlflow_run_id")
-    ) as run:
+    with run.mlflow_run(f"ldm-{config.preset}-{config.conditioning}"):
         import mlflow
 
-        state["mlflow_run_id"] = run.info.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps(state))
         if resumed_from == 0:
             mlflow.log_params(
                 {
                     **config.model_dump(),
                     **{f"ldm_{k}": v for k, v in cfg.to_dict().items()},
                     "annotated_train_tiles": len(train),
-                    "autoencoder_run": ae_info["mlflow_run_id"],
+                    "autoencoder_run": autoencoder.mlflow_run_id,
                     "device": str(device),
                 }
             )
@@ -417,7 +406,7 @@ def ldm_model(
             trainer,
             next_batch,
             int(config.kimg * 1000),
-            checkpoint,
+            run.checkpoint,
             config.checkpoint_every,
             config.log_every,
             on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
@@ -425,7 +414,7 @@ def ldm_model(
             desc="LDM",
         )
         distill = {}
-        if config.self_distill_pairs and config.self_distill_steps and not state.get("distilled"):
+        if config.self_distill_pairs and config.self_distill_steps and not run.state.get("distilled"):
             distill = self_distill(
                 trainer,
                 bank.sample,
@@ -435,38 +424,33 @@ def ldm_model(
                 config.guidance,
                 on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
             )
-            trainer.save_checkpoint(checkpoint)
-            state["distilled"] = True
-            state_file.write_text(json.dumps(state))
+            trainer.save_checkpoint(run.checkpoint)
+            run.state["distilled"] = True
+            run.save_state()
             mlflow.log_metrics(distill, step=trainer.step)
         images, agreement = preview(trainer)
         grid = _pair_grid(images[:16], preview_masks[:16], class_map.colours)
         mlflow.log_metrics({f"final_{k}": v for k, v in agreement.items()}, step=trainer.step)
         mlflow.log_image(png_array(grid), artifact_file="samples/final.png")
         mlflow.log_dict(cfg.to_dict(), "checkpoint/ldm_config.json")
-        mlflow.log_artifact(str(checkpoint), "checkpoint")
-        version = mlflow_tracking.register(LDM_MODEL_NAME, run.info.run_id, "checkpoint")
-    current = {
-        "checkpoint": str(checkpoint),
-        "run_key": run_key,
-        "mlflow_run_id": state["mlflow_run_id"],
-        "model_version": version,
-        "preset": config.preset,
-        "conditioning": config.conditioning,
-        "resolution": cfg.resolution,
-        "class_map": class_map.name,
-        "step": trainer.step,
-        "autoencoder": ae_info["path"],
-        "autoencoder_mlflow_run": ae_info["mlflow_run_id"],
-        "mask_bank": str(storage.ldm_root / "mask_bank.npz"),
-        "annotation_version": annotation_version,
-        "train_slide_ids": sorted(train["slide_id"].unique().tolist()),
-    }
-    write_json_atomic(storage.ldm_root / "current.json", current)
+        run.register(run.checkpoint, "checkpoint")
+    ref = run.reference(
+        LdmModelRef,
+        run.checkpoint,
+        conditioning=config.conditioning,
+        resolution=cfg.resolution,
+        class_map=class_map.name,
+        step=trainer.step,
+        autoencoder=autoencoder.path,
+        autoencoder_mlflow_run=autoencoder.mlflow_run_id,
+        mask_bank=mask_bank.path,
+        annotation_version=annotation_version,
+        train_slide_ids=sorted(train["slide_id"].unique().tolist()),
+    )
     return dg.MaterializeResult(
+        value=ref,
         metadata={
-            "mlflow_run_id": state["mlflow_run_id"],
-            "model_version": f"{LDM_MODEL_NAME}/{version}",
+            **run.version_metadata(),
             "conditioning": config.conditioning,
             "mask_agreement": agreement["mask_agreement"],
             "mask_accuracy": agreement["accuracy"],
@@ -476,39 +460,11 @@ def ldm_model(
             "resumed_from_step": resumed_from,
             "train_seconds": round(time.perf_counter() - start, 1),
             "samples": png_markdown(grid, "masks from the bank (top) and the images generated from them (bottom)"),
-            "checkpoint": dg.MetadataValue.path(str(checkpoint)),
+            "checkpoint": dg.MetadataValue.path(str(run.checkpoint)),
             "package_versions": dg.MetadataValue.json(package_versions()),
         },
-        data_version=dg.DataVersion(f"{run_key}-{trainer.step}"),
+        data_version=dg.DataVersion(f"{run.run_key}-{trainer.step}"),
     )
-
-
-def _run_files(run_dir: Path) -> tuple[Path, Path, Path, dict]:
-    """A training run's folder, checkpoint, state file and state (MLflow run id, baselines) if it was started."""
-    state_file = run_dir / "state.json"
-    return (
-        run_dir,
-        run_dir / "checkpoint.pt",
-        state_file,
-        json.loads(state_file.read_text()) if state_file.exists() else {},
-    )
-
-
-def _pretrained(
-    context: dg.AssetExecutionContext, config: AutoencoderTrainingConfig | LdmTrainingConfig, shipped: Path
-) -> Path | None:
-    """The weights to fine-tune from: the configured file (must exist), else the shipped one, else none."""
-    if config.from_scratch:
-        return None
-    if config.pretrained:
-        if not Path(config.pretrained).is_file():
-            raise CheckpointError(f"pretrained file {config.pretrained} does not exist; fix the path or unset it")
-        return Path(config.pretrained)
-    if shipped.is_file():
-        context.log.info(f"fine-tuning from the shipped {shipped.name}")
-        return shipped
-    context.log.info(f"no shipped weights for this preset ({shipped.name}); training from random weights")
-    return None
 
 
 def _require_same(found, expected, path: Path) -> None:

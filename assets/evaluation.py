@@ -9,6 +9,7 @@ seeds, λ chosen on validation, paired bootstrap CIs); its check ``synthetic_hel
 
 import io
 import json
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -17,11 +18,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import Field
 
-from assets.export import synthetic_dataset
-from assets.gan import gan_model
-from assets.labelling import tile_annotation_class_map, tile_annotations
 from assets.lineage import png_markdown
-from assets.slides import training_tiles
 from ops.common.images import image_grid_png
 from ops.evaluation.downstream import export_pairs, run_downstream
 from ops.evaluation.judge import JUDGE_FILE, JudgeConfig, train_judge
@@ -32,6 +29,7 @@ from ops.evaluation.segmenter import save_segmenter
 from ops.labelling.class_maps import get_class_map
 from ops.labelling.demo_annotator import demo_annotate
 from resources import FactoryStorage, MlflowTracking, TorchDevice
+from resources.references import DownstreamRef, ExportRef, RealAnnotationsRef, TileAnnotationsRef, TrainingTilesRef
 
 DOWNSTREAM_CODE_VERSION = "downstream-2"
 
@@ -48,29 +46,40 @@ class RealAnnotationConfig(dg.Config):
     heldout_tiles: int = Field(default=24, ge=2, description="Held-out tiles used at most (val + test), seeded.")
     val_share: float = Field(default=0.3, gt=0, lt=1, description="Share of the held-out tiles that validate.")
     seed: int = Field(default=0, description="Seeds tile choice, the val/test split and crop positions.")
+    resolution: int = Field(
+        default=64, ge=8, description="Crop edge in pixels; equal to the exported pairs' (the generators') resolution."
+    )
 
 
 @dg.asset(
     group_name="evaluation",
-    deps=[training_tiles, gan_model, tile_annotations],
     code_version=DOWNSTREAM_CODE_VERSION,
     kinds={"python"},
     description="Real image-mask pairs, leak-free: train crops from annotated training tiles, val/test crops from "
     "disjoint held-out tiles.",
 )
 def real_annotations(
-    context: dg.AssetExecutionContext, config: RealAnnotationConfig, storage: FactoryStorage
+    context: dg.AssetExecutionContext,
+    config: RealAnnotationConfig,
+    training_tiles: TrainingTilesRef,
+    tile_annotations: TileAnnotationsRef | None,
+    storage: FactoryStorage,
 ) -> dg.MaterializeResult:
-    storage.require("training_tiles", "gan_model", "tile_annotations")
-    resolution = json.loads((storage.gan_root / "current.json").read_text())["resolution"]
-    annotated = pd.read_parquet(storage.tile_annotations_dir / "tiles.parquet")
-    class_map = tile_annotation_class_map(storage)
+    if tile_annotations is None:
+        raise FileNotFoundError(
+            "real_annotations needs `tile_annotations` (the annotated training tiles are the label budget), "
+            "which was never materialized under this data root: materialize `tile_annotations` first "
+            "(demo: its demo_annotator option draws them)"
+        )
+    resolution = config.resolution
+    annotated = pd.read_parquet(tile_annotations.table)
+    class_map = tile_annotations.class_map or "demo"
     if config.source == "slide_annotations":
         rows = _limit_heldout(annotated, config)
         pairs = cut_pairs(rows, assign_parts(rows, config.val_share, config.seed), resolution, config.crops_per_tile)
     else:
         context.log.warning("DEMO: held-out tiles are labelled by the rule-based stand-in annotator, not an expert")
-        tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+        tiles = pd.read_parquet(training_tiles.path)
         held = _limit_heldout(tiles[tiles["split"] == "holdout"], config)
         train = annotated[annotated["split"] == "train"]
         parts = assign_parts(pd.concat([train, held], ignore_index=True), config.val_share, config.seed)
@@ -81,10 +90,11 @@ def real_annotations(
         pairs = RealPairs(
             *(np.concatenate([a, b]) for a, b in zip(_arrays(labelled), _arrays(heldout), strict=True))
         )  # RealPairs re-checks that no tile is shared
-    storage.real_annotations_path.parent.mkdir(parents=True, exist_ok=True)
-    (storage.real_annotations_path.parent / "class_map.txt").write_text(class_map)
-    pairs.save(storage.real_annotations_path)  # last: its presence marks the asset materialized
+    out = storage.real_annotations_path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pairs.save(out)
     return dg.MaterializeResult(
+        value=RealAnnotationsRef(path=str(out), source=config.source, resolution=resolution, class_map=class_map),
         metadata={
             **pairs.counts(),
             "source": config.source,
@@ -93,7 +103,7 @@ def real_annotations(
                 overlay_png(pairs.images[0], pairs.masks[0], get_class_map(class_map).colours), "real crop with mask"
             ),
             "path": dg.MetadataValue.path(str(storage.real_annotations_path)),
-        }
+        },
     )
 
 
@@ -109,11 +119,10 @@ def _arrays(pairs: RealPairs) -> tuple[np.ndarray, ...]:
     return pairs.images, pairs.masks, pairs.tile_ids, pairs.parts
 
 
-def _real_pairs(storage: FactoryStorage) -> tuple[RealPairs, list[str]]:
+def _real_pairs(real_annotations: RealAnnotationsRef) -> tuple[RealPairs, list[str]]:
     """The real pairs and their class names (the class map they were annotated with)."""
-    storage.require("real_annotations")
-    class_map = (storage.real_annotations_path.parent / "class_map.txt").read_text().strip()
-    return RealPairs.load(storage.real_annotations_path), list(get_class_map(class_map).classes)
+    classes = list(get_class_map(real_annotations.class_map or "demo").classes)
+    return RealPairs.load(Path(real_annotations.path)), classes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,14 +144,18 @@ def label_judge_path(storage: FactoryStorage):
 
 @dg.asset(
     group_name="evaluation",
-    deps=[real_annotations],
     code_version=DOWNSTREAM_CODE_VERSION,
     kinds={"pytorch"},
     pool="training",
     description="Label judge: a segmenter trained on the real annotated training crops, with its held-out Dice.",
 )
-def label_judge(config: LabelJudgeConfig, storage: FactoryStorage, torch_device: TorchDevice) -> dg.MaterializeResult:
-    real, classes = _real_pairs(storage)
+def label_judge(
+    config: LabelJudgeConfig,
+    real_annotations: RealAnnotationsRef,
+    storage: FactoryStorage,
+    torch_device: TorchDevice,
+) -> dg.MaterializeResult:
+    real, classes = _real_pairs(real_annotations)
     torch_device.device()  # applies the thread setting
     model, report = train_judge(
         real, classes, JudgeConfig(config.steps, base_channels=config.base_channels, seed=config.seed)
@@ -195,16 +208,8 @@ class DownstreamConfig(dg.Config):
         )
 
 
-def _latest_export(context: dg.AssetExecutionContext, storage: FactoryStorage):
-    event = context.instance.get_latest_materialization_event(synthetic_dataset.key)
-    if event is None:
-        raise ValueError("no synthetic_dataset batch has been materialized; run the export first")
-    return storage.export_root / event.asset_materialization.metadata["export_version"].value
-
-
 @dg.asset(
     group_name="evaluation",
-    deps=[real_annotations, synthetic_dataset],
     code_version=DOWNSTREAM_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
@@ -214,12 +219,14 @@ def _latest_export(context: dg.AssetExecutionContext, storage: FactoryStorage):
 def downstream_eval(
     context: dg.AssetExecutionContext,
     config: DownstreamConfig,
+    real_annotations: RealAnnotationsRef,
+    synthetic_dataset: dict[str, ExportRef],
     storage: FactoryStorage,
     mlflow_tracking: MlflowTracking,
     torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    real, classes = _real_pairs(storage)
-    export_dir = _latest_export(context, storage)
+    real, classes = _real_pairs(real_annotations)
+    export_dir = Path(max(synthetic_dataset.values(), key=lambda ref: ref.created_at).path)  # latest
     torch_device.device()  # applies the thread setting; the curve trains on the CPU
     result = run_downstream(real, classes, export_dir, config.curve(), progress=context.log.info)
     summary = result.curve.summary
@@ -242,6 +249,7 @@ def downstream_eval(
     picture = curve_png(summary)
     _log_to_mlflow(context, mlflow_tracking, config, result, picture, export_dir.name)
     return dg.MaterializeResult(
+        value=DownstreamRef(path=str(out), content_hash=export_dir.name),
         metadata={
             **{k: v for k, v in headline.items() if isinstance(v, str) or np.isfinite(v)},
             "mean_dice_real": float(summary.loc[summary["arm"] == "real", "mean_dice"].iloc[0]),
@@ -257,7 +265,7 @@ def downstream_eval(
                 )
                 for r in result.routes
             },
-        }
+        },
     )
 
 

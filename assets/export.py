@@ -15,9 +15,8 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from assets.diffusion import ldm_model
 from assets.gates import gate, latest_metadata, number
-from assets.labelling import classifier_eval, pixel_classifier
+from assets.labelling import classifier_eval
 from assets.lineage import png_markdown
 from ops.common.images import image_grid_png
 from ops.diffusion.autoencoder import load_autoencoder
@@ -52,6 +51,7 @@ from ops.labelling.pixel_classifier import PixelEnsemble
 from ops.slides.crops import TileCropSampler
 from ops.slides.tile_store import replace_dir, temp_dir_beside
 from resources import DaskResource, FactoryStorage, TorchDevice
+from resources.references import ExportRef, GanModelRef, LdmModelRef, PixelClassifierRef, TrainingTilesRef
 
 EXPORT_CODE_VERSION = "export-2"
 GENERATORS = ("stylegan2", "ldm")
@@ -123,7 +123,23 @@ def export_version(lineage: dict, params: ExportParams, config: ExportConfig) ->
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def _lineage(storage: FactoryStorage, generators: list[str]) -> dict:
+def _route_input(ref, asset: str, generator: str):
+    """An upstream a chosen route needs: its reference, or the error naming the asset and the fix."""
+    if ref is None:
+        raise FileNotFoundError(
+            f"generators includes {generator!r} but `{asset}` was never materialized: materialize `{asset}` first "
+            f"(e.g. `dagster asset materialize -m pipelines --select +{asset}` or the factory job), or drop "
+            f"{generator!r} from synthetic_dataset's generators"
+        )
+    return ref
+
+
+def _lineage(
+    generators: list[str],
+    gan: GanModelRef | None,
+    classifier: PixelClassifierRef | None,
+    ldm: LdmModelRef | None,
+) -> dict:
     """Upstream versions of the chosen generators; they must agree on class map and resolution."""
     unknown = sorted(set(generators) - set(GENERATORS))
     if unknown or not generators:
@@ -131,27 +147,26 @@ def _lineage(storage: FactoryStorage, generators: list[str]) -> dict:
     lineage: dict = {"generators": sorted(set(generators))}
     slides: set[str] = set()
     if "stylegan2" in generators:
-        storage.require("gan_model", "pixel_classifier")
-        gan = json.loads((storage.gan_root / "current.json").read_text())
-        classifier = json.loads((storage.classifier_dir / "lineage.json").read_text())
+        gan = _route_input(gan, "gan_model", "stylegan2")
+        classifier = _route_input(classifier, "pixel_classifier", "stylegan2")
         lineage.update(
             {
-                "gan_mlflow_run": gan["mlflow_run_id"],
-                "gan_model_version": gan["model_version"],
-                "gan_step": gan["step"],
-                "gan_checkpoint": gan["checkpoint"],
-                "classifier_mlflow_run": classifier["mlflow_run_id"],
-                "annotation_version": classifier["annotation_version"],
-                "blocks": classifier.get("blocks", 5),
-                "class_map": classifier.get("class_map", "demo"),
-                "resolution": gan["resolution"],
+                "gan_mlflow_run": gan.mlflow_run_id,
+                "gan_model_version": gan.model_version,
+                "gan_step": gan.step,
+                "gan_checkpoint": gan.path,
+                "classifier_mlflow_run": classifier.mlflow_run_id,
+                "classifier": classifier.path,
+                "annotation_version": classifier.content_hash,
+                "blocks": classifier.blocks,
+                "class_map": classifier.class_map,
+                "resolution": gan.resolution,
             }
         )
-        slides |= set(gan["train_slide_ids"])
+        slides |= set(gan.train_slide_ids)
     if "ldm" in generators:
-        storage.require("ldm_model", "mask_bank")
-        ldm = json.loads((storage.ldm_root / "current.json").read_text())
-        for key, value in (("class_map", ldm["class_map"]), ("resolution", ldm["resolution"])):
+        ldm = _route_input(ldm, "ldm_model", "ldm")
+        for key, value in (("class_map", ldm.class_map), ("resolution", ldm.resolution)):
             if lineage.setdefault(key, value) != value:
                 raise ValueError(
                     f"the GAN route uses {key} {lineage[key]!r} but the LDM {value!r}; export them "
@@ -159,28 +174,30 @@ def _lineage(storage: FactoryStorage, generators: list[str]) -> dict:
                 )
         lineage.update(
             {
-                "ldm_mlflow_run": ldm["mlflow_run_id"],
-                "ldm_model_version": ldm["model_version"],
-                "ldm_step": ldm["step"],
-                "ldm_checkpoint": ldm["checkpoint"],
-                "autoencoder": ldm["autoencoder"],
-                "autoencoder_mlflow_run": ldm["autoencoder_mlflow_run"],
-                "mask_bank": ldm["mask_bank"],
-                "ldm_annotation_version": ldm["annotation_version"],
+                "ldm_mlflow_run": ldm.mlflow_run_id,
+                "ldm_model_version": ldm.model_version,
+                "ldm_step": ldm.step,
+                "ldm_checkpoint": ldm.path,
+                "autoencoder": ldm.autoencoder,
+                "autoencoder_mlflow_run": ldm.autoencoder_mlflow_run,
+                "mask_bank": ldm.mask_bank,
+                "ldm_annotation_version": ldm.annotation_version,
             }
         )
-        slides |= set(ldm["train_slide_ids"])
+        slides |= set(ldm.train_slide_ids)
     lineage["source_slides"] = sorted(slides)
     return lineage
 
 
-_PATHS = ("gan_checkpoint", "ldm_checkpoint", "autoencoder", "mask_bank")  # where, not what: not in the version
+# Where files are, not what they are: not part of the export version.
+_PATHS = ("gan_checkpoint", "classifier", "ldm_checkpoint", "autoencoder", "mask_bank")
 
 
 @dg.asset(
     group_name="export",
     partitions_def=export_batches,
-    deps=[pixel_classifier, classifier_eval, ldm_model, dg.AssetKey("label_judge")],  # key: evaluation imports us
+    # classifier_eval: evaluated before its labels are exported; label_judge by key (evaluation imports us)
+    deps=[classifier_eval, dg.AssetKey("label_judge")],
     code_version=EXPORT_CODE_VERSION,
     kinds={"pytorch", "parquet"},
     description="Synthetic image-mask pairs (GAN and/or LDM), one batch per partition, uncertainty- and "
@@ -189,14 +206,17 @@ _PATHS = ("gan_checkpoint", "ldm_checkpoint", "autoencoder", "mask_bank")  # whe
 def synthetic_dataset(
     context: dg.AssetExecutionContext,
     config: ExportConfig,
+    training_tiles: TrainingTilesRef,
+    gan_model: GanModelRef | None,
+    pixel_classifier: PixelClassifierRef | None,
+    ldm_model: LdmModelRef | None,
     storage: FactoryStorage,
     torch_device: TorchDevice,
     dask: DaskResource,
 ) -> dg.MaterializeResult:
-    storage.require("training_tiles")
     device = torch_device.device()
     batch = int(context.partition_key)
-    lineage = _lineage(storage, config.generators)
+    lineage = _lineage(config.generators, gan_model, pixel_classifier, ldm_model)
     params = ExportParams(
         batch_size=config.batch_size,
         psi=config.psi,
@@ -208,11 +228,11 @@ def synthetic_dataset(
     version = export_version({k: v for k, v in lineage.items() if k not in _PATHS}, params, config)
     export_dir = storage.export_root / version
     class_map = get_class_map(lineage["class_map"])
-    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    tiles = pd.read_parquet(training_tiles.path)
     start = time.perf_counter()
     routes: list[_Route] = []
     if "stylegan2" in lineage["generators"]:
-        result = _gan_batch(context, lineage, batch, params, device, dask, storage)
+        result = _gan_batch(context, lineage, batch, params, device, dask)
         routes.append(
             _Route(
                 "stylegan2",
@@ -286,6 +306,13 @@ def synthetic_dataset(
     seconds = time.perf_counter() - start
     kept_per_generator = {g: int(keep[generator == g].sum()) for g in lineage["generators"]}
     return dg.MaterializeResult(
+        value=ExportRef(
+            path=str(export_dir),
+            batch=batch,
+            content_hash=version,
+            class_map=lineage["class_map"],
+            resolution=lineage["resolution"],
+        ),
         metadata={
             "export_version": version,
             "generators": ", ".join(lineage["generators"]),
@@ -336,17 +363,14 @@ def _gan_batch(
     params: ExportParams,
     device: torch.device,
     dask: DaskResource,
-    storage: FactoryStorage,
 ) -> SyntheticBatch:
     """The DatasetGAN route: generate, then label with the pixel-classifier ensemble (on dask when configured)."""
     cluster = dask.spec().address
     if cluster:  # scale out: workers regenerate their share of the batch's seeds from the checkpoint files
         context.log.info(f"generating batch {batch} on the dask cluster at {cluster}")
-        return synthesize_on_dask(
-            lineage["gan_checkpoint"], storage.classifier_dir / "ensemble.pt", batch, params, address=cluster
-        )
+        return synthesize_on_dask(lineage["gan_checkpoint"], lineage["classifier"], batch, params, address=cluster)
     G = load_generator(lineage["gan_checkpoint"], device)
-    return synthesize_batch(G, PixelEnsemble.load(storage.classifier_dir / "ensemble.pt"), batch, params, device)
+    return synthesize_batch(G, PixelEnsemble.load(lineage["classifier"]), batch, params, device)
 
 
 def _quantiles(values: pd.Series) -> dict[str, float]:

@@ -16,14 +16,14 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from assets.lineage import content_hash, png_markdown, write_json_atomic
-from assets.slides import training_tiles
+from assets.lineage import content_hash, png_markdown
 from ops.common.images import image_grid_png
 from ops.federated.networks import CondGanConfig, CondGenerator
 from ops.federated.runtime import MODEL_FILE, MODEL_FORMAT, Federation, Site
 from ops.federated.sites import read_site_map
 from ops.federated.training import sample
 from resources import FactoryStorage, MlflowTracking
+from resources.references import FederatedGanRef, TrainingTilesRef
 
 FEDERATED_CODE_VERSION = "federated-1"
 FEDERATED_MODEL_NAME = "histofactory-cgan-federated"
@@ -63,7 +63,6 @@ def _sites(storage: FactoryStorage, slides: list[str], sites_csv: str | None) ->
 
 @dg.asset(
     group_name="federated",
-    deps=[training_tiles],
     code_version=FEDERATED_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
@@ -72,11 +71,11 @@ def _sites(storage: FactoryStorage, slides: list[str], sites_csv: str | None) ->
 def federated_gan(
     context: dg.AssetExecutionContext,
     config: FederatedGanConfig,
+    training_tiles: TrainingTilesRef,
     storage: FactoryStorage,
     mlflow_tracking: MlflowTracking,
 ) -> dg.MaterializeResult:
-    storage.require("training_tiles")
-    slides = sorted(pd.read_parquet(storage.training_dir / "tiles.parquet", columns=["slide"])["slide"].unique())
+    slides = sorted(pd.read_parquet(training_tiles.path, columns=["slide"])["slide"].unique())
     sites = _sites(storage, slides, config.sites_csv)
     gan = CondGanConfig(resolution=config.resolution, loss=config.loss, backbone=config.backbone)
     run_key = content_hash({"config": config.model_dump(), "sites": [(s.name, str(s.root)) for s in sites]})
@@ -131,15 +130,16 @@ def federated_gan(
         mlflow.log_artifact(str(out / MODEL_FILE), "model")
         mlflow.log_artifact(str(out / "samples.png"), "samples")
         version = mlflow_tracking.register(FEDERATED_MODEL_NAME, run.info.run_id, "model")
-    current = {
-        "model": str(out / MODEL_FILE),
-        "lineage": str(out / "lineage.json"),
-        "mlflow_run_id": run.info.run_id,
-        "model_version": version,
-        "participants": participants,
-    }
-    write_json_atomic(run_dir.parent / "current.json", current)
     return dg.MaterializeResult(
+        value=FederatedGanRef(
+            path=str(out / MODEL_FILE),
+            lineage=str(out / "lineage.json"),
+            mlflow_run_id=run.info.run_id,
+            model_version=version,
+            participants={str(k): v for k, v in participants.items()},
+            resolution=config.resolution,
+            content_hash=run_key,
+        ),
         metadata={
             "rounds": len(lineage["rounds"]),
             "sites": len(sites),
@@ -162,5 +162,5 @@ def federated_gan(
             "model_version": version,
             "flower_run_id": str(lineage["flower_run_id"]),
             "samples": png_markdown(grid, "conditional samples, one row per class"),
-        }
+        },
     )

@@ -1,10 +1,9 @@
 """Generative assets: the training set over all slides, the StyleGAN2-ADA model, and generated samples.
 
-Checkpoints and sample stores are written through ``FactoryStorage`` and referenced by path; the MLflow run id and
-the registered model version travel in metadata. Nothing is pickled between steps.
+Checkpoints and sample stores are written through ``FactoryStorage``; each asset hands on a typed reference
+(``resources.references``: path, MLflow run id, registered version, step, resolution), never a pickled model.
 """
 
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -17,17 +16,18 @@ import zarr
 from pydantic import Field
 
 from assets.gates import gate, latest_metadata, number
-from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash, write_json_atomic
-from assets.slides import training_tiles
+from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash
+from assets.training_run import TrainingRun
 from ops.common.images import image_grid_png
 from ops.gan.loop import LoopConfig, fit
 from ops.gan.metrics import FidScorer, swd_against
 from ops.gan.networks import Generator, get_gan_config
 from ops.gan.sampling import generate
-from ops.gan.trainer import CheckpointError, GanTrainer, TrainConfig, load_generator
+from ops.gan.trainer import GanTrainer, TrainConfig, load_generator
 from ops.slides.crops import TileCropSampler
 from ops.slides.tile_store import replace_dir, temp_dir_beside
 from resources import FactoryStorage, MlflowTracking, TorchDevice
+from resources.references import GanModelRef, GeneratedSamplesRef, TrainingTilesRef
 
 GENERATIVE_CODE_VERSION = "gan-1"
 GAN_MODEL_NAME = "histofactory-stylegan2"
@@ -68,7 +68,6 @@ def _reference_sets(holdout: pd.DataFrame, n: int, resolution: int, downsample: 
 
 @dg.asset(
     group_name="gan",
-    deps=[training_tiles],
     code_version=GENERATIVE_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
@@ -77,51 +76,42 @@ def _reference_sets(holdout: pd.DataFrame, n: int, resolution: int, downsample: 
 def gan_model(
     context: dg.AssetExecutionContext,
     config: GanTrainingConfig,
-    storage: FactoryStorage,
+    training_tiles: TrainingTilesRef,
     mlflow_tracking: MlflowTracking,
     torch_device: TorchDevice,
+    storage: FactoryStorage,
 ) -> dg.MaterializeResult:
-    storage.require("training_tiles")
     device = torch_device.device()
     gan_cfg = get_gan_config(config.preset)
     train_cfg = TrainConfig(batch_size=config.batch_size, lr=config.lr, augment=config.augment, seed=config.seed)
-    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    tiles = pd.read_parquet(training_tiles.path)
     train, holdout = tiles[tiles["split"] == "train"], tiles[tiles["split"] == "holdout"]
-    run_key = content_hash({"config": config.model_dump(), "tiles": tile_set_hash(tiles)})
-    run_dir = storage.gan_root / run_key
-    checkpoint, state_file = run_dir / "checkpoint.pt", run_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
-
-    if checkpoint.exists():
-        trainer = GanTrainer.from_checkpoint(checkpoint, device)
-        context.log.info(f"resuming GAN training from {checkpoint} at step {trainer.step}")
+    run = TrainingRun.open(
+        context,
+        mlflow_tracking,
+        storage.gan_root,
+        {"config": config.model_dump(), "tiles": tile_set_hash(tiles)},
+        GAN_MODEL_NAME,
+    )
+    if run.resuming:
+        trainer = GanTrainer.from_checkpoint(run.checkpoint, device)
+        context.log.info(f"resuming GAN training from {run.checkpoint} at step {trainer.step}")
     else:
         trainer = GanTrainer(gan_cfg, train_cfg, device)
-        pretrained = Path(config.pretrained) if config.pretrained else storage.pretrained(f"gan_{config.preset}.pt")
-        if not config.from_scratch and pretrained.exists():
+        pretrained = run.pretrained(config.from_scratch, config.pretrained, f"gan_{config.preset}.pt")
+        if pretrained:
             trainer.load_checkpoint(pretrained)  # weights, optimiser and ADA state; counters restart below
             trainer.step, trainer.images_seen = 0, 0
-            context.log.info(f"fine-tuning from {pretrained}")
-        elif not config.from_scratch and config.pretrained:
-            raise CheckpointError(f"pretrained checkpoint {pretrained} does not exist; fix the path or unset it")
-        elif not config.from_scratch:
-            context.log.warning(
-                f"no pretrained checkpoint for preset {config.preset!r} ({pretrained}); training from random weights"
-            )
     resumed_from = trainer.step
     ref_a, ref_b = _reference_sets(
         holdout if len(holdout) else train, config.swd_images, gan_cfg.resolution, config.crop_downsample
     )
     eval_seeds = np.arange(config.swd_images) + 10_000_000
-    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "gan_model", "run_key": run_key}
     start = time.perf_counter()
-    with mlflow_tracking.start_run(f"gan-{config.preset}-{run_key[:8]}", tags, state.get("mlflow_run_id")) as run:
+    with run.mlflow_run(f"gan-{config.preset}"):
         import mlflow
 
-        state["mlflow_run_id"] = run.info.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps(state))
-        if resumed_from == 0 and not state.get("baselines"):
+        if resumed_from == 0 and not run.state.get("baselines"):
             mlflow.log_params(
                 {
                     **config.model_dump(),
@@ -135,9 +125,9 @@ def gan_model(
             untrained = Generator(gan_cfg).to(device)
             floor = swd_against(ref_a, ref_b)
             base = swd_against(ref_a, generate(untrained, eval_seeds, 1.0, device, batch=32)[2])
-            state["baselines"] = {"floor": floor.per_level, "untrained": base.per_level}
+            run.state["baselines"] = {"floor": floor.per_level, "untrained": base.per_level}
             mlflow.log_metrics({**floor.to_metadata("swd_floor"), **base.to_metadata("swd_untrained")}, step=0)
-            state_file.write_text(json.dumps(state))
+            run.save_state()
 
         def on_log(step: int, stats: dict[str, float]) -> None:
             mlflow.log_metrics({k: float(v) for k, v in stats.items()}, step=step)
@@ -155,7 +145,7 @@ def gan_model(
         loop = LoopConfig(
             int(config.kimg * 1000), config.checkpoint_every, config.log_every, config.crop_downsample, config.seed
         )
-        fit(trainer, train, loop, checkpoint, on_log, on_checkpoint)
+        fit(trainer, train, loop, run.checkpoint, on_log, on_checkpoint)
         final_images = generate(trainer.G_ema, eval_seeds, 1.0, device, batch=32)[2]
         swd = swd_against(ref_a, final_images)
         grid = image_grid_png(final_images[:32], columns=8, scale=2)
@@ -166,26 +156,24 @@ def gan_model(
         if fid is not None:
             mlflow.log_metric("fid", fid, step=trainer.step)
         mlflow.log_dict(gan_cfg.to_dict(), "checkpoint/gan_config.json")
-        mlflow.log_artifact(str(checkpoint), "checkpoint")
-        version = mlflow_tracking.register(GAN_MODEL_NAME, run.info.run_id, "checkpoint")
+        run.register(run.checkpoint, "checkpoint")
     seconds = time.perf_counter() - start
-    current = {
-        "run_dir": str(run_dir),
-        "checkpoint": str(checkpoint),
-        "mlflow_run_id": state["mlflow_run_id"],
-        "model_version": version,
-        "preset": config.preset,
-        "resolution": gan_cfg.resolution,
-        "step": trainer.step,
-        "images_seen": trainer.images_seen,
-        "train_slide_ids": sorted(train["slide_id"].unique().tolist()),
-    }
-    write_json_atomic(storage.gan_root / "current.json", current)
-    floor, untrained = ({int(k): v for k, v in state["baselines"][name].items()} for name in ("floor", "untrained"))
+    ref = run.reference(
+        GanModelRef,
+        run.checkpoint,
+        run_dir=str(run.run_dir),
+        preset=config.preset,
+        resolution=gan_cfg.resolution,
+        step=trainer.step,
+        images_seen=trainer.images_seen,
+        train_slide_ids=sorted(train["slide_id"].unique().tolist()),
+    )
+    baselines = run.state["baselines"]
+    floor, untrained = ({int(k): v for k, v in baselines[name].items()} for name in ("floor", "untrained"))
     return dg.MaterializeResult(
+        value=ref,
         metadata={
-            "mlflow_run_id": state["mlflow_run_id"],
-            "model_version": f"{GAN_MODEL_NAME}/{version}",
+            **run.version_metadata(),
             "sample_grid": png_markdown(grid, "generated samples"),
             "step": trainer.step,
             "images_seen": trainer.images_seen,
@@ -199,10 +187,10 @@ def gan_model(
             "ada_p": float(trainer.ada.p) if trainer.ada is not None else 0.0,
             "train_seconds": round(seconds, 1),
             "device": str(device),
-            "checkpoint": dg.MetadataValue.path(str(checkpoint)),
+            "checkpoint": dg.MetadataValue.path(str(run.checkpoint)),
             "package_versions": dg.MetadataValue.json(package_versions()),
         },
-        data_version=dg.DataVersion(f"{run_key}-{trainer.step}"),
+        data_version=dg.DataVersion(f"{run.run_key}-{trainer.step}"),
     )
 
 
@@ -224,18 +212,19 @@ class SamplesConfig(dg.Config):
 
 @dg.asset(
     group_name="gan",
-    deps=[gan_model],
     code_version=GENERATIVE_CODE_VERSION,
     kinds={"pytorch", "zarr"},
     description="Generated images with their latents (z, w) and seeds in zarr, plus a contact sheet.",
 )
 def generated_samples(
-    context: dg.AssetExecutionContext, config: SamplesConfig, storage: FactoryStorage, torch_device: TorchDevice
+    context: dg.AssetExecutionContext,
+    config: SamplesConfig,
+    gan_model: GanModelRef,
+    storage: FactoryStorage,
+    torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    storage.require("gan_model")
     device = torch_device.device()
-    current = json.loads((storage.gan_root / "current.json").read_text())
-    G = load_generator(current["checkpoint"], device)
+    G = load_generator(gan_model.path, device)
     seeds = np.arange(config.n, dtype=np.int64) + config.seed_offset
     start = time.perf_counter()
     z, w, images = generate(G, seeds, config.psi, device)  # one at a time: bit-for-bit regenerable
@@ -250,9 +239,9 @@ def generated_samples(
         {
             "psi": config.psi,
             "noise_mode": "const",
-            "checkpoint": current["checkpoint"],
-            "mlflow_run_id": current["mlflow_run_id"],
-            "model_version": current["model_version"],
+            "checkpoint": gan_model.path,
+            "mlflow_run_id": gan_model.mlflow_run_id,
+            "model_version": gan_model.model_version,
         }
     )
     sheet = image_grid_png(images[:64], columns=8, labels=True, scale=2)
@@ -260,17 +249,22 @@ def generated_samples(
     if config.export_for_annotation:
         export_pngs(images, config.export_for_annotation, tmp / "for_annotation")
     replace_dir(tmp, storage.samples_dir)
+    store = storage.samples_dir / "samples.zarr"
+    version = content_hash([gan_model.path, gan_model.step, config.model_dump()])
     return dg.MaterializeResult(
+        value=GeneratedSamplesRef(
+            path=str(store), checkpoint=gan_model.path, n=config.n, resolution=r, content_hash=version
+        ),
         metadata={
             "n": config.n,
             "psi": config.psi,
             "resolution": r,
             "contact_sheet": png_markdown(sheet, "generated samples (index labels)"),
-            "gan_model_version": current["model_version"],
+            "gan_model_version": gan_model.model_version,
             "seconds": round(time.perf_counter() - start, 2),
-            "store": dg.MetadataValue.path(str(storage.samples_dir / "samples.zarr")),
+            "store": dg.MetadataValue.path(str(store)),
         },
-        data_version=dg.DataVersion(content_hash([current["checkpoint"], current["step"], config.model_dump()])),
+        data_version=dg.DataVersion(version),
     )
 
 

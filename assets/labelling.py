@@ -3,8 +3,8 @@ resolution), the pixel-classifier ensemble, and its evaluation on the test split
 """
 
 import hashlib
-import json
 import time
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -14,10 +14,9 @@ import torch
 import zarr
 from pydantic import Field
 
-from assets.gan import gan_model, generated_samples
 from assets.gates import gate, latest_metadata, number
 from assets.lineage import content_hash, png_array, png_markdown, tile_set_hash
-from assets.slides import training_tiles
+from assets.training_run import TrainingRun
 from ops.diffusion.mask_bank import shares
 from ops.evaluation.metrics import (
     chance_mean_dice,
@@ -50,10 +49,21 @@ from ops.labelling.slide_annotations import (
 from ops.slides.reader import open_slide
 from ops.slides.tile_store import replace_dir, temp_dir_beside
 from resources import FactoryStorage, MlflowTracking, TorchDevice
+from resources.references import (
+    AnnotationsRef,
+    ClassifierEvalRef,
+    GanModelRef,
+    GeneratedFeaturesRef,
+    GeneratedSamplesRef,
+    PixelClassifierRef,
+    TileAnnotationsRef,
+    TrainingTilesRef,
+)
 
 # Unchanged from when tile_annotations lived with the diffusion assets, so existing masks are not reported stale.
 TILE_ANNOTATION_CODE_VERSION = "ldm-1"
 LABELLING_CODE_VERSION = "labelling-1"
+CLASSIFIER_MODEL_NAME = "histofactory-pixel-classifier"
 
 
 class AnnotationConfig(dg.Config):
@@ -76,17 +86,18 @@ class AnnotationConfig(dg.Config):
 
 @dg.asset(
     group_name="labelling",
-    deps=[generated_samples],
     code_version=LABELLING_CODE_VERSION,
     kinds={"python", "zarr"},
     description="Expert masks (indexed PNG or QuPath GeoJSON) of generated images, validated and versioned.",
 )
 def annotations(
-    context: dg.AssetExecutionContext, config: AnnotationConfig, storage: FactoryStorage
+    context: dg.AssetExecutionContext,
+    config: AnnotationConfig,
+    generated_samples: GeneratedSamplesRef,
+    storage: FactoryStorage,
 ) -> dg.MaterializeResult:
-    storage.require("generated_samples")
     class_map = get_class_map(config.class_map)
-    samples = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")
+    samples = zarr.open_group(generated_samples.path, mode="r")
     images = samples["images"]
     image_ids = [f"sample_{i:05d}" for i in range(images.shape[0])]
     inbox = storage.annotation_inbox
@@ -125,10 +136,15 @@ def annotations(
     group.create_array("labels", data=masks, chunks=(1, *shape))
     group.attrs.update({"class_map": config.class_map, "classes": list(class_map.classes), "version": version})
     index.to_parquet(tmp / "index.parquet", index=False)
-    (tmp / "version.json").write_text(json.dumps({"version": version, "class_map": config.class_map}))
     replace_dir(tmp, storage.annotations_dir)
     shares = np.bincount(masks.ravel(), minlength=class_map.n_classes)[: class_map.n_classes] / masks.size
     return dg.MaterializeResult(
+        value=AnnotationsRef(
+            path=str(storage.annotations_dir),
+            content_hash=version,
+            class_map=config.class_map,
+            resolution=shape[0],
+        ),
         metadata={
             "annotation_version": version,
             "images": len(ids),
@@ -158,22 +174,25 @@ class FeatureConfig(dg.Config):
 
 @dg.asset(
     group_name="labelling",
-    deps=[annotations, gan_model],
     code_version=LABELLING_CODE_VERSION,
     kinds={"pytorch", "zarr"},
     description="Features of the last K synthesis blocks of the annotated images, native resolution, zarr.",
 )
 def generated_features(
-    context: dg.AssetExecutionContext, config: FeatureConfig, storage: FactoryStorage, torch_device: TorchDevice
+    context: dg.AssetExecutionContext,
+    config: FeatureConfig,
+    annotations: AnnotationsRef,
+    gan_model: GanModelRef,
+    generated_samples: GeneratedSamplesRef,
+    storage: FactoryStorage,
+    torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    storage.require("annotations", "gan_model")
     device = torch_device.device()
-    current = json.loads((storage.gan_root / "current.json").read_text())
-    G = load_generator(current["checkpoint"], device)
+    G = load_generator(gan_model.path, device)
     if not 1 <= config.blocks <= len(G.block_resolutions):
         raise ValueError(f"blocks must be in 1..{len(G.block_resolutions)} for this generator, got {config.blocks}")
-    index = pd.read_parquet(storage.annotations_dir / "index.parquet")
-    ws = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")["w"]
+    index = pd.read_parquet(Path(annotations.path) / "index.parquet")
+    ws = zarr.open_group(generated_samples.path, mode="r")["w"]
     chans = G.block_channels[-config.blocks :]
     resolutions = G.block_resolutions[-config.blocks :]
     native_bytes = len(index) * sum(c * r * r for c, r in zip(chans, resolutions, strict=True)) * 2
@@ -186,7 +205,7 @@ def generated_features(
         len(index),
         [(c, r, r) for c, r in zip(chans, resolutions, strict=True)],
         overwrite=True,
-        attrs={"image_ids": index["image_id"].tolist(), "checkpoint": current["checkpoint"]},
+        attrs={"image_ids": index["image_id"].tolist(), "checkpoint": gan_model.path},
     ) as writer:
         for row, sample in enumerate(index["sample_index"]):
             with torch.no_grad():
@@ -200,6 +219,14 @@ def generated_features(
     res = G.block_resolutions[-1]
     full_bytes = len(index) * res * res * sum(chans) * 4
     return dg.MaterializeResult(
+        value=GeneratedFeaturesRef(
+            path=str(out),
+            blocks=config.blocks,
+            resolution=res,
+            content_hash=content_hash(
+                [gan_model.content_hash, gan_model.step, annotations.content_hash, config.blocks]
+            ),
+        ),
         metadata={
             "images": len(index),
             "features_per_pixel": int(sum(chans)),
@@ -240,18 +267,14 @@ class ClassifierConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds members and pixel sampling.")
 
 
-def _class_map_name(storage: FactoryStorage) -> str:
-    return json.loads((storage.annotations_dir / "version.json").read_text())["class_map"]
-
-
-def _labels(storage: FactoryStorage) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    group = zarr.open_group(str(storage.annotations_dir / "labels.zarr"), mode="r")
-    return (pd.read_parquet(storage.annotations_dir / "index.parquet"), group["labels"], list(group.attrs["classes"]))
+def _labels(annotations: AnnotationsRef) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    folder = Path(annotations.path)
+    group = zarr.open_group(str(folder / "labels.zarr"), mode="r")
+    return pd.read_parquet(folder / "index.parquet"), group["labels"], list(group.attrs["classes"])
 
 
 @dg.asset(
     group_name="labelling",
-    deps=[generated_features, annotations],
     code_version=LABELLING_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
@@ -260,14 +283,15 @@ def _labels(storage: FactoryStorage) -> tuple[pd.DataFrame, np.ndarray, list[str
 def pixel_classifier(
     context: dg.AssetExecutionContext,
     config: ClassifierConfig,
+    generated_features: GeneratedFeaturesRef,
+    annotations: AnnotationsRef,
     storage: FactoryStorage,
     mlflow_tracking: MlflowTracking,
     torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    storage.require("generated_features", "annotations")
     device = torch_device.device()
-    index, labels, classes = _labels(storage)
-    sampler = FeatureSampler(storage.features_dir / "native.zarr")
+    index, labels, classes = _labels(annotations)
+    sampler = FeatureSampler(generated_features.path)
     rows = {s: np.flatnonzero(index["split"].to_numpy() == s) for s in ("train", "val")}
 
     def stream(split: str, fixed: bool, batches: int) -> BatchStream:
@@ -299,16 +323,21 @@ def pixel_classifier(
         seed=config.seed,
         device=str(device),
     )
-    annotation_version = json.loads((storage.annotations_dir / "version.json").read_text())["version"]
-    tags = {
-        "dagster_run_id": context.run.run_id,
-        "dagster_asset": "pixel_classifier",
-        "annotation_version": annotation_version,
-    }
+    annotation_version = annotations.content_hash
+    # Not resumable (the ensemble trains in one go), so every materialization is a fresh MLflow run.
+    run = TrainingRun.open(
+        context,
+        mlflow_tracking,
+        storage.classifier_dir,
+        {"config": config.model_dump(), "annotations": annotation_version, "features": generated_features.content_hash},
+        CLASSIFIER_MODEL_NAME,
+        resume=False,
+    )
     start = time.perf_counter()
-    with mlflow_tracking.start_run("pixel-classifier", tags) as run:
+    with run.mlflow_run("pixel-classifier"):
         import mlflow
 
+        mlflow.set_tag("annotation_version", annotation_version)
         mlflow.log_params({**config.model_dump(), "n_features": sampler.n_features, "classes": ",".join(classes)})
 
         def on_progress(event) -> None:
@@ -321,30 +350,28 @@ def pixel_classifier(
 
         val = stream("val", True, max(2, config.batches_per_epoch // 4)) if len(rows["val"]) else None
         result = ensemble.fit(stream("train", False, config.batches_per_epoch), val, train_cfg, on_progress)
-        tmp = temp_dir_beside(storage.classifier_dir)
-        ensemble.save(tmp / "ensemble.pt", train_cfg)
-        (tmp / "lineage.json").write_text(
-            json.dumps(
-                {
-                    "mlflow_run_id": run.info.run_id,
-                    "annotation_version": annotation_version,
-                    "blocks": len(sampler.feature_slices),
-                    "class_map": _class_map_name(storage),
-                }
-            )
-        )
-        replace_dir(tmp, storage.classifier_dir)
-        mlflow.log_artifact(str(storage.classifier_dir / "ensemble.pt"), "classifier")
+        model_file = run.run_dir / "ensemble.pt"
+        ensemble.save(model_file, train_cfg)  # written atomically (temp file, then rename)
+        run.register(model_file, "classifier")
+    ref = run.reference(
+        PixelClassifierRef,
+        model_file,
+        content_hash=annotation_version,
+        class_map=annotations.class_map,
+        resolution=annotations.resolution,
+        blocks=len(sampler.feature_slices),
+    )
     return dg.MaterializeResult(
+        value=ref,
         metadata={
-            "mlflow_run_id": run.info.run_id,
+            **run.version_metadata(),
             "annotation_version": annotation_version,
             "epochs": result.epochs,
             "best_val_loss": float(np.nanmean(result.best_val_loss)) if result.best_val_loss else float("nan"),
             "members": config.members,
             "train_images": len(rows["train"]),
             "seconds": round(time.perf_counter() - start, 2),
-            "checkpoint": dg.MetadataValue.path(str(storage.classifier_dir / "ensemble.pt")),
+            "checkpoint": dg.MetadataValue.path(str(model_file)),
         },
     )
 
@@ -361,19 +388,22 @@ def predict_image(ensemble: PixelEnsemble, sampler: FeatureSampler, row: int) ->
 
 @dg.asset(
     group_name="labelling",
-    deps=[pixel_classifier],
     code_version=LABELLING_CODE_VERSION,
     kinds={"python", "mlflow"},
     description="Pixel accuracy per class, Dice, confusion matrix and overlays on the test split.",
 )
 def classifier_eval(
-    context: dg.AssetExecutionContext, storage: FactoryStorage, mlflow_tracking: MlflowTracking
+    context: dg.AssetExecutionContext,
+    pixel_classifier: PixelClassifierRef,
+    annotations: AnnotationsRef,
+    generated_features: GeneratedFeaturesRef,
+    generated_samples: GeneratedSamplesRef,
+    mlflow_tracking: MlflowTracking,
 ) -> dg.MaterializeResult:
-    storage.require("pixel_classifier")
-    index, labels, classes = _labels(storage)
-    ensemble = PixelEnsemble.load(storage.classifier_dir / "ensemble.pt")
-    sampler = FeatureSampler(storage.features_dir / "native.zarr")
-    images = zarr.open_group(str(storage.samples_dir / "samples.zarr"), mode="r")["images"]
+    index, labels, classes = _labels(annotations)
+    ensemble = PixelEnsemble.load(pixel_classifier.path)
+    sampler = FeatureSampler(generated_features.path)
+    images = zarr.open_group(generated_samples.path, mode="r")["images"]
     test = np.flatnonzero(index["split"].to_numpy() == "test")
     if len(test) == 0:
         raise ValueError("the annotation split has no test images; set n_test > 0 on `annotations`")
@@ -381,7 +411,7 @@ def classifier_eval(
     overlays = []
     from ops.labelling.pixel_classifier import predict_from_proba
 
-    colours = get_class_map(_class_map_name(storage)).colours
+    colours = get_class_map(annotations.class_map).colours
     for n, row in enumerate(test):
         pred = predict_from_proba(predict_image(ensemble, sampler, int(row)))
         cm += confusion_matrix(np.asarray(labels[int(row)]), pred, len(classes))
@@ -389,15 +419,17 @@ def classifier_eval(
             overlays.append(overlay_png(images[int(index["sample_index"].iloc[row])], pred, colours))
     report = segmentation_report(cm, classes)
     cm_png = confusion_matrix_png(cm, classes)
-    run_id = json.loads((storage.classifier_dir / "lineage.json").read_text())["mlflow_run_id"]
+    run_id = pixel_classifier.mlflow_run_id
     with mlflow_tracking.start_run("pixel-classifier", run_id=run_id):
         import mlflow
 
         mlflow.log_metrics({f"test_{k}": v for k, v in report.items() if np.isfinite(v)})
         mlflow.log_image(png_array(cm_png), artifact_file="eval/confusion_matrix.png")
+    mean_dice = report.get("mean_dice", float("nan"))
     return dg.MaterializeResult(
+        value=ClassifierEvalRef(path=pixel_classifier.path, mlflow_run_id=run_id, mean_dice=mean_dice),
         metadata={
-            "mean_dice": report.get("mean_dice", float("nan")),
+            "mean_dice": mean_dice,
             "chance_dice": chance_mean_dice(cm),
             "pixel_accuracy": report.get("pixel_accuracy", float("nan")),
             "report": dg.MetadataValue.json({k: round(float(v), 4) for k, v in report.items()}),
@@ -433,17 +465,18 @@ class TileAnnotationConfig(dg.Config):
 
 @dg.asset(
     group_name="labelling",
-    deps=[training_tiles],
     code_version=TILE_ANNOTATION_CODE_VERSION,
     kinds={"python", "zarr"},
     description="QuPath GeoJSON drawn on the slides, rasterized onto the kept tiles: real image-mask pairs.",
 )
 def tile_annotations(
-    context: dg.AssetExecutionContext, config: TileAnnotationConfig, storage: FactoryStorage
+    context: dg.AssetExecutionContext,
+    config: TileAnnotationConfig,
+    training_tiles: TrainingTilesRef,
+    storage: FactoryStorage,
 ) -> dg.MaterializeResult:
-    storage.require("training_tiles")
     class_map = get_class_map(config.class_map)
-    tiles = pd.read_parquet(storage.training_dir / "tiles.parquet")
+    tiles = pd.read_parquet(training_tiles.path)
     inbox = storage.slide_annotation_inbox
     inbox.mkdir(parents=True, exist_ok=True)
     if config.demo_annotator:
@@ -482,7 +515,6 @@ def tile_annotations(
         mask_store=str(storage.tile_annotations_dir / "masks.zarr"), mask_index=np.arange(len(table))
     )  # rows of the concatenated store
     table.to_parquet(tmp / "tiles.parquet", index=False)
-    (tmp / "class_map.txt").write_text(config.class_map)
     replace_dir(tmp, storage.tile_annotations_dir)
     share = shares(stacked, class_map.n_classes)
     # The masks depend on the files, the settings and which tiles were kept: all three make the version (the LDM's
@@ -495,6 +527,9 @@ def tile_annotations(
         }
     )
     return dg.MaterializeResult(
+        value=TileAnnotationsRef(
+            path=str(storage.tile_annotations_dir), content_hash=version, class_map=config.class_map
+        ),
         metadata={
             "annotated_tiles": len(table),
             "train_tiles": int((table["split"] == "train").sum()),
@@ -508,11 +543,6 @@ def tile_annotations(
         },
         data_version=dg.DataVersion(version),
     )
-
-
-def tile_annotation_class_map(storage: FactoryStorage) -> str:
-    """The class map the tile annotations were made with (``tile_annotations`` records it)."""
-    return (storage.tile_annotations_dir / "class_map.txt").read_text().strip()
 
 
 # ----------------------------------------------------------------------------------------------------------------

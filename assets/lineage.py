@@ -56,7 +56,7 @@ def content_hash(value: object) -> str:
 
 
 def write_json_atomic(path: Path, value: dict) -> None:
-    """Write a pointer file (``current.json``) via a temp file and rename, so readers never see half of it."""
+    """Write a small JSON file (a run's ``state.json``) via a temp file and rename, so readers never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=1))

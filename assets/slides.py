@@ -1,12 +1,13 @@
 """Per-slide tiling assets: ``tile_grid`` (cheap: mask + candidate grid) and ``tissue_tiles`` (decode, filter, store).
 
-Heavy outputs are written through ``FactoryStorage`` and referenced by path in metadata; nothing is pickled
-between steps by the IO manager.
+Heavy outputs are written through ``FactoryStorage``; each asset hands on a typed reference to them
+(``resources.references``), never the tiles themselves.
 """
 
 import json
 import time
 import warnings
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -25,6 +26,7 @@ from ops.slides.tiling import TilingParams, load_plan, params_from_dict, plan_gr
 from ops.slides.tissue import TissueMaskParams
 from ops.slides.validation import validate_slide
 from resources import DaskResource, FactoryStorage
+from resources.references import TileGridRef, TissueTilesRef, TrainingTilesRef
 
 TILING_CODE_VERSION = "tiling-3"  # 3: JPEG tile stores (slide bytes copied), validation at the door
 # Unchanged from when the split lived beside the GAN assets, so a split made then is not reported stale.
@@ -124,7 +126,9 @@ def tile_grid(
     n_cand = int(plan.grid["candidate"].sum())
     if n_cand == 0:
         context.log.warning(f"{path}: no tissue found on the low-resolution level; this slide yields no tiles.")
+    version = entry.sha256[:16] + "-" + content_hash(params.to_dict())
     return dg.MaterializeResult(
+        value=TileGridRef(path=str(storage.grid_dir(key)), slide_id=entry.slide_id, content_hash=version),
         metadata={
             "slide_id": entry.slide_id,
             "grid_tiles": len(plan.grid),
@@ -140,7 +144,7 @@ def tile_grid(
             "mask_preview": png_markdown(grid_thumbnail(plan), "tissue mask and candidate grid"),
             "config": dg.MetadataValue.json(params.to_dict()),
         },
-        data_version=dg.DataVersion(entry.sha256[:16] + "-" + content_hash(params.to_dict())),
+        data_version=dg.DataVersion(version),
     )
 
 
@@ -148,16 +152,19 @@ def tile_grid(
     partitions_def=slide_partitions,
     group_name="slides",
     code_version=TILING_CODE_VERSION,
-    deps=[tile_grid],
     kinds={"python", "zarr", "parquet"},
     description="Candidate tiles decoded at full resolution, whitespace/QC filtered, stored in zarr with a table.",
 )
 def tissue_tiles(
-    context: dg.AssetExecutionContext, config: TileFilterConfig, storage: FactoryStorage, dask: DaskResource
+    context: dg.AssetExecutionContext,
+    config: TileFilterConfig,
+    tile_grid: TileGridRef,
+    storage: FactoryStorage,
+    dask: DaskResource,
 ) -> dg.MaterializeResult:
     key = context.partition_key
     entry, path = storage.slide(key)
-    plan, grid_values = load_plan(storage.grid_dir(key))
+    plan, grid_values = load_plan(Path(tile_grid.path))
     params = params_from_dict({**grid_values, **config.model_dump()})
     n_cand = int(plan.grid["candidate"].sum())
     storage.require_free_disk(n_cand * params.tile_size**2 * 3, f"tissue_tiles for {key} ({n_cand} tiles)")
@@ -175,7 +182,15 @@ def tissue_tiles(
     if counts["corrupt"]:
         context.log.warning(f"{path}: {counts['corrupt']} tiles had corrupt image data and were skipped.")
     hist, edges = np.histogram(result.table["tissue_fraction"], bins=10, range=(0, 1))
+    version = content_hash(result.table[["x", "y", "tissue_fraction"]].to_dict("list"))
     return dg.MaterializeResult(
+        value=TissueTilesRef(
+            path=str(result.out_dir),
+            slide_id=entry.slide_id,
+            kept=counts["kept"],
+            resolution=params.tile_size,
+            content_hash=version,
+        ),
         metadata={
             "slide_id": entry.slide_id,
             "kept": counts["kept"],
@@ -198,7 +213,7 @@ def tissue_tiles(
             "package_versions": dg.MetadataValue.json(package_versions()),
             "code_version": TILING_CODE_VERSION,
         },
-        data_version=dg.DataVersion(content_hash(result.table[["x", "y", "tissue_fraction"]].to_dict("list"))),
+        data_version=dg.DataVersion(version),
     )
 
 
@@ -216,22 +231,20 @@ class TrainingSplitConfig(dg.Config):
 
 @dg.asset(
     group_name="slides",
-    deps=[tissue_tiles],
     code_version=SPLIT_CODE_VERSION,
     kinds={"python", "parquet"},
     description="Kept tiles of every slide partition with a slide-level train / hold-out split.",
 )
 def training_tiles(
-    context: dg.AssetExecutionContext, config: TrainingSplitConfig, storage: FactoryStorage
+    context: dg.AssetExecutionContext,
+    config: TrainingSplitConfig,
+    tissue_tiles: dict[str, TissueTilesRef] | None,
+    storage: FactoryStorage,
 ) -> dg.MaterializeResult:
     keys = sorted(context.instance.get_dynamic_partitions(slide_partitions.name))
-    tables, missing = [], []
-    for key in keys:
-        table = storage.tiles_dir(key) / "tiles.parquet"
-        if not table.exists():
-            missing.append(key)
-            continue
-        tables.append(pd.read_parquet(table).assign(store=str(storage.tiles_dir(key) / "tiles.zarr")))
+    tiled = tissue_tiles or {}
+    tables = [pd.read_parquet(tiled[k].table).assign(store=str(tiled[k].store)) for k in keys if k in tiled]
+    missing = [k for k in keys if k not in tiled]
     if missing:
         context.log.warning(f"slides without materialized tissue_tiles are left out: {missing}")
     if not tables:
@@ -258,7 +271,9 @@ def training_tiles(
     )
     replace_dir(tmp, storage.training_dir)
     per_slide = out.groupby(["slide", "split"]).size().unstack(fill_value=0)
+    version = tile_set_hash(out)
     return dg.MaterializeResult(
+        value=TrainingTilesRef(path=str(storage.training_dir / "tiles.parquet"), content_hash=version),
         metadata={
             "train_tiles": len(split.train),
             "holdout_tiles": len(split.holdout),
@@ -268,7 +283,7 @@ def training_tiles(
             "per_slide": dg.MetadataValue.md(f"```\n{per_slide.to_string()}\n```"),
             "path": dg.MetadataValue.path(str(storage.training_dir / "tiles.parquet")),
         },
-        data_version=dg.DataVersion(tile_set_hash(out)),
+        data_version=dg.DataVersion(version),
     )
 
 

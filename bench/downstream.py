@@ -34,6 +34,7 @@ from ops.evaluation.downstream import run_downstream  # noqa: E402
 from ops.evaluation.learning_curve import CurveConfig  # noqa: E402
 from ops.evaluation.real_split import RealPairs  # noqa: E402
 from ops.labelling.class_maps import get_class_map  # noqa: E402
+from resources.references import read_reference  # noqa: E402
 
 QUICK = {"budgets": (4, 16), "seeds": (0, 1, 2)}
 
@@ -57,11 +58,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     home = Path(args.home)
-    pairs = home / "annotations" / "real" / "pairs.npz"
-    if not pairs.exists():
-        raise SystemExit(f"{pairs}: no real pairs; run `HISTOFACTORY_HOME={home} histofactory demo` first")
-    real = RealPairs.load(pairs)
-    classes = list(get_class_map((pairs.parent / "class_map.txt").read_text().strip()).classes)
+    ref_file = home / "refs" / "real_annotations" / "_.json"
+    if not ref_file.exists():
+        raise SystemExit(f"{ref_file}: no real pairs; run `HISTOFACTORY_HOME={home} histofactory demo` first")
+    ref = read_reference(ref_file)  # what downstream_eval receives: the pairs' file and class map
+    real = RealPairs.load(Path(ref.path))
+    classes = list(get_class_map(ref.class_map or "demo").classes)
     export = _latest_export(home, args.export)
     cfg = CurveConfig(**QUICK) if args.quick else CurveConfig()
     print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)

@@ -14,6 +14,7 @@ from pipelines.jobs import downstream_jobs, export_job, factory_jobs, tiling_job
 from pipelines.schedules import weekly_retraining
 from pipelines.sensors import slide_inbox_sensor
 from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
+from resources.references import ReferenceIOManager
 
 defs = dg.Definitions(
     assets=[
@@ -42,6 +43,7 @@ defs = dg.Definitions(
     sensors=[slide_inbox_sensor],
     schedules=[weekly_retraining],
     resources={
+        "io_manager": ReferenceIOManager(),  # assets hand on small typed JSON references, never pickles
         "storage": FactoryStorage(),
         "dask": DaskResource(),
         "mlflow_tracking": MlflowTracking(),

@@ -7,12 +7,13 @@ Everything the factory writes lives under one folder, ``$HISTOFACTORY_HOME`` (de
     tiling/<key>/grid/      tissue mask + candidate grid (asset ``tile_grid``)
     tiling/<key>/tiles/     kept tiles (zarr), tile table and QC table (asset ``tissue_tiles``)
     training/               the union of kept tiles with the slide-level fold split (asset ``training_tiles``)
-    gan/<run>/              GAN checkpoints of one training configuration (asset ``gan_model``); gan/current.json
+    refs/<asset>/           one small JSON reference per materialization: where its files are, which version
+    gan/<run>/              GAN checkpoints of one training configuration (asset ``gan_model``)
     samples/                generated images, latents and seeds in zarr (asset ``generated_samples``)
     annotations/inbox/      masks of generated images from annotators; annotations/current/ the imported set
     annotations/slides/     QuPath GeoJSON drawn on the slides (``<slide key>.geojson``, level-0 pixel coordinates)
     annotations/tiles/      those annotations rasterized onto the kept tiles (asset ``tile_annotations``)
-    ldm/                    mask bank, autoencoder and mask-conditioned LDM checkpoints (``ldm/current.json``)
+    ldm/                    mask bank, autoencoder and mask-conditioned LDM checkpoints
     features/               generator features of the annotated images, native resolution (zarr)
     classifier/             the pixel-classifier ensemble
     export/<version>/       synthetic image-mask pairs with manifest and dataset card (asset ``synthetic_dataset``)
@@ -67,33 +68,6 @@ class FactoryStorage(dg.ConfigurableResource):
             )
         return entry, path
 
-    def output_marker(self, asset: str) -> Path:
-        """The file whose presence means ``asset`` has been materialized (written last, atomically)."""
-        markers = {
-            "training_tiles": self.training_dir / "tiles.parquet",
-            "gan_model": self.gan_root / "current.json",
-            "generated_samples": self.samples_dir / "samples.zarr",
-            "annotations": self.annotations_dir / "index.parquet",
-            "generated_features": self.features_dir / "native.zarr",
-            "pixel_classifier": self.classifier_dir / "lineage.json",
-            "real_annotations": self.real_annotations_path,
-            "tile_annotations": self.tile_annotations_dir / "tiles.parquet",
-            "mask_bank": self.ldm_root / "mask_bank.npz",
-            "autoencoder": self.ldm_root / "autoencoder.json",
-            "ldm_model": self.ldm_root / "current.json",
-        }
-        return markers[asset]
-
-    def require(self, *assets: str) -> None:
-        """Fail with the fix when an upstream asset's output is missing (e.g. a hand-picked asset selection)."""
-        for asset in assets:
-            marker = self.output_marker(asset)
-            if not marker.exists():
-                raise FileNotFoundError(
-                    f"{marker} is missing: materialize `{asset}` first (it and everything upstream of it, e.g. "
-                    f"`dagster asset materialize -m pipelines --select +{asset}` or the factory job)."
-                )
-
     def require_free_disk(self, need_bytes: float, what: str) -> None:
         """Fail before writing when the data root lacks room, saying how much is needed (paper scale: TBs)."""
         import shutil
@@ -111,6 +85,11 @@ class FactoryStorage(dg.ConfigurableResource):
 
     def tiles_dir(self, key: str) -> Path:
         return self.root / "tiling" / key / "tiles"
+
+    @property
+    def refs_dir(self) -> Path:
+        """Typed hand-offs between assets (``refs/<asset>/<partition or _>.json``, see ``resources.references``)."""
+        return self.root / "refs"
 
     @property
     def training_dir(self) -> Path:

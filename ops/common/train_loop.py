@@ -1,7 +1,7 @@
-"""The training runs around the autoencoder and LDM trainers: batches, checkpoints and logging hooks.
+"""The one training-step loop around the GAN, autoencoder and LDM trainers: batches, checkpoints, logging hooks.
 
-Both trainers expose ``train_step(*batch)``, ``step``, ``images_seen`` and ``save_checkpoint(path)``, so one loop
-serves both (the GAN has its own in ``ops.gan.loop`` because its batches are real tiles only). A run is resumable:
+Every trainer exposes ``train_step(*batch)``, ``step``, ``images_seen`` and ``save_checkpoint(path)``, so one loop
+serves all of them (``ops.gan.loop.fit`` feeds it real crops). A run is resumable:
 it stops once ``total_images`` were seen *in total*, counting earlier runs restored from the checkpoint, and the
 caller seeds the batch stream from the step it resumes at.
 """
@@ -39,7 +39,7 @@ def fit_steps(
     """Train until ``total_images`` were seen, checkpointing atomically every ``checkpoint_every`` steps and last.
 
     Args:
-        trainer: An ``AutoencoderTrainer`` or ``LdmTrainer`` (anything with the protocol above).
+        trainer: A ``GanTrainer``, ``AutoencoderTrainer`` or ``LdmTrainer`` (anything with the protocol above).
         next_batch: Returns the next batch as the tuple ``train_step`` takes.
         total_images: Images to train on in total, across resumes.
         checkpoint: Checkpoint file (rewritten in place).

@@ -7,7 +7,6 @@ resumes at, so an interrupted run continues where it stopped.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ops.common.file_io import atomic_torch_save, half_state
+from ops.common.train_loop import fit_steps
 from ops.gan.trainer import GanTrainer
 from ops.slides.crops import TileCropSampler
 
@@ -48,23 +48,23 @@ def fit(
 ) -> GanTrainer:
     """Train until ``total_images`` real images were seen, checkpointing atomically every ``checkpoint_every``.
 
-    ``on_log(step, stats)`` gets the step's losses and ``img_per_s``; ``on_checkpoint(trainer)`` runs after
-    each checkpoint is written (log pictures and metrics there).
+    The GAN's batches are real crops only, so the loop is the shared ``fit_steps`` fed by a crop sampler seeded
+    from the step it resumes at. ``on_log(step, stats)`` gets the step's losses and ``img_per_s``;
+    ``on_checkpoint(trainer)`` runs after each checkpoint is written (log pictures and metrics there).
     """
-    res = trainer.gan_cfg.resolution
+    res, batch = trainer.gan_cfg.resolution, trainer.train_cfg.batch_size
     sampler = TileCropSampler(tiles, res, loop.crop_downsample, seed=loop.seed * 1_000_003 + trainer.step)
-    batch = trainer.train_cfg.batch_size
-    start, seen_at_start = time.perf_counter(), trainer.images_seen
-    while trainer.images_seen < loop.total_images:
-        stats = trainer.train_step(sampler.batch(batch, trainer.device))
-        last = trainer.images_seen >= loop.total_images
-        if on_log and (trainer.step % loop.log_every == 0 or last):
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            on_log(trainer.step, {**stats, "img_per_s": (trainer.images_seen - seen_at_start) / elapsed})
-        if trainer.step % loop.checkpoint_every == 0 or last:
-            trainer.save_checkpoint(checkpoint)
-            if on_checkpoint:
-                on_checkpoint(trainer)
+    fit_steps(
+        trainer,
+        lambda: (sampler.batch(batch, trainer.device),),
+        loop.total_images,
+        checkpoint,
+        loop.checkpoint_every,
+        loop.log_every,
+        on_log=on_log,
+        on_checkpoint=on_checkpoint,
+        desc="GAN",
+    )
     return trainer
 
 

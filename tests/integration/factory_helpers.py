@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from resources import DaskResource, FactoryStorage, MlflowTracking, TorchDevice
+from resources.references import Reference, ReferenceIOManager, read_reference
 
 # A GAN run of 12 steps at batch 4 (seconds on CPU), from random weights.
 TINY_GAN = {
@@ -28,11 +29,29 @@ TINY_GAN = {
 def resources_for(home: Path) -> dict:
     """The code location's resources, pointed at a test data root."""
     return {
+        "io_manager": ReferenceIOManager(home=str(home)),
         "storage": FactoryStorage(home=str(home)),
         "dask": DaskResource(),
         "torch_device": TorchDevice(threads=2),
         "mlflow_tracking": MlflowTracking(),
     }
+
+
+def selecting(assets: list) -> dict:
+    """``dg.materialize`` arguments that run only ``assets`` (and their checks), with every other asset of the code
+    location present as an upstream whose reference the IO manager loads (an input needs its producer defined)."""
+    from pipelines import defs
+
+    checks = [a for a in assets if isinstance(a, dg.AssetChecksDefinition)]
+    selection = dg.AssetSelection.assets(*[a for a in assets if a not in checks])
+    if checks:
+        selection = selection | dg.AssetSelection.checks(*checks)
+    return {"assets": [*defs.assets, *defs.asset_checks], "selection": selection}
+
+
+def read_ref(home: Path, asset: str, partition: str | None = None) -> Reference:
+    """The reference an asset handed on (what its downstream assets receive)."""
+    return read_reference(home / "refs" / asset / f"{partition or '_'}.json")
 
 
 # The factory chain on tiny settings: 16 samples, 12 demo-annotated (6/2/4), 3 blocks, 3 small MLPs.

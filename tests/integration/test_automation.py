@@ -63,9 +63,11 @@ def test_free_disk_check_names_the_need(factory_home):
 
 
 def test_missing_upstream_says_what_to_materialize(factory_home):
-    from factory_helpers import resources_for
+    from factory_helpers import resources_for, selecting
 
     from assets.gan import gan_model
 
-    with pytest.raises(FileNotFoundError, match=r"tiles\.parquet is missing: materialize `training_tiles` first"):
-        dg.materialize([gan_model], instance=get_instance(), resources=resources_for(factory_home))
+    with pytest.raises(
+        FileNotFoundError, match=r"training_tiles/_\.json is missing: materialize `training_tiles` first"
+    ):
+        dg.materialize(**selecting([gan_model]), instance=get_instance(), resources=resources_for(factory_home))

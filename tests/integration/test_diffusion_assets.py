@@ -10,11 +10,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from factory_helpers import TINY_GAN, TINY_LDM, kill_after_first_checkpoint, resources_for
+from factory_helpers import TINY_LDM, kill_after_first_checkpoint, read_ref, resources_for, selecting
 
 from assets.diffusion import autoencoder, ldm_model, mask_bank
 from assets.evaluation import real_annotations
-from assets.gan import gan_model
 from assets.labelling import tile_annotations
 from assets.slides import training_tiles
 from ops.diffusion.denoiser import read_ldm_checkpoint
@@ -28,7 +27,9 @@ pytestmark = pytest.mark.integration
 
 
 def _run(assets, instance, home, ops):
-    result = dg.materialize(assets, instance=instance, resources=resources_for(home), run_config=dg.RunConfig(ops=ops))
+    result = dg.materialize(
+        **selecting(assets), instance=instance, resources=resources_for(home), run_config=dg.RunConfig(ops=ops)
+    )
     assert result.success
     return result
 
@@ -82,8 +83,7 @@ def test_slide_geojson_becomes_tile_masks_and_bad_files_are_named(tiled_home):
         )
     )
     _run([tile_annotations], instance, home, plain)
-    _run([gan_model], instance, home, {"gan_model": {"config": TINY_GAN}})
-    real = (
+    real = (  # no gan_model needed: the crop resolution is real_annotations' own config
         _run(
             [real_annotations],
             instance,
@@ -125,14 +125,14 @@ def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
     meta = result.asset_materializations_for_node("ldm_model")[0].metadata
     assert meta["step"].value == 4 and meta["resumed_from_step"].value == 0
     assert 0 <= meta["mask_accuracy"].value <= 1 and np.isfinite(meta["mask_agreement"].value)
-    current = json.loads((home / "ldm" / "current.json").read_text())
-    assert current["conditioning"] == "concat" and current["class_map"] == "demo"
-    assert current["autoencoder"] == ae_meta["path"].value
+    ldm = read_ref(home, "ldm_model")
+    assert ldm.conditioning == "concat" and ldm.class_map == "demo"
+    assert ldm.autoencoder == ae_meta["path"].value
     client = MlflowTracking().client()
-    run = client.get_run(current["mlflow_run_id"])
+    run = client.get_run(ldm.mlflow_run_id)
     assert run.data.tags["dagster_asset"] == "ldm_model" and "loss" in run.data.metrics
     assert "final_mask_agreement" in run.data.metrics
-    assert client.get_model_version("histofactory-mask-ldm", current["model_version"]).run_id == run.info.run_id
+    assert client.get_model_version("histofactory-mask-ldm", ldm.model_version).run_id == run.info.run_id
     bank_meta = result.asset_materializations_for_node("mask_bank")[0].metadata
     assert bank_meta["masks"].value == 32 and sum(bank_meta["shapes_per_class"].value.values()) > 0
 
@@ -140,7 +140,7 @@ def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
     again = _run([ldm_model], instance, home, {"ldm_model": TINY_LDM["ldm_model"]})
     meta2 = again.asset_materializations_for_node("ldm_model")[0].metadata
     assert meta2["resumed_from_step"].value == 4 == meta2["step"].value
-    assert meta2["mlflow_run_id"].value == current["mlflow_run_id"]
+    assert meta2["mlflow_run_id"].value == ldm.mlflow_run_id
 
     # A missing or mismatched pretrained file is refused with the fix (a fresh run key, so no checkpoint to resume).
     cfg = TINY_LDM["ldm_model"]["config"]
@@ -151,7 +151,7 @@ def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
             [ldm_model],
             instance,
             home,
-            {"ldm_model": {"config": {**cfg, "conditioning": "cross_attention", "pretrained": current["checkpoint"]}}},
+            {"ldm_model": {"config": {**cfg, "conditioning": "cross_attention", "pretrained": ldm.path}}},
         )
 
     # A bank at another resolution than the autoencoder's is refused with the fix.

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from factory_helpers import TINY_CHAIN, TINY_LDM, resources_for, tile_every_slide
+from factory_helpers import TINY_CHAIN, TINY_LDM, resources_for, selecting, tile_every_slide
 from PIL import Image
 
 from assets.diffusion import autoencoder, ldm_model, mask_bank
@@ -106,7 +106,7 @@ def patient_home(factory_home, slide_b, tmp_path):
 
 def _run(assets, instance, home, ops, partition_key=None):
     result = dg.materialize(
-        assets,
+        **selecting(assets),
         instance=instance,
         resources=resources_for(home),
         run_config=dg.RunConfig(ops=ops),
@@ -237,7 +237,7 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
 
     # -- downstream proof of value: the learning curve ------------------------------------------------------------
     down = dg.materialize(
-        [downstream_eval, synthetic_helps],
+        **selecting([downstream_eval, synthetic_helps]),
         instance=instance,
         resources=resources_for(home),
         run_config=dg.RunConfig(ops=DOWNSTREAM),
@@ -266,3 +266,31 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     assert not any(plan.values()), plan
     skip = weekly_retraining(dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()))
     assert isinstance(skip, dg.SkipReason), "the weekly retraining skips when nothing changed"
+
+
+def test_an_export_of_one_route_needs_only_that_routes_assets():
+    from assets.export import _lineage
+    from resources.references import LdmModelRef
+
+    ldm = LdmModelRef(
+        path="/d/ldm/ckpt.pt",
+        mlflow_run_id="r1",
+        model_version="2",
+        conditioning="concat",
+        autoencoder="/d/ae.pt",
+        autoencoder_mlflow_run="r0",
+        mask_bank="/d/bank.npz",
+        annotation_version="v1",
+        train_slide_ids=["sl-1"],
+        resolution=64,
+        class_map="demo",
+        step=40,
+    )
+    lineage = _lineage(["ldm"], None, None, ldm)  # no GAN, no classifier: not needed
+    assert (lineage["ldm_checkpoint"], lineage["resolution"], lineage["source_slides"]) == (
+        "/d/ldm/ckpt.pt",
+        64,
+        ["sl-1"],
+    )
+    with pytest.raises(FileNotFoundError, match=r"`gan_model` was never materialized: materialize `gan_model` first"):
+        _lineage(["stylegan2", "ldm"], None, None, ldm)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from pathlib import Path
 
 import dagster as dg
 import mlflow
 import pytest
-from factory_helpers import resources_for
+from factory_helpers import read_ref, resources_for, selecting
 
 from assets.federated import federated_gan
 from assets.slides import training_tiles
@@ -32,16 +32,15 @@ sys.addaudithook(_audit)
 def test_federated_gan_trains_across_sites_and_records_lineage(tiled_home):
     home, instance = tiled_home
     resources = resources_for(home)
-    assert dg.materialize([training_tiles], instance=instance, resources=resources).success
+    assert dg.materialize(**selecting([training_tiles]), instance=instance, resources=resources).success
     config = {"rounds": 2, "min_sites": 2, "local_epochs": 1.0, "batch_size": 8, "round_timeout": 240.0}
     _watch["root"] = str(home / "tiling")
     try:
         result = dg.materialize(
-            [federated_gan],
+            **selecting([federated_gan]),
             instance=instance,
             resources=resources,
             run_config=dg.RunConfig(ops={"federated_gan": {"config": config}}),
-            selection=[federated_gan],
         )
     finally:
         _watch["root"] = None
@@ -64,5 +63,6 @@ def test_federated_gan_trains_across_sites_and_records_lineage(tiled_home):
     assert (
         client.get_model_version("histofactory-cgan-federated", meta["model_version"].value).run_id == run.info.run_id
     )
-    current = json.loads((home / "federated" / "current.json").read_text())
-    assert current["mlflow_run_id"] == run.info.run_id
+    ref = read_ref(home, "federated_gan")
+    assert ref.mlflow_run_id == run.info.run_id and ref.model_version == meta["model_version"].value
+    assert Path(ref.path).is_file() and Path(ref.lineage).is_file()

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import zarr
 from factory_helpers import TINY_GAN as TINY
-from factory_helpers import kill_after_first_checkpoint
+from factory_helpers import kill_after_first_checkpoint, read_ref, selecting
 from factory_helpers import resources_for as _resources
 
 from assets.gan import gan_model, generated_samples
@@ -34,7 +34,7 @@ def _config(**gan) -> dg.RunConfig:
 def test_split_train_sample_and_lineage(tiled_home):
     home, instance = tiled_home
     result = dg.materialize(
-        [training_tiles, gan_model, generated_samples],
+        **selecting([training_tiles, gan_model, generated_samples]),
         instance=instance,
         resources=_resources(home),
         run_config=_config(),
@@ -66,8 +66,9 @@ def test_split_train_sample_and_lineage(tiled_home):
     assert images.shape == (12, 64, 64, 3) and images.dtype == np.uint8
     assert list(seeds) == list(range(12))
     # Any sample regenerates bit for bit from its stored seed (and its stored w).
-    current = json.loads((home / "gan" / "current.json").read_text())
-    G = load_generator(current["checkpoint"])
+    gan = read_ref(home, "gan_model")
+    assert (gan.mlflow_run_id, gan.step, gan.resolution) == (run_id, 12, 64)
+    G = load_generator(gan.path)
     z, w_again, again = generate(G, seeds[[3]], psi=samples.attrs["psi"])
     np.testing.assert_array_equal(again[0], images[3])
     np.testing.assert_array_equal(w_again[0], w[3])
@@ -79,7 +80,7 @@ def test_split_train_sample_and_lineage(tiled_home):
 
 def test_interrupted_training_resumes_from_checkpoint(tiled_home, tmp_path):
     home, instance = tiled_home
-    assert dg.materialize([training_tiles], instance=instance, resources=_resources(home)).success
+    assert dg.materialize(**selecting([training_tiles]), instance=instance, resources=_resources(home)).success
     config = {"ops": {"gan_model": {"config": {**TINY, "kimg": 0.2}}}}
     checkpoint = kill_after_first_checkpoint(home, "gan_model", config, "gan/*/checkpoint.pt", tmp_path)
     state = json.loads((checkpoint.parent / "state.json").read_text())
@@ -87,7 +88,10 @@ def test_interrupted_training_resumes_from_checkpoint(tiled_home, tmp_path):
     assert 0 < step_at_kill < 50
 
     result = dg.materialize(
-        [gan_model], instance=instance, resources=_resources(home), run_config=dg.RunConfig(ops=config["ops"])
+        **selecting([gan_model]),
+        instance=instance,
+        resources=_resources(home),
+        run_config=dg.RunConfig(ops=config["ops"]),
     )
     assert result.success
     meta = result.asset_materializations_for_node("gan_model")[0].metadata

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import dagster as dg
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from factory_helpers import TINY_CHAIN, resources_for
+from factory_helpers import TINY_CHAIN, read_ref, resources_for, selecting
 
 from assets.gan import gan_model, generated_samples
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
@@ -34,7 +32,7 @@ CHAIN = [
 def test_labelling_chain(tiled_home):
     home, instance = tiled_home
     result = dg.materialize(
-        CHAIN, instance=instance, resources=resources_for(home), run_config=dg.RunConfig(ops=CONFIG)
+        **selecting(CHAIN), instance=instance, resources=resources_for(home), run_config=dg.RunConfig(ops=CONFIG)
     )
     assert result.success
 
@@ -61,14 +59,15 @@ def test_labelling_chain(tiled_home):
     run = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(cls_meta["mlflow_run_id"].value)
     assert run.data.tags["annotation_version"] == version
     assert "test_mean_dice" in run.data.metrics and "train_loss" in run.data.metrics
-    lineage = json.loads((home / "classifier" / "lineage.json").read_text())
-    assert lineage["annotation_version"] == version
+    classifier = read_ref(home, "pixel_classifier")
+    assert classifier.content_hash == version and classifier.class_map == "demo"
+    assert classifier.model_version == cls_meta["model_version"].value.split("/")[1], "registered as a model"
 
 
 def test_annotation_for_unknown_image_is_rejected(tiled_home):
     home, instance = tiled_home
     ok = dg.materialize(
-        CHAIN[:3],
+        **selecting(CHAIN[:3]),
         instance=instance,
         resources=resources_for(home),
         run_config=dg.RunConfig(ops={k: CONFIG[k] for k in ("gan_model", "generated_samples")}),
@@ -79,7 +78,7 @@ def test_annotation_for_unknown_image_is_rejected(tiled_home):
     (inbox / "sample_00999.png").write_bytes(b"not even a png")
     with pytest.raises(AnnotationError, match=r"sample_00999\.png.*not among the 16 images"):
         dg.materialize(
-            [annotations],
+            **selecting([annotations]),
             instance=instance,
             resources=resources_for(home),
             run_config=dg.RunConfig(ops={"annotations": CONFIG["annotations"]}),
