@@ -36,6 +36,8 @@ def test_weekly_retraining_requests_only_stale_assets(factory_home):
         "mask_bank",
         "autoencoder",
         "ldm_model",
+        "real_annotations",
+        "label_judge",
     }
     assert weekly_retraining.cron_schedule == "0 3 * * 0"
 
@@ -50,6 +52,7 @@ def test_training_assets_share_one_pool_limited_to_one(factory_home):
         "label_judge",
         "autoencoder",
         "ldm_model",
+        "federated_gan",
     }
     config = get_instance().get_concurrency_config().pool_config
     assert config.default_pool_limit == 1
