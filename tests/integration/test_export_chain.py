@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from factory_helpers import TINY_CHAIN, TINY_LDM, resources_for, selecting, tile_every_slide
+from factory_helpers import TINY_CHAIN, TINY_GATES, TINY_LDM, resources_for, selecting, tile_every_slide
 from PIL import Image
 
 from assets.diffusion import autoencoder, ldm_model, mask_bank
@@ -57,6 +57,7 @@ CHAIN = [
 CONFIG = {
     **TINY_CHAIN,
     **TINY_LDM,
+    **TINY_GATES,
     "real_annotations": {"config": {"crops_per_tile": 2, "heldout_tiles": 6}},
     "label_judge": {"config": {"steps": 4, "base_channels": 4}},
 }
@@ -164,8 +165,10 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
         assert meta[f"fidelity_{route}"].value == pytest.approx(scores["routes"][route]["fidelity"])
     assert "judge_fidelity_correlation" in scores and "## Label scores" in (export / "dataset_card.md").read_text()
     assert not dropped["low_agreement"].any(), "min_agreement 0 drops nothing"
-    [floor] = result.get_asset_check_evaluations()
-    assert floor.check_name == "label_agreement_floor" and "fidelity_ldm" in floor.metadata
+    evaluations = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {"near_copies_rare", "label_agreement_floor"}, "the export's gates run with it"
+    assert "fidelity_ldm" in evaluations["label_agreement_floor"].metadata
+    assert evaluations["near_copies_rare"].passed and "near_copy_share" in evaluations["near_copies_rare"].metadata
 
     latents = np.load(export / "batches" / "000" / "latents.npz")
     assert latents["w"].shape[0] == 10 and latents["z"].shape == (10, 128)
