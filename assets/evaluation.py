@@ -21,7 +21,7 @@ from pydantic import Field
 from assets.lineage import png_markdown
 from ops.common.images import image_grid_png
 from ops.evaluation.downstream import export_pairs, run_downstream
-from ops.evaluation.judge import JUDGE_FILE, JudgeConfig, train_judge
+from ops.evaluation.judge import JudgeConfig, train_judge
 from ops.evaluation.learning_curve import CurveConfig, curve_png
 from ops.evaluation.metrics import overlay_png
 from ops.evaluation.real_split import RealPairs, assign_parts, cut_pairs
@@ -137,11 +137,6 @@ class LabelJudgeConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds weights, batches and augmentation.")
 
 
-def label_judge_path(storage: FactoryStorage):
-    """Where the judge's checkpoint lives (beside the real pairs it was trained on)."""
-    return storage.real_annotations_path.parent / JUDGE_FILE
-
-
 @dg.asset(
     group_name="evaluation",
     code_version=DOWNSTREAM_CODE_VERSION,
@@ -160,7 +155,7 @@ def label_judge(
     model, report = train_judge(
         real, classes, JudgeConfig(config.steps, base_channels=config.base_channels, seed=config.seed)
     )
-    path = label_judge_path(storage)
+    path = storage.label_judge_path
     tmp = path.with_name(f".{path.name}.tmp")
     save_segmenter(model, tmp)
     tmp.replace(path)

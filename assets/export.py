@@ -23,7 +23,7 @@ from ops.diffusion.autoencoder import load_autoencoder
 from ops.diffusion.denoiser import load_denoiser
 from ops.diffusion.mask_bank import MaskBank, weights_by_name
 from ops.evaluation.downstream import LABEL_SCORES_FILE
-from ops.evaluation.judge import JUDGE_FILE, judge_labeller
+from ops.evaluation.judge import judge_labeller
 from ops.evaluation.segmenter import load_segmenter
 from ops.export.gan_route import (
     ExportParams,
@@ -512,7 +512,7 @@ def _label_scores(
         context.log.warning("DEMO: fidelity is measured against the rule-based stand-in annotator")
         mean, per_class = fidelity(images, masks, _stand_in, k)
         out = out.assign(fidelity=mean.astype(np.float32), **_class_columns("fidelity", per_class, class_map))
-    judge = storage.real_annotations_path.parent / JUDGE_FILE
+    judge = storage.label_judge_path
     if judge.exists():
         model = load_segmenter(judge)
         if model.cfg.n_classes != k:
@@ -555,7 +555,7 @@ def _write_label_scores(export_dir, manifest: pd.DataFrame, class_map, config: E
         per_class = manifest[[f"{prefix}_{n.replace(' ', '_')}" for n in class_map.classes]].to_numpy()
         for route, stats in route_summary(manifest, per_class, class_map.classes, column).items():
             summary["routes"].setdefault(route, {}).update(stats)
-    report = storage.real_annotations_path.parent / JUDGE_FILE.replace(".pt", ".json")
+    report = storage.label_judge_path.with_suffix(".json")
     if report.exists():
         summary["judge_dice_held_out"] = json.loads(report.read_text())["held_out"]["mean_dice"]
     if {"fidelity", "judge_agreement"} <= set(manifest.columns):
@@ -648,8 +648,7 @@ def near_copies_rare(context: dg.AssetCheckExecutionContext, config: NearCopyGat
     description="Warns when a route's mean fidelity (or judge agreement, without a stand-in) is below the floor.",
 )
 def label_agreement_floor(context: dg.AssetCheckExecutionContext, storage: FactoryStorage) -> dg.AssetCheckResult:
-    event = context.instance.get_latest_materialization_event(synthetic_dataset.key)
-    version = event.asset_materialization.metadata["export_version"].value
+    version = latest_metadata(context, synthetic_dataset.key)["export_version"]  # of the run's batch
     summary = json.loads((storage.export_root / version / LABEL_SCORES_FILE).read_text())
     floor, means = summary["agreement_floor"], {}
     for route, stats in summary["routes"].items():

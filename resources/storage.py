@@ -139,6 +139,11 @@ class FactoryStorage(dg.ConfigurableResource):
         return self.root / "annotations" / "real" / "pairs.npz"
 
     @property
+    def label_judge_path(self) -> Path:
+        """The label judge's weights, beside the real pairs it was trained on; its held-out report is the ``.json``."""
+        return self.real_annotations_path.parent / "label_judge.pt"
+
+    @property
     def downstream_path(self) -> Path:
         return self.root / "downstream" / "results.json"
 

@@ -18,8 +18,6 @@ from ops.evaluation.learning_curve import CurveConfig, score, train_arm
 from ops.evaluation.real_split import RealPairs
 from ops.evaluation.segmenter import Segmenter, predict_segmenter
 
-JUDGE_FILE = "label_judge.pt"  # beside the real pairs it was trained on; its held-out report in label_judge.json
-
 
 @dataclass(frozen=True)
 class JudgeConfig(DictConfig):
