@@ -31,24 +31,23 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.diffusion.denoiser import LdmConfig, read_ldm_checkpoint  # noqa: E402
-from ops.evaluation.budget_routes import gan_budget_route, ldm_budget_route  # noqa: E402
+from ops.evaluation.budget_routes import (  # noqa: E402
+    QUICK_RETRAINING,
+    RouteFiles,
+    RouteRetraining,
+    build_budget_routes,
+)
 from ops.evaluation.downstream import export_routes, run_downstream  # noqa: E402
-from ops.evaluation.learning_curve import BudgetRoute, CurveConfig  # noqa: E402
+from ops.evaluation.learning_curve import CurveConfig  # noqa: E402
 from ops.evaluation.real_split import RealPairs  # noqa: E402
 from ops.labelling.class_maps import get_class_map  # noqa: E402
-from ops.slides.crops import TileCropSampler  # noqa: E402
 from resources.references import read_reference  # noqa: E402
 
 QUICK = {"budgets": (4, 16), "seeds": (0, 1, 2)}
-# Route retraining per budget and seed: (GAN classifier epochs, LDM pretraining steps, LDM fine-tune steps).
-ROUTE_STEPS = {"quick": (4, 400, 150), "full": (10, 1500, 400)}
-UNLABELLED_CROPS = 2048  # unlabelled training-slide crops the LDM pretrains on
 
 
 def _ref(home: Path, asset: str):
@@ -56,27 +55,6 @@ def _ref(home: Path, asset: str):
     if not path.exists():
         raise SystemExit(f"{path}: missing; run `HISTOFACTORY_HOME={home} histofactory demo` first")
     return read_reference(path)
-
-
-def budget_routes(home: Path, routes: list[str], classes: list[str], quick: bool) -> dict[str, BudgetRoute]:
-    """The routes retrained per budget, built from the demo's generator, features, annotations and autoencoder."""
-    epochs, pretrain, finetune = ROUTE_STEPS["quick" if quick else "full"]
-    out: dict[str, BudgetRoute] = {}
-    if "stylegan2" in routes:
-        features = _ref(home, "generated_features")
-        out["stylegan2"] = gan_budget_route(
-            _ref(home, "gan_model").path, features.path, _ref(home, "annotations").path, features.blocks, classes,
-            epochs=epochs,
-        )  # fmt: skip
-    if "ldm" in routes:
-        ae, ldm = _ref(home, "autoencoder"), _ref(home, "ldm_model")
-        tiles = pd.read_parquet(_ref(home, "training_tiles").path)
-        resolution = LdmConfig.from_dict(read_ldm_checkpoint(ldm.path)["config"]).resolution
-        crops = TileCropSampler(tiles[tiles["split"] == "train"], resolution, seed=777).batch_uint8(UNLABELLED_CROPS)
-        started = time.perf_counter()
-        out["ldm"] = ldm_budget_route(ae.path, ldm.path, crops, pretrain, steps=finetune)
-        print(f"ldm: pretrained {pretrain} steps without labels in {time.perf_counter() - started:.0f} s", flush=True)
-    return out
 
 
 def _latest_export(home: Path, version: str | None) -> Path:
@@ -87,6 +65,20 @@ def _latest_export(home: Path, version: str | None) -> Path:
     if not exports:
         raise SystemExit(f"no export under {root}: run `HISTOFACTORY_HOME={home} histofactory demo` first")
     return exports[-1]
+
+
+def route_files(home: Path) -> RouteFiles:
+    """What the demo left for the routes to retrain from."""
+    features = _ref(home, "generated_features")
+    return RouteFiles(
+        gan_checkpoint=_ref(home, "gan_model").path,
+        features=features.path,
+        feature_blocks=features.blocks,
+        annotations=_ref(home, "annotations").path,
+        autoencoder=_ref(home, "autoencoder").path,
+        ldm_checkpoint=_ref(home, "ldm_model").path,
+        training_tiles=_ref(home, "training_tiles").path,
+    )
 
 
 def main() -> None:
@@ -112,7 +104,10 @@ def main() -> None:
     print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
     start = time.perf_counter()
     routes = export_routes(export)
-    per_budget = {} if args.export_pairs else budget_routes(home, routes, classes, args.quick)
+    retraining = QUICK_RETRAINING if args.quick else RouteRetraining()
+    per_budget = {}
+    if not args.export_pairs:
+        per_budget = build_budget_routes(routes, classes, route_files(home), retraining, lambda s: print(s, flush=True))
     result = run_downstream(
         real, classes, export, cfg, routes, progress=lambda line: print(line, flush=True), budget_routes=per_budget
     )

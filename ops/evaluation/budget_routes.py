@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from ops.gan.networks import Generator
 from ops.gan.trainer import load_generator
 from ops.labelling.feature_sampler import BatchStream, FeatureSampler, PixelSource
 from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble, TrainConfig
+from ops.slides.crops import TileCropSampler
 
 UNLABELLED = 255  # mask value of a pixel without a label: the denoiser sees the null condition there
 
@@ -84,7 +86,7 @@ class GanBudgetRoute:
 
     generator: Generator
     features: PixelSource
-    labels: Sequence[np.ndarray]
+    labels: Sequence[np.ndarray] | zarr.Array
     rows: np.ndarray
     n_classes: int
     export: ExportParams = dataclasses.field(default_factory=ExportParams)
@@ -97,10 +99,11 @@ class GanBudgetRoute:
     class_balance: float = 0.5
 
     def __post_init__(self) -> None:
-        if len(self.labels) != len(self.rows) or not len(self.rows):
+        n_labels = self.labels.shape[0] if hasattr(self.labels, "shape") else len(self.labels)  # zarr or a list
+        if n_labels != len(self.rows) or not len(self.rows):
             raise ValueError(
                 f"GanBudgetRoute: expected one annotation per store row and at least one, received "
-                f"{len(self.labels)} annotations for {len(self.rows)} rows"
+                f"{n_labels} annotations for {len(self.rows)} rows"
             )
 
     def pairs(
@@ -295,3 +298,91 @@ def ldm_budget_route(
     latents = encode_uint8(ae, scale, unlabelled_images)
     base = pretrain_unconditional(cfg, train_cfg, latents, pretrain_steps, device)
     return LdmBudgetRoute(ae, scale, cfg, train_cfg, base, latents, **settings)
+
+
+@dataclass(frozen=True)
+class RouteRetraining:
+    """How long each route's labelled part retrains per budget and seed (the bench's and the asset's setting).
+
+    Attributes:
+        gan_epochs: Pixel-classifier epochs.
+        ldm_pretrain_steps: Label-free pretraining steps of the denoiser (once per run, shared by every budget).
+        ldm_finetune_steps: Mask-conditioning steps per budget and seed.
+        ldm_batch: Latents per denoiser step (pretraining and fine-tuning).
+        unlabelled_crops: Crops of the training slides' kept tiles the denoiser pretrains on.
+    """
+
+    gan_epochs: int = 10
+    ldm_pretrain_steps: int = 1500
+    ldm_finetune_steps: int = 400
+    ldm_batch: int = 32
+    unlabelled_crops: int = 2048
+
+
+# Shorter retraining for ``bench/downstream.py --quick`` (N in {4, 16}, 3 seeds: six retrainings per route).
+QUICK_RETRAINING = RouteRetraining(gan_epochs=4, ldm_pretrain_steps=300, ldm_finetune_steps=100, ldm_batch=16)
+
+
+@dataclass(frozen=True)
+class RouteFiles:
+    """Where a finished factory keeps what the routes retrain from (None: that route is not available)."""
+
+    gan_checkpoint: str | None = None
+    features: str | None = None
+    feature_blocks: int | None = None
+    annotations: str | None = None
+    autoencoder: str | None = None
+    ldm_checkpoint: str | None = None
+    training_tiles: str | None = None  # the tile table (parquet) of ``training_tiles``
+
+
+def build_budget_routes(
+    routes: Sequence[str],
+    class_names: Sequence[str],
+    files: RouteFiles,
+    retraining: RouteRetraining,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, GanBudgetRoute | LdmBudgetRoute]:
+    """The routes of ``routes`` that can retrain per budget (``stylegan2``, ``ldm``), from a factory's files.
+
+    Raises:
+        ValueError: a requested route whose files are missing (names the missing upstream).
+    """
+    out: dict[str, GanBudgetRoute | LdmBudgetRoute] = {}
+    if "stylegan2" in routes:
+        need = {"gan_model": files.gan_checkpoint, "generated_features": files.features}
+        _require(need | {"annotations": files.annotations}, "stylegan2")
+        out["stylegan2"] = gan_budget_route(
+            files.gan_checkpoint, files.features, files.annotations, files.feature_blocks or 5, class_names,
+            epochs=retraining.gan_epochs,
+        )  # fmt: skip
+    if "ldm" in routes:
+        need = {"autoencoder": files.autoencoder, "ldm_model": files.ldm_checkpoint}
+        _require(need | {"training_tiles": files.training_tiles}, "ldm")
+        tiles = pd.read_parquet(files.training_tiles)
+        resolution = LdmConfig.from_dict(read_ldm_checkpoint(files.ldm_checkpoint)["config"]).resolution
+        sampler = TileCropSampler(tiles[tiles["split"] == "train"], resolution, seed=777)
+        started = time.perf_counter()
+        out["ldm"] = ldm_budget_route(
+            files.autoencoder,
+            files.ldm_checkpoint,
+            sampler.batch_uint8(retraining.unlabelled_crops),
+            retraining.ldm_pretrain_steps,
+            LdmTrainConfig(batch_size=retraining.ldm_batch),
+            steps=retraining.ldm_finetune_steps,
+        )
+        if progress is not None:
+            progress(
+                f"ldm: denoiser pretrained without labels, {retraining.ldm_pretrain_steps} steps in "
+                f"{time.perf_counter() - started:.0f} s"
+            )
+    return out
+
+
+def _require(files: dict[str, str | None], route: str) -> None:
+    missing = sorted(name for name, path in files.items() if not path)
+    if missing:
+        raise ValueError(
+            f"route {route!r} cannot retrain per budget: {', '.join(missing)} not materialized; materialize them or "
+            f"leave per_budget off (the exported pairs are then used)"
+        )

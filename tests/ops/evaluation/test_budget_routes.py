@@ -10,8 +10,11 @@ from curve_helpers import TINY, squares
 from ops.diffusion.autoencoder import AutoencoderConfig, build_autoencoder
 from ops.diffusion.denoiser import LdmConfig, LdmTrainConfig
 from ops.evaluation.budget_routes import (
+    QUICK_RETRAINING,
     GanBudgetRoute,
     LdmBudgetRoute,
+    RouteFiles,
+    build_budget_routes,
     dihedral,
     encode_uint8,
     pretrain_unconditional,
@@ -146,3 +149,9 @@ def test_gan_route_labels_new_images_from_at_most_the_budgets_annotations(gan_ro
 def test_gan_route_needs_one_annotation_per_row(gan_route) -> None:
     with pytest.raises(ValueError, match="one annotation per store row"):
         GanBudgetRoute(gan_route.generator, gan_route.features, gan_route.labels[:2], np.arange(4), 3)
+
+
+def test_a_route_without_its_files_cannot_retrain_and_says_what_to_materialize() -> None:
+    with pytest.raises(ValueError, match="route 'ldm' cannot retrain per budget: autoencoder, ldm_model"):
+        build_budget_routes(["ldm"], ["bg", "square"], RouteFiles(training_tiles="tiles.parquet"), QUICK_RETRAINING)
+    assert build_budget_routes(["genseg"], ["bg", "square"], RouteFiles(), QUICK_RETRAINING) == {}
