@@ -28,7 +28,7 @@ from ops.evaluation.metrics import overlay_png
 from ops.evaluation.real_split import RealPairs, assign_parts, cut_pairs
 from ops.evaluation.segmenter import save_segmenter
 from ops.labelling.class_maps import get_class_map
-from ops.labelling.demo_annotator import demo_annotate
+from ops.labelling.demo_annotator import demo_annotate, demo_labels
 from resources import FactoryStorage, MlflowTracking, TorchDevice
 from resources.references import (
     AnnotationsRef,
@@ -280,7 +280,13 @@ def downstream_eval(
         routes = export_routes(export_dir)
         per_budget = build_budget_routes(routes, classes, files, config.retraining(), context.log.info)
     result = run_downstream(
-        real, classes, export_dir, config.curve(), progress=context.log.info, budget_routes=per_budget
+        real,
+        classes,
+        export_dir,
+        config.curve(),
+        progress=context.log.info,
+        budget_routes=per_budget,
+        labeller=demo_labels if real_annotations.class_map == "demo" else None,  # the stand-in labels any image
     )
     summary = result.curve.summary
     headline = result.headline()

@@ -27,6 +27,7 @@ from ops.evaluation.learning_curve import (
     learning_curve,
 )
 from ops.evaluation.real_split import RealPairs
+from ops.export.label_scores import Labeller
 
 LABEL_SCORES_FILE = "label_scores.json"  # written by the export beside its manifest
 
@@ -96,6 +97,11 @@ class DownstreamResult:
             for key in ("fidelity", "judge_agreement"):
                 if key in stats:
                     out[f"{key}_{route}"] = stats[key]
+        runs = self.curve.runs
+        for route in self.per_budget:  # fidelity of the pairs each route made under the equal label budget
+            values = runs.loc[runs["route"] == route, "route_fidelity"] if "route_fidelity" in runs else []
+            if len(values) and values.notna().any():
+                out[f"budget_fidelity_{route}"] = float(values.mean())
         return out
 
 
@@ -107,23 +113,26 @@ def run_downstream(
     routes: Sequence[str] | None = None,
     progress: Progress | None = None,
     budget_routes: Mapping[str, BudgetRoute] | None = None,
+    labeller: Labeller | None = None,
 ) -> DownstreamResult:
     """Learning curve of real vs real + each route's synthetic pairs, scored on the real test crops.
 
     Args:
         budget_routes: Routes retrained on each budget's crops (``ops.evaluation.budget_routes``); they replace the
-            export's pairs of the same route, which carry labels beyond the small budgets.
+            export's pairs of the same route, which carry labels beyond the small budgets. A route that is not in
+            the export may be given here too (it is then only measured per budget).
+        labeller: Labels any image (the demo stand-in); scores the label fidelity of the retrained routes' pairs.
 
     Raises:
         ValueError: class maps differ, a route has too few pairs, or a budget exceeds the labelled crops.
     """
     require_same_classes(export_class_names(export_dir), class_names, export_dir)
-    routes = list(routes) if routes is not None else export_routes(export_dir)
     budget_routes = dict(budget_routes or {})
+    routes = list(routes) if routes is not None else sorted(set(export_routes(export_dir)) | set(budget_routes))
     synthetic: dict[str, SyntheticSource] = {
         r: budget_routes[r] if r in budget_routes else export_pairs(export_dir, r, cfg.synthetic_max) for r in routes
     }
-    curve = learning_curve(real, synthetic, class_names, cfg, progress)
+    curve = learning_curve(real, synthetic, class_names, cfg, progress, labeller)
     return DownstreamResult(
         curve,
         curve_verdict(curve.summary),

@@ -40,6 +40,7 @@ from ops.evaluation.metrics import IGNORE_INDEX, confusion_matrix, dice_per_clas
 from ops.evaluation.real_split import RealPairs, budget_indices
 from ops.evaluation.segmenter import ARCHS, build_segmenter, predict_segmenter
 from ops.evaluation.stain_jitter import classical_augment
+from ops.export.label_scores import Labeller, fidelity
 
 ARMS = ("real", "real_aug", "syn_only", "mix", "syn_then_real")
 ROUTE_ARMS = ("syn_only", "mix", "syn_then_real")  # one arm per synthetic route
@@ -306,12 +307,14 @@ def learning_curve(
     class_names: Sequence[str],
     cfg: CurveConfig,
     progress: Progress | None = None,
+    labeller: Labeller | None = None,  # labels any image (the demo stand-in): scores retrained routes' pairs
 ) -> CurveResult:
     """Train every arm at every budget and seed; choose λ per budget on validation; summarise against ``real``.
 
     A route given as fixed pairs (an export) is the same at every budget: its labelled part saw every annotated tile,
     so its gain is an upper bound (``route_labels`` NaN in the tables). A :class:`BudgetRoute` makes its pairs from
-    each budget's N crops and seed, so it honours the equal label budget (``route_labels`` = labels it used).
+    each budget's N crops and seed, so it honours the equal label budget (``route_labels`` = labels it used); with a
+    ``labeller``, the label fidelity of those pairs is measured too (``route_fidelity``, the export's metric).
 
     Raises:
         ValueError: a budget larger than the labelled crops, a route with fewer pairs than ``synthetic_max``, or no
@@ -335,7 +338,7 @@ def learning_curve(
         for seed in cfg.seeds:
             pick = budget_indices(train_ids, budget, seed)
             crops = (train_x[pick], train_y[pick])
-            pairs, labels_used = {}, {}
+            pairs, labels_used, route_fidelity = {}, {}, {}
             for route, source in routes.items():
                 if isinstance(source, tuple):
                     pairs[route], labels_used[route] = source, float("nan")
@@ -343,10 +346,12 @@ def learning_curve(
                 started = time.perf_counter()
                 x, y, used = source.pairs(*crops, cfg.synthetic_max, seed)
                 pairs[route], labels_used[route] = _enough_pairs(route, x, y, cfg.synthetic_max), float(used)
+                if labeller is not None:
+                    route_fidelity[route] = _nanmean(fidelity(*pairs[route], labeller, len(class_names))[0])
                 if progress is not None:
                     progress(
                         f"N={budget} seed={seed} {route}: retrained on {used} labels, {len(x)} pairs in "
-                        f"{time.perf_counter() - started:.0f} s"
+                        f"{time.perf_counter() - started:.0f} s, fidelity {route_fidelity.get(route, float('nan')):.3f}"
                     )
             for arm, route, lam in _plan(cfg, routes):
                 result = train_arm(arm, crops, pairs.get(route), cfg, len(class_names), seed, lam)
@@ -358,6 +363,7 @@ def learning_curve(
                         "arm": f"{arm}:{route}" if route else arm,
                         "route": route or "",
                         "route_labels": labels_used.get(route, float("nan")),
+                        "route_fidelity": route_fidelity.get(route, float("nan")),
                         "lambda": lam,
                         "seed": seed,
                         "steps": result.steps,
@@ -421,7 +427,8 @@ def summarise_curve(runs: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
             "lambda": float(group["lambda"].iloc[0]),
             "seeds": len(group),
             "real_passes": float(group["real_passes"].mean()),
-            "route_labels": float(group["route_labels"].mean()) if "route_labels" in group else float("nan"),
+            "route_labels": _nanmean(group["route_labels"]) if "route_labels" in group else float("nan"),
+            "route_fidelity": _nanmean(group["route_fidelity"]) if "route_fidelity" in group else float("nan"),
         }
         for metric in ("mean_dice", "mean_jaccard"):
             row[f"{metric}"] = float(group[metric].mean())

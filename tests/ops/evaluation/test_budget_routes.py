@@ -39,6 +39,11 @@ def test_dihedral_copies_keep_each_mask_on_its_image() -> None:
     assert len({m.tobytes() for m in y}) > 3  # the copies are new masks, not repeats
 
 
+def _bright(images: np.ndarray) -> np.ndarray:
+    """A labeller for the square crops: the bright square is class 1."""
+    return (images.mean(axis=-1) > 125).astype(np.uint8)
+
+
 class RecordingRoute:
     """A budget route that records what it was given and returns the crops' dihedral copies (no new label)."""
 
@@ -55,7 +60,7 @@ class RecordingRoute:
 def test_the_curve_retrains_a_budget_route_on_each_budgets_crops_only(real) -> None:
     route = RecordingRoute()
     exported = squares(8, 5)
-    result = learning_curve(real, {"ldm": route, "gan": exported}, ["bg", "square"], TINY)
+    result = learning_curve(real, {"ldm": route, "gan": exported}, ["bg", "square"], TINY, labeller=_bright)
     train_x, _, train_ids = real.part("train")
     expected = [(train_x[budget_indices(train_ids, b, s)].tobytes(), b, s) for b in (2, 4) for s in (0, 1)]
     assert route.calls == expected  # once per budget and seed, with exactly that budget's real crops
@@ -63,6 +68,8 @@ def test_the_curve_retrains_a_budget_route_on_each_budgets_crops_only(real) -> N
     ldm_runs = runs[runs["route"] == "ldm"]
     assert (ldm_runs["route_labels"] == ldm_runs["budget"]).all()
     assert runs.loc[runs["route"] == "gan", "route_labels"].isna().all()  # exported pairs: labels beyond the budget
+    assert (ldm_runs["route_fidelity"] > 0.95).all()  # the copies' masks still say what their images show
+    assert runs.loc[runs["route"] == "gan", "route_fidelity"].isna().all()  # the export scored those already
     summary = result.summary.set_index(["budget", "arm"])
     assert summary.loc[(2, "syn_only:ldm"), "route_labels"] == 2
 
