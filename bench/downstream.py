@@ -20,9 +20,9 @@ crops. ``--export-pairs`` uses the exported pairs instead (their labels come fro
 bound, not the protocol).
 
 Last line: ``fidelity_<route>=<x> judge_<route>=<x> budget_fidelity_<route>=<x> ... gain_at_4=<x> ci_low_at_4=<x>
-best_arm_at_4=<name> gain_at_max=<x>`` (fidelity/judge: the export's pairs; budget_fidelity: the stand-in's Dice on the pairs the routes
-made under the equal label budget; gain = best synthetic arm - real only, mean test Dice, paired over seeds; CI 95 %
-bootstrap).
+best_arm_at_4=<name> gain_at_max=<x>``. fidelity and judge score the export's pairs; budget_fidelity is the
+stand-in's Dice on the pairs the routes made under the equal label budget; gain = best synthetic arm - real only,
+mean test Dice, paired over seeds, with a 95 % bootstrap CI.
 """
 
 from __future__ import annotations
