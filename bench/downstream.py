@@ -87,6 +87,8 @@ def route_files(home: Path) -> RouteFiles:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="N in {4, 16}, 3 seeds")
+    parser.add_argument("--budgets", type=int, nargs="+", default=None, help="override the budgets N (0 = all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     parser.add_argument("--home", default=os.environ.get("HISTOFACTORY_HOME", "data"), help="a finished demo's home")
     parser.add_argument("--export", default=None, help="export version (default: the newest)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 degrades best on shared cores)")
@@ -104,6 +106,8 @@ def main() -> None:
     classes = list(get_class_map(ref.class_map or "demo").classes)
     export = _latest_export(home, args.export)
     cfg = CurveConfig(**QUICK) if args.quick else CurveConfig()
+    overrides = {"budgets": tuple(args.budgets or cfg.budgets), "seeds": tuple(args.seeds or cfg.seeds)}
+    cfg = CurveConfig(**{**cfg.to_dict(), **overrides})
     print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
     start = time.perf_counter()
     routes = export_routes(export)  # (a route retrained per budget but absent from the export is measured too)
