@@ -82,10 +82,10 @@ class GenSegConfig(DictConfig):
         return min(self.base_channels * 2**level, self.channel_max)
 
 
-# Presets: the demo trains in CPU minutes; paper is GenSeg's scale (256 px, a deeper U-Net) for a GPU.
+# Presets: the demo trains in CPU minutes; paper is GenSeg's scale (512 px, the paper preset's mask bank) for a GPU.
 GENSEG_PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(resolution=64, base_channels=16, channel_max=64, depth=3, disc_channels=32, disc_layers=2),
-    "paper": dict(resolution=256, base_channels=32, channel_max=256, depth=5, disc_channels=64, disc_layers=3),
+    "paper": dict(resolution=512, base_channels=32, channel_max=256, depth=6, disc_channels=64, disc_layers=3),
 }
 
 
@@ -322,11 +322,20 @@ def save_generator(
     return atomic_torch_save(payload, path)
 
 
+def _read_generator(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return read_torch_file(
+        path, (GENERATOR_FORMAT,), ("config", "state_dict", "meta"), "GenSeg generator", "retrain genseg_model"
+    )
+
+
+def generator_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata saved beside the weights (the mask augmentation the generator was trained with, its step)."""
+    return _read_generator(path)["meta"]
+
+
 def load_generator(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> SearchableGenerator:
     """The generator written by :func:`save_generator`, in eval mode without gradients."""
-    payload = read_torch_file(
-        path, (GENERATOR_FORMAT,), ("config", "state_dict"), "GenSeg generator", "retrain genseg_model"
-    )
+    payload = _read_generator(path)
     model = SearchableGenerator(GenSegConfig.from_dict(payload["config"]))
     try:
         model.load_state_dict(payload["state_dict"])
