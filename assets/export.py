@@ -269,7 +269,7 @@ _PATHS = (
     deps=[classifier_eval, dg.AssetKey("label_judge")],
     code_version=EXPORT_CODE_VERSION,
     kinds={"pytorch", "parquet"},
-    description="Synthetic image-mask pairs (GAN and/or LDM), one batch per partition, uncertainty- and "
+    description="Synthetic image-mask pairs (GAN, LDM and/or GenSeg), one batch per partition, uncertainty- and "
     "memorization-filtered.",
 )
 def synthetic_dataset(
