@@ -249,7 +249,7 @@ class SearchableGenerator(nn.Module):
 
     def paint(self, masks: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` for class-id masks ``[B, H, W]`` (the spatial size of the masks)."""
-        return self(mask_onehot(masks, self.cfg.n_classes), noise)
+        return self(mask_onehot(masks, self.cfg.n_classes).to(self.stem.weight.dtype), noise)
 
 
 def noise_for_seeds(seeds: np.ndarray, cfg: GenSegConfig, size: int | None = None) -> torch.Tensor | None:
