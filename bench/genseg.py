@@ -1,6 +1,6 @@
 """GenSeg under an equal label budget: label fidelity with and without the architecture search, seconds per pair.
 
-    HISTOFACTORY_HOME=<demo home> python bench/genseg.py [--quick] [--budget 4] [--seeds 0] [--steps 150]
+    HISTOFACTORY_HOME=<demo home> python bench/genseg.py [--quick] [--budget 4] [--seeds 0] [--steps 100] [--all-arms]
 
 Reads what a finished ``histofactory demo`` left: the leak-free real pairs of ``real_annotations`` (training crops of
 annotated training tiles; validation crops of held-out tiles) and the kept tiles of the training slides (unlabelled
@@ -10,7 +10,7 @@ never read), once per arm, and paints ``--pairs`` pairs from augmented versions 
 
 * ``search``: the full multi-level optimisation (stages I-III, exact hypergradient);
 * ``nosearch``: the ablation, stage III off (plain pix2pix + segmenter, A fixed and uniform);
-* ``nounlabelled`` (full run only): stage III on, no unconditional discriminator on unlabelled tiles.
+* ``nounlabelled`` (``--all-arms``): stage III on, no unconditional discriminator on unlabelled tiles.
 
 Fidelity (demo only): Dice of each generated mask against the DEMO STAND-IN annotator's labels of its image, mean over
 classes present (``ops.export.label_scores.fidelity``; a real pair scores 1.0). The baseline in the same run: the N
@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="60 steps, 32 pairs, arms search and nosearch")
     parser.add_argument("--budget", type=int, default=4, help="labelled training crops N")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (budget crops, weights, noise)")
-    parser.add_argument("--steps", type=int, default=150, help="MLO steps per arm (budget preset 'quick': 150)")
+    parser.add_argument("--steps", type=int, default=100, help="MLO steps per arm (budget preset 'quick': 100)")
+    parser.add_argument("--all-arms", action="store_true", help="also the arm without the unlabelled discriminator")
     parser.add_argument("--pairs", type=int, default=64, help="generated pairs per arm and seed")
     parser.add_argument("--unlabelled", type=int, default=256, help="unlabelled tile crops for appearance")
     parser.add_argument("--threads", type=int, default=1)
@@ -82,7 +83,7 @@ def main() -> None:
         args.unlabelled
     )
     arms = {"search": {}, "nosearch": {"search": False}}
-    if not args.quick:
+    if args.all_arms:
         arms["nounlabelled"] = {"unlabelled_disc": False}
     print(
         f"real crops {real.counts()}; N={args.budget}; steps {args.steps}; pairs {args.pairs}; seeds {args.seeds}",

@@ -85,6 +85,8 @@ class GenSegConfig(DictConfig):
 # Presets: the demo trains in CPU minutes; paper is GenSeg's scale (512 px, the paper preset's mask bank) for a GPU.
 GENSEG_PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(resolution=64, base_channels=16, channel_max=64, depth=3, disc_channels=32, disc_layers=2),
+    # Half the demo's width (a quarter of its FLOPs): what a per-budget training in the learning curve can afford.
+    "small": dict(resolution=64, base_channels=8, channel_max=32, depth=3, disc_channels=16, disc_layers=2),
     "paper": dict(resolution=512, base_channels=32, channel_max=256, depth=6, disc_channels=64, disc_layers=3),
 }
 
