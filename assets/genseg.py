@@ -41,7 +41,9 @@ GENSEG_MODEL_NAME = "histofactory-genseg"
 class GenSegTrainingConfig(dg.Config):
     """GenSeg's multi-level optimisation (see ``ops.genseg.trainer``) and how it is previewed."""
 
-    preset: Literal["demo", "paper"] = Field(default="demo", description="Architecture: demo (64 px) or paper (512).")
+    preset: Literal["demo", "small", "paper"] = Field(
+        default="demo", description="Architecture: demo (64 px), small (64 px, half width) or paper (512)."
+    )
     kimg: float = Field(default=1.6, gt=0, description="Thousands of labelled pairs to train on (across resumes).")
     batch_size: int = Field(default=8, ge=1, description="Labelled pairs per step (as many generated/val/unlabelled).")
     search: bool = Field(default=True, description="Stage III (architecture search); false = plain pix2pix.")
