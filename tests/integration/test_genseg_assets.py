@@ -18,17 +18,26 @@ from assets.labelling import tile_annotations
 from assets.slides import training_tiles
 from ops.export.dataset import SyntheticSegmentationDataset
 from ops.genseg.trainer import read_trainer_checkpoint
-from resources import MlflowTracking
+from resources import MlflowTracking, TorchDevice
 
 pytestmark = pytest.mark.integration
 
-# 2 demo-annotated tiles per training slide (one trains S, one gives the validation loss), 8 steps of batch 2.
+# 2 demo-annotated tiles per training slide (one trains S, one gives the validation loss), 8 steps of batch 2 of the
+# half-width architecture. Its images cannot follow their masks after 8 steps: the gate's threshold is near zero.
 TINY_GENSEG = {
     "tile_annotations": {"config": {"demo_annotator": True, "demo_tiles_per_slide": 2}},
     "mask_bank": {"config": {"resolution": 64, "crops": 32}},
     "genseg_model": {
-        "config": {"kimg": 0.016, "batch_size": 2, "checkpoint_every": 4, "log_every": 1, "preview_images": 4}
+        "config": {
+            "preset": "small",
+            "kimg": 0.016,
+            "batch_size": 2,
+            "checkpoint_every": 4,
+            "log_every": 1,
+            "preview_images": 4,
+        }
     },
+    "genseg_model_genseg_follows_masks": {"config": {"min_mask_agreement": 1e-6}},
 }
 
 
@@ -36,7 +45,7 @@ def _run(assets, instance, home, ops, partition=None):
     result = dg.materialize(
         **selecting(assets),
         instance=instance,
-        resources=resources_for(home),
+        resources={**resources_for(home), "torch_device": TorchDevice(threads=1)},  # 2 threads crawl on shared cores
         run_config=dg.RunConfig(ops=ops),
         partition_key=partition,
     )
@@ -88,16 +97,17 @@ def test_killed_genseg_training_resumes_into_the_same_mlflow_run(tiled_home, tmp
         home,
         {k: TINY_GENSEG[k] for k in ("tile_annotations", "mask_bank")},
     )
+    gate = {"genseg_model_genseg_follows_masks": TINY_GENSEG["genseg_model_genseg_follows_masks"]}
     cfg = {**TINY_GENSEG["genseg_model"]["config"], "kimg": 0.08, "checkpoint_every": 2}  # 40 steps
     checkpoint = kill_after_first_checkpoint(
-        home, "genseg_model", {"ops": {"genseg_model": {"config": cfg}}}, "genseg/*/checkpoint.pt", tmp_path
+        home, "genseg_model", {"ops": {"genseg_model": {"config": cfg}, **gate}}, "genseg/*/checkpoint.pt", tmp_path
     )
     state = json.loads((checkpoint.parent / "state.json").read_text())
     step_at_kill = int(read_trainer_checkpoint(checkpoint)["step"])
     assert 0 < step_at_kill < 40
 
     meta = (
-        _run([genseg_model], instance, home, {"genseg_model": {"config": cfg}})
+        _run([genseg_model], instance, home, {"genseg_model": {"config": cfg}, **gate})
         .asset_materializations_for_node("genseg_model")[0]
         .metadata
     )
