@@ -12,14 +12,19 @@ never read), once per arm, and paints ``--pairs`` pairs from augmented versions 
 * ``nosearch``: the ablation, stage III off (plain pix2pix + segmenter, A fixed and uniform);
 * ``nounlabelled`` (``--all-arms``): stage III on, no unconditional discriminator on unlabelled tiles.
 
+Downstream, per seed and arm: the learning curve's segmenter (``train_arm``, the demo preset's reduced curve: width 8,
+100 real passes, at least 150 steps) trained on the N crops alone (``real``) and mixed with the arm's pairs
+(``(1 − λ)·L_real + λ·L_syn``, ``--lam`` 0.5 = GenSeg's γ = 1), scored on the held-out test crops (mean Dice);
+``gain_<arm>`` = mixed − real only, averaged over seeds (no CI: few seeds).
+
 Fidelity (demo only): Dice of each generated mask against the DEMO STAND-IN annotator's labels of its image, mean over
 classes present (``ops.export.label_scores.fidelity``; a real pair scores 1.0). The baseline in the same run: the N
 real crops scored the same way (``fidelity_real``; below 1.0 where crops carry unannotated pixels). Seconds per pair =
 training plus painting time of the arm / pairs. One torch thread (shared cores).
 
-Last line: ``fidelity_search=<x> fidelity_nosearch=<x> [fidelity_nounlabelled=<x>] fidelity_real=<x>
-s_per_pair_search=<x> s_per_pair_nosearch=<x> train_s_search=<x> train_s_nosearch=<x> budget=<n> steps=<n>
-pairs=<n> seeds=<n>``.
+Last line: ``fidelity_search=<x> fidelity_nosearch=<x> [fidelity_nounlabelled=<x>] fidelity_real=<x> dice_real=<x>
+gain_search=<x> gain_nosearch=<x> s_per_pair_search=<x> s_per_pair_nosearch=<x> train_s_search=<x>
+train_s_nosearch=<x> budget=<n> steps=<n> pairs=<n> seeds=<n>``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ops.evaluation.learning_curve import CurveConfig, score, train_arm  # noqa: E402
 from ops.evaluation.real_split import RealPairs, budget_indices  # noqa: E402
 from ops.export.label_scores import fidelity  # noqa: E402
 from ops.genseg.budget import budget_config, paint_pairs, train_route  # noqa: E402
@@ -65,6 +71,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64, help="generated pairs per arm and seed")
     parser.add_argument("--unlabelled", type=int, default=256, help="unlabelled tile crops for appearance")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--lam", type=float, default=0.5, help="downstream mix weight of the generated pairs (0.5 = GenSeg's γ = 1)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.steps, args.pairs = 60, 32
@@ -92,11 +101,18 @@ def main() -> None:
     fid: dict[str, list[float]] = {arm: [] for arm in arms}
     secs: dict[str, list[float]] = {arm: [] for arm in arms}
     train_secs: dict[str, list[float]] = {arm: [] for arm in arms}
-    real_fid = []
+    real_fid, dice_real = [], []
+    dice: dict[str, list[float]] = {arm: [] for arm in arms}
+    curve = CurveConfig(base_channels=8, real_passes=100, min_steps=150)  # the demo preset's reduced curve
+    test_x, test_y, _ = real.part("test")
+    classes = list(get_class_map(ref.class_map or "demo").classes)
     for seed in args.seeds:
         pick = budget_indices(train_ids, args.budget, seed)
         x, y = train_x[pick], train_y[pick]
         real_fid.append(_fidelity(x, y, k))
+        dice_real.append(
+            score(train_arm("real", (x, y), None, curve, k, seed).model, test_x, test_y, classes)["mean_dice"]
+        )
         for arm, overrides in arms.items():
             cfg = dataclasses.replace(budget_config("quick", **overrides), steps=args.steps, device="cpu")
             start = time.perf_counter()
@@ -107,14 +123,19 @@ def main() -> None:
             fid[arm].append(_fidelity(images, masks, k))
             secs[arm].append((done - start) / args.pairs)
             train_secs[arm].append(trained - start)
+            mixed = train_arm("mix", (x, y), (images, masks), curve, k, seed, args.lam)
+            dice[arm].append(score(mixed.model, test_x, test_y, classes)["mean_dice"])
             arch = {c: max(w, key=w.get) for c, w in trainer.generator.arch_weights().items()}
             print(
-                f"seed {seed} {arm}: fidelity {fid[arm][-1]:.3f}, train {trained - start:.0f} s, "
+                f"seed {seed} {arm}: fidelity {fid[arm][-1]:.3f}, test Dice real+pairs {dice[arm][-1]:.3f} "
+                f"(real only {dice_real[-1]:.3f}), train {trained - start:.0f} s, "
                 f"paint {done - trained:.1f} s, architecture {arch}",
                 flush=True,
             )
     line = {f"fidelity_{arm}": f"{np.mean(v):.3f}" for arm, v in fid.items()}
     line["fidelity_real"] = f"{np.mean(real_fid):.3f}"
+    line["dice_real"] = f"{np.mean(dice_real):.3f}"
+    line |= {f"gain_{arm}": f"{np.mean(np.subtract(v, dice_real)):+.3f}" for arm, v in dice.items()}
     line |= {f"s_per_pair_{arm}": f"{np.mean(v):.2f}" for arm, v in secs.items() if arm != "nounlabelled"}
     line |= {f"train_s_{arm}": f"{np.mean(v):.0f}" for arm, v in train_secs.items() if arm != "nounlabelled"}
     line |= {"budget": args.budget, "steps": args.steps, "pairs": args.pairs, "seeds": len(args.seeds)}
