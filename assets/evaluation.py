@@ -278,7 +278,8 @@ def downstream_eval(
             training_tiles=training_tiles.path if training_tiles else None,
         )
         routes = export_routes(export_dir)
-        per_budget = build_budget_routes(routes, classes, files, config.retraining(), context.log.info)
+        val_x, val_y, _ = real.part("val")
+        per_budget = build_budget_routes(routes, classes, files, config.retraining(), context.log.info, (val_x, val_y))
     result = run_downstream(
         real,
         classes,

@@ -10,13 +10,14 @@ from the export's ``label_scores.json``, where the export wrote them.
 
 Full: budgets N in {4, 8, 16, 32, 64, all}, 5 seeds, every arm (real, real_aug, syn_only, mix with lambda in
 {0.1, 0.3, 0.5} chosen on validation, syn_then_real) per route. ``--quick``: N in {4, 16}, 3 seeds, the same arms,
-shorter route retraining (aimed at under 30 minutes on 2 quiet cores).
+shorter route retraining (GenSeg: its `quick` preset).
 
 Equal label budget (``ops.evaluation.budget_routes``): at every budget and seed each route's labelled part is
 retrained on that budget's labels only. ``stylegan2``: the demo's generator (it saw no label) with a new pixel
 classifier on N annotated generated images. ``ldm``: the demo's autoencoder (images only) and a denoiser of the demo's
 architecture pretrained here on unlabelled training-slide crops through the null condition, then fine-tuned on the N
-crops. ``--export-pairs`` uses the exported pairs instead (their labels come from every annotated tile: an upper
+crops. ``genseg``: trained from random weights on the N crops (``ops.genseg.budget``; stage A learns from the validation
+crops). ``--export-pairs`` uses the exported pairs instead (their labels come from every annotated tile: an upper
 bound, not the protocol).
 
 Last line: ``fidelity_<route>=<x> judge_<route>=<x> budget_fidelity_<route>=<x> ... gain_at_4=<x> ci_low_at_4=<x>
@@ -89,6 +90,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N in {4, 16}, 3 seeds")
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="override the budgets N (0 = all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    parser.add_argument(
+        "--routes", nargs="+", default=None, help="routes to measure (default: the export's, plus genseg per budget)"
+    )
     parser.add_argument("--home", default=os.environ.get("HISTOFACTORY_HOME", "data"), help="a finished demo's home")
     parser.add_argument("--export", default=None, help="export version (default: the newest)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 degrades best on shared cores)")
@@ -110,14 +114,28 @@ def main() -> None:
     cfg = CurveConfig(**{**cfg.to_dict(), **overrides})
     print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
     start = time.perf_counter()
-    routes = export_routes(export)  # (a route retrained per budget but absent from the export is measured too)
+    # A route retrained per budget needs no export (GenSeg trains from the crops and the tiles alone).
+    routes = args.routes or export_routes(export) + ([] if args.export_pairs else ["genseg"])
     retraining = QUICK_RETRAINING if args.quick else RouteRetraining()
     per_budget = {}
     if not args.export_pairs:
-        per_budget = build_budget_routes(routes, classes, route_files(home), retraining, lambda s: print(s, flush=True))
+        val_x, val_y, _ = real.part("val")
+        per_budget = build_budget_routes(
+            routes, classes, route_files(home), retraining, lambda s: print(s, flush=True), (val_x, val_y)
+        )
+    missing = sorted(set(routes) - set(per_budget) - set(export_routes(export)))
+    if missing:
+        raise SystemExit(f"routes {missing}: neither in export {export.name} nor retrainable per budget")
     labeller = demo_labels if (ref.class_map or "demo") == "demo" else None  # the stand-in labels any image
     result = run_downstream(
-        real, classes, export, cfg, progress=lambda s: print(s, flush=True), budget_routes=per_budget, labeller=labeller
+        real,
+        classes,
+        export,
+        cfg,
+        routes,
+        progress=lambda s: print(s, flush=True),
+        budget_routes=per_budget,
+        labeller=labeller,
     )
     summary = result.curve.summary
     cols = ["budget", "arm", "lambda", "mean_dice", "mean_dice_sd", "gain_mean_dice", "ci_low_mean_dice",

@@ -12,6 +12,9 @@ seed that chose them) and returns fresh synthetic pairs (the ``BudgetRoute`` pro
 * :class:`LdmBudgetRoute` (DISC) — a denoiser pretrained without labels (every step through the null condition,
   :func:`pretrain_unconditional`) learns the mask conditioning from the N crops (their eight dihedral copies), keeps
   seeing unlabelled tissue through the null slot, then samples pairs for the N masks' dihedral copies.
+* :class:`GensegBudgetRoute` (GenSeg) — the mask-to-image generator and its architecture are trained from random
+  weights on the N crops (multi-level optimisation against the validation crops, unlabelled tissue for appearance),
+  then paint augmented versions of the N masks (``ops.genseg.budget``).
 
 Everything here is seeded: the same crops and seed give the same pairs.
 """
@@ -39,6 +42,7 @@ from ops.export.gan_route import ExportParams, synthesize_seeds, uncertain_to_dr
 from ops.export.ldm_route import latents_to_uint8
 from ops.gan.networks import Generator
 from ops.gan.trainer import load_generator
+from ops.genseg.budget import BudgetConfig, budget_pairs
 from ops.labelling.feature_sampler import BatchStream, FeatureSampler, PixelSource
 from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble, TrainConfig
 from ops.slides.crops import TileCropSampler
@@ -242,6 +246,34 @@ class LdmBudgetRoute:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# GenSeg route.
+
+
+@dataclass
+class GensegBudgetRoute:
+    """GenSeg trained per budget: G, its architecture A and the segmenter see the N crops; A's validation loss uses
+    the curve's validation crops (the same real crops λ is chosen on, never test tiles).
+
+    Attributes:
+        validation: Real labelled validation crops (images uint8 ``[V, R, R, 3]``, masks ``[V, R, R]``).
+        unlabelled: Unlabelled kept-tissue crops for appearance, or None.
+        n_classes: K.
+        cfg: A ``ops.genseg.budget.BudgetConfig`` or a preset name (``quick``, ``demo``, ``paper``).
+    """
+
+    validation: tuple[np.ndarray, np.ndarray]
+    unlabelled: np.ndarray | None
+    n_classes: int
+    cfg: BudgetConfig | str = "quick"
+
+    def pairs(
+        self, images: np.ndarray, masks: np.ndarray, n_pairs: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        x, y = budget_pairs(images, masks, *self.validation, self.unlabelled, n_pairs, self.n_classes, seed, self.cfg)
+        return x, y, len(images)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Building the routes from what a finished factory left on disk.
 
 
@@ -309,7 +341,9 @@ class RouteRetraining:
         ldm_pretrain_steps: Label-free pretraining steps of the denoiser (once per run, shared by every budget).
         ldm_finetune_steps: Mask-conditioning steps per budget and seed.
         ldm_batch: Latents per denoiser step (pretraining and fine-tuning).
-        unlabelled_crops: Crops of the training slides' kept tiles the denoiser pretrains on.
+        unlabelled_crops: Crops of the training slides' kept tiles the denoiser pretrains on (and GenSeg's
+            discriminator sees for appearance).
+        genseg: GenSeg's per-budget preset.
     """
 
     gan_epochs: int = 10
@@ -317,10 +351,13 @@ class RouteRetraining:
     ldm_finetune_steps: int = 400
     ldm_batch: int = 32
     unlabelled_crops: int = 2048
+    genseg: str = "demo"  # ops.genseg.budget.BUDGET_PRESETS
 
 
 # Shorter retraining for ``bench/downstream.py --quick`` (N in {4, 16}, 3 seeds: six retrainings per route).
-QUICK_RETRAINING = RouteRetraining(gan_epochs=4, ldm_pretrain_steps=300, ldm_finetune_steps=100, ldm_batch=16)
+QUICK_RETRAINING = RouteRetraining(
+    gan_epochs=4, ldm_pretrain_steps=300, ldm_finetune_steps=100, ldm_batch=16, genseg="quick"
+)
 
 
 @dataclass(frozen=True)
@@ -342,13 +379,15 @@ def build_budget_routes(
     files: RouteFiles,
     retraining: RouteRetraining,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, GanBudgetRoute | LdmBudgetRoute]:
-    """The routes of ``routes`` that can retrain per budget (``stylegan2``, ``ldm``), from a factory's files.
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, GanBudgetRoute | LdmBudgetRoute | GensegBudgetRoute]:
+    """The routes of ``routes`` that can retrain per budget (``stylegan2``, ``ldm``, ``genseg``), from a factory's
+    files; ``validation`` (the curve's validation crops) is what GenSeg's architecture step learns from.
 
     Raises:
         ValueError: a requested route whose files are missing (names the missing upstream).
     """
-    out: dict[str, GanBudgetRoute | LdmBudgetRoute] = {}
+    out: dict[str, GanBudgetRoute | LdmBudgetRoute | GensegBudgetRoute] = {}
     if "stylegan2" in routes:
         need = {"gan_model": files.gan_checkpoint, "generated_features": files.features}
         _require(need | {"annotations": files.annotations}, "stylegan2")
@@ -356,17 +395,22 @@ def build_budget_routes(
             files.gan_checkpoint, files.features, files.annotations, files.feature_blocks or 5, class_names,
             epochs=retraining.gan_epochs,
         )  # fmt: skip
+    if "genseg" in routes:
+        _require({"training_tiles": files.training_tiles}, "genseg")
+        if validation is None:
+            raise ValueError("route 'genseg' cannot retrain per budget without validation crops (its stage A)")
+        resolution = validation[0].shape[1]
+        unlabelled = _unlabelled_crops(files.training_tiles, resolution, retraining.unlabelled_crops)
+        out["genseg"] = GensegBudgetRoute(validation, unlabelled, len(class_names), retraining.genseg)
     if "ldm" in routes:
         need = {"autoencoder": files.autoencoder, "ldm_model": files.ldm_checkpoint}
         _require(need | {"training_tiles": files.training_tiles}, "ldm")
-        tiles = pd.read_parquet(files.training_tiles)
         resolution = LdmConfig.from_dict(read_ldm_checkpoint(files.ldm_checkpoint)["config"]).resolution
-        sampler = TileCropSampler(tiles[tiles["split"] == "train"], resolution, seed=777)
         started = time.perf_counter()
         out["ldm"] = ldm_budget_route(
             files.autoencoder,
             files.ldm_checkpoint,
-            sampler.batch_uint8(retraining.unlabelled_crops),
+            _unlabelled_crops(files.training_tiles, resolution, retraining.unlabelled_crops),
             retraining.ldm_pretrain_steps,
             LdmTrainConfig(batch_size=retraining.ldm_batch),
             steps=retraining.ldm_finetune_steps,
@@ -377,6 +421,12 @@ def build_budget_routes(
                 f"{time.perf_counter() - started:.0f} s"
             )
     return out
+
+
+def _unlabelled_crops(tile_table: str | os.PathLike[str], resolution: int, count: int) -> np.ndarray:
+    """``count`` seeded crops of the training slides' kept tiles (no label): what the routes learn appearance from."""
+    tiles = pd.read_parquet(tile_table)
+    return TileCropSampler(tiles[tiles["split"] == "train"], resolution, seed=777).batch_uint8(count)
 
 
 def _require(files: dict[str, str | None], route: str) -> None:

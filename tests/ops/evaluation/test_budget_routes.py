@@ -161,4 +161,6 @@ def test_gan_route_needs_one_annotation_per_row(gan_route) -> None:
 def test_a_route_without_its_files_cannot_retrain_and_says_what_to_materialize() -> None:
     with pytest.raises(ValueError, match="route 'ldm' cannot retrain per budget: autoencoder, ldm_model"):
         build_budget_routes(["ldm"], ["bg", "square"], RouteFiles(training_tiles="tiles.parquet"), QUICK_RETRAINING)
-    assert build_budget_routes(["genseg"], ["bg", "square"], RouteFiles(), QUICK_RETRAINING) == {}
+    with pytest.raises(ValueError, match="route 'genseg' cannot retrain per budget: training_tiles"):
+        build_budget_routes(["genseg"], ["bg", "square"], RouteFiles(), QUICK_RETRAINING)
+    assert build_budget_routes(["cgan_federated"], ["bg", "square"], RouteFiles(), QUICK_RETRAINING) == {}
