@@ -26,6 +26,7 @@ from ops.evaluation.learning_curve import CurveConfig, curve_png
 from ops.evaluation.metrics import overlay_png
 from ops.evaluation.real_split import RealPairs, assign_parts, cut_pairs
 from ops.evaluation.segmenter import save_segmenter
+from ops.export.dataset import mask_routes
 from ops.labelling.class_maps import get_class_map
 from ops.labelling.demo_annotator import demo_annotate
 from resources import FactoryStorage, MlflowTracking, TorchDevice
@@ -223,7 +224,8 @@ def downstream_eval(
     real, classes = _real_pairs(real_annotations)
     export_dir = Path(max(synthetic_dataset.values(), key=lambda ref: ref.created_at).path)  # latest
     torch_device.device()  # applies the thread setting; the curve trains on the CPU
-    result = run_downstream(real, classes, export_dir, config.curve(), progress=context.log.info)
+    routes = mask_routes(export_dir)  # segmentation: routes without masks (cgan_federated) are left out
+    result = run_downstream(real, classes, export_dir, config.curve(), routes, progress=context.log.info)
     summary = result.curve.summary
     headline = result.headline()
     out = storage.downstream_path

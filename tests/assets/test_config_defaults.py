@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from assets.diffusion import AutoencoderTrainingConfig, LdmTrainingConfig
 from assets.export import ExportConfig
+from assets.federated import TileCheckConfig
 from assets.gan import GanTrainingConfig
 from assets.labelling import AnnotationConfig, ClassifierConfig, TileAnnotationConfig
 from assets.slides import TileFilterConfig, TileGridConfig, TissueMaskConfig
@@ -23,6 +24,7 @@ from ops.diffusion.autoencoder import AE_PRESETS
 from ops.diffusion.denoiser import CONDITIONINGS, LDM_PRESETS, LdmConfig, LdmTrainConfig
 from ops.diffusion.samplers import SAMPLERS
 from ops.export.gan_route import ExportParams
+from ops.federated.downstream import CheckSettings
 from ops.gan.loop import LoopConfig
 from ops.gan.networks import GAN_PRESETS
 from ops.gan.trainer import TrainConfig as GanTrainConfig
@@ -45,6 +47,7 @@ PAIRS: list[tuple[type[BaseModel], type, dict[str, str]]] = [
     (LdmTrainingConfig, LdmTrainConfig, {}),
     (LdmTrainingConfig, LdmConfig, {}),
     (ExportConfig, ExportParams, {}),
+    (TileCheckConfig, CheckSettings, {}),
 ]
 
 
