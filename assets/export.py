@@ -546,7 +546,12 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
 ## Classes (mask pixel value, name, colour, mean pixel share)
 
 """
-        + "\n".join(f"- {c['id']}: {c['name']} {tuple(c['colour'])} {fractions.get(c['name'], 0):.2%}" for c in classes)
+        + (
+            "\n".join(
+                f"- {c['id']}: {c['name']} {tuple(c['colour'])} {fractions.get(c['name'], 0):.2%}" for c in classes
+            )
+            or "None: no route of this export makes masks (its tiles carry `tile_class`)."
+        )
         + """
 
 ## Files
