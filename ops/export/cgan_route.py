@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,8 @@ def manifest_rows(batch: ConditionalBatch, index: int, lineage: dict, mpp: float
             "cgan_model_version": lineage["cgan_model_version"],
             "cgan_flower_run": lineage["cgan_flower_run"],
             "source_slides": ";".join(lineage["cgan_source_slides"]),
+            "histofactory_version": package_version("histofactory"),
+            "torch_version": torch.__version__,
         }
     )
 

@@ -76,6 +76,7 @@ def test_rows_carry_class_and_lineage_write_no_mask_and_load_for_classification(
     assert rows["generator"].eq(CGAN_ROUTE).all() and rows["mask"].isna().all()
     assert rows["tile_class"].tolist() == [0, 1, 2, 0, 1, 2]
     assert rows["cgan_mlflow_run"].eq("mlrun").all() and rows["source_slides"].eq("sl-1;sl-2;sl-3").all()
+    assert rows["cgan_flower_run"].eq("123").all() and rows["torch_version"].eq(torch.__version__).all()
     assert rows["latents"].iloc[5] == f"batches/000/{LATENTS_FILE}#5"
 
     keep = np.array([True, True, True, True, False, True])
