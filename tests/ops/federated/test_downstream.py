@@ -39,6 +39,11 @@ def test_three_arms_are_scored_on_the_held_out_tiles(G):
     assert again["real"] == results["real"], "same data, steps and seed: the same classifier"
 
 
+def test_the_small_vit_classifier_is_selectable(G):
+    vit = classifier_check(G, toy(16, 0), toy(8, 1), 2, CheckSettings(backbone="vit", steps=3, batch_size=8))
+    assert all(0.0 <= s.accuracy <= 1.0 and len(s.recall) == 2 for s in vit.values())
+
+
 def test_generated_tiles_are_class_balanced(G):
     tiles = generated_tiles(G, 7, seed=3)
     assert tiles.images.shape == (7, 16, 16, 3) and tiles.labels.tolist() == [0, 1, 0, 1, 0, 1, 0]
