@@ -223,7 +223,7 @@ def federated_tile_check(
     seconds = time.perf_counter() - start
     metrics = {k: v for arm in ARMS for k, v in results[arm].to_metadata(arm).items()}
     counts = {"train": train.class_shares(n_classes), "holdout": test.class_shares(n_classes)}
-    out = storage.root / "federated" / "tile_check" / f"{federated_gan.content_hash}.json"
+    out = storage.root / "federated" / "tile_check" / f"{federated_gan.content_hash}-{config.backbone}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "metrics": metrics,
