@@ -21,12 +21,13 @@ from pydantic import Field
 from assets.lineage import png_markdown
 from ops.common.images import image_grid_png
 from ops.evaluation.budget_routes import RouteFiles, RouteRetraining, build_budget_routes
-from ops.evaluation.downstream import export_pairs, export_routes, run_downstream
+from ops.evaluation.downstream import export_pairs, run_downstream
 from ops.evaluation.judge import JudgeConfig, train_judge
 from ops.evaluation.learning_curve import CurveConfig, curve_png
 from ops.evaluation.metrics import overlay_png
 from ops.evaluation.real_split import RealPairs, assign_parts, cut_pairs
 from ops.evaluation.segmenter import save_segmenter
+from ops.export.dataset import mask_routes
 from ops.labelling.class_maps import get_class_map
 from ops.labelling.demo_annotator import demo_annotate, demo_labels
 from resources import FactoryStorage, MlflowTracking, TorchDevice
@@ -266,6 +267,7 @@ def downstream_eval(
     real, classes = _real_pairs(real_annotations)
     export_dir = Path(max(synthetic_dataset.values(), key=lambda ref: ref.created_at).path)  # latest
     torch_device.device()  # applies the thread setting; the curve trains on the CPU
+    routes = mask_routes(export_dir)  # segmentation: routes without masks (cgan_federated) are left out
     per_budget = {}
     if config.per_budget:
         files = RouteFiles(
@@ -277,7 +279,6 @@ def downstream_eval(
             ldm_checkpoint=ldm_model.path if ldm_model else None,
             training_tiles=training_tiles.path if training_tiles else None,
         )
-        routes = export_routes(export_dir)
         val_x, val_y, _ = real.part("val")
         per_budget = build_budget_routes(routes, classes, files, config.retraining(), context.log.info, (val_x, val_y))
     result = run_downstream(
@@ -285,6 +286,7 @@ def downstream_eval(
         classes,
         export_dir,
         config.curve(),
+        routes,
         progress=context.log.info,
         budget_routes=per_budget,
         labeller=demo_labels if real_annotations.class_map == "demo" else None,  # the stand-in labels any image

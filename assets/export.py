@@ -25,6 +25,8 @@ from ops.diffusion.mask_bank import MaskBank, weights_by_name
 from ops.evaluation.downstream import LABEL_SCORES_FILE
 from ops.evaluation.judge import judge_labeller
 from ops.evaluation.segmenter import load_segmenter
+from ops.export import cgan_route
+from ops.export.cgan_route import CGAN_ROUTE
 from ops.export.gan_route import (
     ExportParams,
     SyntheticBatch,
@@ -45,6 +47,7 @@ from ops.export.label_scores import (
 )
 from ops.export.ldm_route import synthesize_ldm_pairs
 from ops.export.memorization import check_memorization
+from ops.federated.training import load_global_generator
 from ops.gan.trainer import load_generator
 from ops.genseg.augment import MaskAugmentConfig
 from ops.genseg.networks import generator_meta
@@ -57,6 +60,7 @@ from ops.slides.tile_store import replace_dir, temp_dir_beside
 from resources import DaskResource, FactoryStorage, TorchDevice
 from resources.references import (
     ExportRef,
+    FederatedGanRef,
     GanModelRef,
     GenSegModelRef,
     LdmModelRef,
@@ -64,8 +68,8 @@ from resources.references import (
     TrainingTilesRef,
 )
 
-EXPORT_CODE_VERSION = "export-3"
-GENERATORS = ("stylegan2", "ldm", "genseg")
+EXPORT_CODE_VERSION = "export-4"  # 3: the genseg route; 4: the cgan_federated route (tiles with a class, no mask)
+GENERATORS = ("stylegan2", "ldm", "genseg", CGAN_ROUTE)
 MAX_BATCHES = 50
 export_batches = dg.StaticPartitionsDefinition([f"{i:03d}" for i in range(MAX_BATCHES)])
 
@@ -94,8 +98,9 @@ class ExportConfig(dg.Config):
     generators: list[str] = Field(
         default=["stylegan2"],
         description="Which generators make the batch: stylegan2 (images labelled by the pixel classifier), "
-        "ldm (images generated from masks of the mask bank) and/or genseg (images painted for augmented bank "
-        "masks by the GenSeg generator); each makes batch_size samples.",
+        "ldm (images generated from masks of the mask bank), genseg (images painted for augmented bank "
+        "masks by the GenSeg generator) and/or cgan_federated (tiles of a class from federated_gan, no mask); "
+        "each makes batch_size samples.",
     )
     ldm_sampler: Literal["ddim", "sc"] = Field(
         default="ddim", description="LDM sampler: ddim, or sc (DISC's separated conditions)."
@@ -152,6 +157,7 @@ def _lineage(
     classifier: PixelClassifierRef | None,
     ldm: LdmModelRef | None,
     genseg: GenSegModelRef | None = None,
+    federated: FederatedGanRef | None = None,
 ) -> dict:
     """Upstream versions of the chosen generators; they must agree on class map and resolution."""
     unknown = sorted(set(generators) - set(GENERATORS))
@@ -200,6 +206,13 @@ def _lineage(
         slides |= set(ldm.train_slide_ids)
     if "genseg" in generators:
         slides |= _genseg_lineage(lineage, _route_input(genseg, "genseg_model", "genseg"))
+    if CGAN_ROUTE in generators:  # tiles with a class and no mask: no class map of its own
+        federated = _route_input(federated, "federated_gan", CGAN_ROUTE)
+        cgan_route.require_resolution(lineage, federated.resolution)
+        lineage.update(
+            cgan_route.cgan_lineage(federated.path, federated.lineage, federated.mlflow_run_id, federated.model_version)
+        )
+        slides |= set(lineage["cgan_source_slides"])
     lineage["source_slides"] = sorted(slides)
     return lineage
 
@@ -259,6 +272,7 @@ _PATHS = (
     "mask_bank",
     "genseg_generator",
     "genseg_mask_bank",
+    "cgan_checkpoint",
 )
 
 
@@ -280,13 +294,14 @@ def synthetic_dataset(
     pixel_classifier: PixelClassifierRef | None,
     ldm_model: LdmModelRef | None,
     genseg_model: GenSegModelRef | None,
+    federated_gan: FederatedGanRef | None,
     storage: FactoryStorage,
     torch_device: TorchDevice,
     dask: DaskResource,
 ) -> dg.MaterializeResult:
     device = torch_device.device()
     batch = int(context.partition_key)
-    lineage = _lineage(config.generators, gan_model, pixel_classifier, ldm_model, genseg_model)
+    lineage = _lineage(config.generators, gan_model, pixel_classifier, ldm_model, genseg_model, federated_gan)
     params = ExportParams(
         batch_size=config.batch_size,
         psi=config.psi,
@@ -297,7 +312,7 @@ def synthetic_dataset(
     )
     version = export_version({k: v for k, v in lineage.items() if k not in _PATHS}, params, config)
     export_dir = storage.export_root / version
-    class_map = get_class_map(lineage["class_map"])
+    class_map = get_class_map(lineage["class_map"]) if "class_map" in lineage else None  # None: no mask route
     tiles = pd.read_parquet(training_tiles.path)
     start = time.perf_counter()
     routes: list[_Route] = []
@@ -346,38 +361,56 @@ def synthetic_dataset(
                 lineage, params.seeds(batch), weights_by_name(class_map.classes, config.class_weights), device
             )
         )
+    cgan = None
+    if CGAN_ROUTE in lineage["generators"]:  # last: the rows of the mask routes come first
+        cgan = cgan_route.synthesize_class_tiles(
+            load_global_generator(lineage["cgan_checkpoint"]), params.seeds(batch), device
+        )
+        nan = np.full(len(cgan.seeds), np.nan, np.float32)
+        ids = [cgan_route.sample_id(s) for s in cgan.seeds]
+        routes.append(
+            _Route(CGAN_ROUTE, cgan.images, None, nan, cgan.seeds, ids, cgan_route.LATENTS_FILE, cgan.latent_arrays())
+        )
     images = np.concatenate([r.images for r in routes])
-    masks = np.concatenate([r.masks for r in routes])
+    has_mask = np.concatenate([np.full(len(r.images), r.masks is not None) for r in routes])
+    masks = [m for r in routes for m in (r.masks if r.masks is not None else [None] * len(r.images))]
     uncertainty = np.concatenate([r.uncertainty for r in routes])
     generator = np.concatenate([[r.generator] * len(r.images) for r in routes])
 
     train = tiles[tiles["split"] == "train"]
-    bank = TileCropSampler(train, lineage["resolution"], seed=4242, crops_per_tile=1).batch_uint8(
-        min(config.memorization_bank, max(len(train), 1) * 8)
-    )
-    memo = check_memorization(images, bank, checkpoint=lineage.get("gan_checkpoint"), quantile=config.copy_quantile)
+    memo, thresholds = _memorization(images, has_mask, train, lineage, config)
     near_copy = memo["near_copy"].to_numpy()
     uncertain = np.zeros(len(images), bool)
     gan_rows = generator == "stylegan2"  # only the GAN route has labels to be unsure about
     uncertain[gan_rows] = uncertain_to_drop(
         np.where(near_copy[gan_rows], -np.inf, uncertainty[gan_rows]), config.drop_uncertain
     )
-    scores = _label_scores(context, storage, config, images, masks, class_map)
+    scores = pd.DataFrame(index=range(len(images)))
+    if has_mask.any():  # label scores exist only where there is a mask
+        mask_scores = _label_scores(
+            context, storage, config, images[has_mask], np.stack(masks[: has_mask.sum()]), class_map
+        )
+        scores = mask_scores.set_axis(np.flatnonzero(has_mask)).reindex(scores.index)
     low_agreement = _low_agreement(scores, config.min_agreement)
     keep = ~(uncertain | near_copy | low_agreement)
 
+    mpps = tiles["mpp"].dropna()
     rows = pd.concat(
-        [_manifest_rows(r, batch, lineage, class_map, tiles["mpp"].dropna()) for r in routes], ignore_index=True
+        [_manifest_rows(r, batch, lineage, class_map, mpps) for r in routes if r.masks is not None]
+        + ([cgan_route.manifest_rows(cgan, batch, lineage, _median(mpps))] if cgan is not None else []),
+        ignore_index=True,
     )
     rows = pd.concat([rows, scores], axis=1).assign(low_agreement=low_agreement)
     rows["nn_pixel_distance"] = memo["nn_pixel"].to_numpy(np.float32)
     rows["nn_feature_distance"] = memo["nn_feature"].to_numpy(np.float32)
     rows["near_copy"] = near_copy
     tmp = temp_dir_beside(export_dir / "batches" / f"{batch:03d}")
-    write_batch(tmp, images, masks, keep, rows, class_map.palette(), {r.latents_file: r.arrays for r in routes})
+    palette = class_map.palette() if class_map else []
+    write_batch(tmp, images, masks, keep, rows, palette, {r.latents_file: r.arrays for r in routes})
     replace_dir(tmp, export_dir / "batches" / f"{batch:03d}")
     full = assemble_manifest(export_dir)
-    label_summary = _write_label_scores(export_dir, full, class_map, config, storage)
+    pairs = full[full["mask"].notna()] if len(full) else full  # label scores: rows with a mask
+    label_summary = _write_label_scores(export_dir, pairs, class_map, config, storage)
     _write_card(export_dir, version, lineage, params, config, class_map, full)
     seconds = time.perf_counter() - start
     kept_per_generator = {g: int(keep[generator == g].sum()) for g in lineage["generators"]}
@@ -386,7 +419,7 @@ def synthetic_dataset(
             path=str(export_dir),
             batch=batch,
             content_hash=version,
-            class_map=lineage["class_map"],
+            class_map=lineage.get("class_map"),
             resolution=lineage["resolution"],
         ),
         metadata={
@@ -402,11 +435,10 @@ def synthetic_dataset(
             "uncertainty_mean": float(np.nanmean(uncertainty)) if gan_rows.any() else float("nan"),
             "nn_pixel_distance": dg.MetadataValue.json(_quantiles(memo["nn_pixel"])),
             "nn_feature_distance": dg.MetadataValue.json(_quantiles(memo["nn_feature"])),
-            "copy_thresholds": dg.MetadataValue.json(
-                {k: float(v) for k, v in memo.attrs.items() if isinstance(v, int | float)}
-            ),
+            "copy_thresholds": dg.MetadataValue.json(thresholds),
             "pairs_per_second": round(len(images) / seconds, 2),
             "export_samples_total": len(full),
+            **({"tile_classes_kept": dg.MetadataValue.json(cgan_route.tile_class_counts(rows[keep]))} if cgan else {}),
             **{
                 f"samples_{g}": png_markdown(
                     image_grid_png(images[keep & (generator == g)][:16], columns=8, scale=2), f"kept {g} samples"
@@ -422,9 +454,9 @@ def synthetic_dataset(
 class _Route:
     """One generator's share of a batch, before filtering."""
 
-    generator: str  # "stylegan2" | "ldm" | "genseg"
+    generator: str  # "stylegan2" | "ldm" | "genseg" | "cgan_federated"
     images: np.ndarray  # uint8 [B, R, R, 3]
-    masks: np.ndarray  # uint8 [B, R, R]
+    masks: np.ndarray | None  # uint8 [B, R, R]; None for tiles that have a class instead (cgan_federated)
     uncertainty: np.ndarray  # float32 [B]; NaN where the mask is the input (LDM, GenSeg)
     seeds: np.ndarray  # int64 [B]
     ids: list[str]  # sample ids (file names)
@@ -447,6 +479,38 @@ def _gan_batch(
         return synthesize_on_dask(lineage["gan_checkpoint"], lineage["classifier"], batch, params, address=cluster)
     G = load_generator(lineage["gan_checkpoint"], device)
     return synthesize_batch(G, PixelEnsemble.load(lineage["classifier"]), batch, params, device)
+
+
+def _memorization(
+    images: np.ndarray, has_mask: np.ndarray, train: pd.DataFrame, lineage: dict, config: ExportConfig
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Near-copy check of every image against what its generator trained on, and the thresholds used.
+
+    The mask routes' images are compared with random training crops (pixels, and the StyleGAN discriminator's
+    features when it is in the lineage); the conditional tiles (rows after them) with whole training tiles at the
+    federated GAN's resolution (``ops.export.cgan_route.memorization``).
+    """
+    parts, thresholds = [], {}
+    if has_mask.any():
+        bank = TileCropSampler(train, lineage["resolution"], seed=4242, crops_per_tile=1).batch_uint8(
+            min(config.memorization_bank, max(len(train), 1) * 8)
+        )
+        parts.append(
+            check_memorization(
+                images[has_mask], bank, checkpoint=lineage.get("gan_checkpoint"), quantile=config.copy_quantile
+            )
+        )
+        thresholds.update({k: float(v) for k, v in parts[-1].attrs.items() if isinstance(v, int | float)})
+    if not has_mask.all():
+        parts.append(cgan_route.memorization(images[~has_mask], train, config.memorization_bank, config.copy_quantile))
+        thresholds.update(
+            {f"{CGAN_ROUTE}_{k}": float(v) for k, v in parts[-1].attrs.items() if isinstance(v, int | float)}
+        )
+    return pd.concat(parts, ignore_index=True), thresholds
+
+
+def _median(values: pd.Series) -> float:
+    return float(values.median()) if len(values) else float("nan")
 
 
 def _quantiles(values: pd.Series) -> dict[str, float]:
@@ -475,7 +539,7 @@ def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd
             "seed": route.seeds,
             "latents": [f"batches/{batch:03d}/{route.latents_file}#{j}" for j in range(len(ids))],
             "uncertainty": route.uncertainty.astype(np.float32),
-            "mpp": float(mpps.median()) if len(mpps) else float("nan"),
+            "mpp": _median(mpps),
             "generator": generator,
             "gan_mlflow_run": lineage["gan_mlflow_run"] if gan else "",
             "gan_model_version": lineage["gan_model_version"] if gan else "",
@@ -523,20 +587,26 @@ def _route_lines(lineage: dict, params: ExportParams, config: ExportConfig) -> s
   kept tiles, jointly with a segmenter whose validation loss steered the architecture. MLflow run
   `{lineage["genseg_mlflow_run"]}`, model version `{lineage["genseg_model_version"]}`. No uncertainty filter.
   `batches/<b>/genseg_latents.npz`: `seeds`, `transforms` (the similarity transform of each bank mask).""")
+    if CGAN_ROUTE in lineage["generators"]:
+        lines.append(cgan_route.card_lines(lineage))
     return "\n".join(lines)
 
 
 def _write_card(
     export_dir, version: str, lineage: dict, params: ExportParams, config: ExportConfig, class_map, manifest
 ) -> None:
-    classes = [
-        {"id": i, "name": n, "colour": list(c)}
-        for i, (n, c) in enumerate(zip(class_map.classes, class_map.colours, strict=True))
-    ]
+    classes = (
+        [
+            {"id": i, "name": n, "colour": list(c)}
+            for i, (n, c) in enumerate(zip(class_map.classes, class_map.colours, strict=True))
+        ]
+        if class_map
+        else []
+    )  # no mask route: no mask classes
     (export_dir / "classes.json").write_text(json.dumps(classes, indent=1))
     fractions = (
         {c["name"]: round(float(manifest[f"frac_{c['name'].replace(' ', '_')}"].mean()), 4) for c in classes}
-        if len(manifest)
+        if len(manifest) and classes
         else {}
     )
     counts = manifest["generator"].value_counts().to_dict() if len(manifest) else {}
@@ -560,7 +630,12 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
 ## Classes (mask pixel value, name, colour, mean pixel share)
 
 """
-        + "\n".join(f"- {c['id']}: {c['name']} {tuple(c['colour'])} {fractions.get(c['name'], 0):.2%}" for c in classes)
+        + (
+            "\n".join(
+                f"- {c['id']}: {c['name']} {tuple(c['colour'])} {fractions.get(c['name'], 0):.2%}" for c in classes
+            )
+            or "None: no route of this export makes masks (its tiles carry `tile_class`)."
+        )
         + """
 
 ## Files
@@ -575,7 +650,8 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
 - `classes.json`: class ids, names, colours
 
 Load in PyTorch: `SyntheticSegmentationDataset("<this folder>", generator="genseg")` from `ops.export.dataset`
-(`generator=None` loads every route).
+(`generator=None` loads every route that has masks); `SyntheticTileClassDataset("<this folder>")` loads the
+`cgan_federated` tiles as (image, `tile_class`): those rows have no mask file.
 """
     )
     tmp = export_dir / ".dataset_card.md.tmp"

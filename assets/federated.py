@@ -1,31 +1,40 @@
 """The federated class-conditional GAN: sites that keep their tiles train one generator through Flower.
 
-``federated_gan`` decides which slides belong to which site (a CSV, or one site per slide), starts a SuperLink and
-one SuperNode per site on loopback (or attaches to a running SuperLink), submits the Flower App and records the
-lineage: rounds, sites, per-site samples and class shares, per-round metrics, the MLflow run and the registered
-model. It hands each SuperNode the *path* of its site's tiles and never opens a tile store itself.
+``federated_gan`` decides which training slides belong to which site (a CSV, or one site per slide; held-out slides
+never join), starts a SuperLink and one SuperNode per site on loopback (or attaches to a running SuperLink), submits
+the Flower App and records the lineage: rounds, sites, per-site samples and class shares, per-round metrics, the
+MLflow run and the registered model. It hands each SuperNode the *path* of its site's tiles and never opens a tile
+store itself.
+
+``federated_tile_check`` is the paper's downstream check (tile classifier on real, generated, and generated + real
+tiles, scored on held-out slides). It is a separate asset because it must read tiles, which ``federated_gan`` never
+does (it stands for an evaluation site that may see the held-out slides), and because its classifier settings can
+change and rerun without retraining the federation.
 """
 
 import json
 import os
 import time
+from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import Field
 
 from assets.lineage import content_hash, png_markdown
 from ops.common.images import image_grid_png
-from ops.federated.networks import CondGanConfig, CondGenerator
-from ops.federated.runtime import MODEL_FILE, MODEL_FORMAT, Federation, Site
-from ops.federated.sites import read_site_map
-from ops.federated.training import sample
-from resources import FactoryStorage, MlflowTracking
-from resources.references import FederatedGanRef, TrainingTilesRef
+from ops.federated.downstream import ARMS, CheckSettings, TileSet, classifier_check
+from ops.federated.networks import CondGanConfig
+from ops.federated.runtime import MODEL_FILE, Federation, Site
+from ops.federated.sites import read_site_map, tiles_from_table
+from ops.federated.training import load_global_generator, sample
+from resources import FactoryStorage, MlflowTracking, TorchDevice
+from resources.references import FederatedGanRef, FederatedTileCheckRef, TrainingTilesRef
 
-FEDERATED_CODE_VERSION = "federated-1"
+FEDERATED_CODE_VERSION = "federated-2"  # 2: only training slides are sites (held-out slides stay out)
+TILE_CHECK_CODE_VERSION = "tile-check-1"
 FEDERATED_MODEL_NAME = "histofactory-cgan-federated"
 
 
@@ -75,7 +84,8 @@ def federated_gan(
     storage: FactoryStorage,
     mlflow_tracking: MlflowTracking,
 ) -> dg.MaterializeResult:
-    slides = sorted(pd.read_parquet(training_tiles.path, columns=["slide"])["slide"].unique())
+    table = pd.read_parquet(training_tiles.path, columns=["slide", "split"])
+    slides = sorted(table.loc[table["split"] == "train", "slide"].unique())
     sites = _sites(storage, slides, config.sites_csv)
     gan = CondGanConfig(resolution=config.resolution, loss=config.loss, backbone=config.backbone)
     run_key = content_hash({"config": config.model_dump(), "sites": [(s.name, str(s.root)) for s in sites]})
@@ -105,11 +115,7 @@ def federated_gan(
         lineage = fed.run(run_config, out, timeout=config.run_timeout)
     seconds = time.perf_counter() - start
 
-    payload = torch.load(out / MODEL_FILE, map_location="cpu", weights_only=True)
-    if payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{out / MODEL_FILE}: expected format {MODEL_FORMAT!r}; rerun federated_gan")
-    G = CondGenerator(CondGanConfig.from_dict(payload["config"]))
-    G.load_state_dict(payload["G"])
+    G = load_global_generator(out / MODEL_FILE)
     per_class = np.repeat(np.arange(gan.n_classes), 8)
     grid = image_grid_png(sample(G, per_class, seed=config.seed), columns=8, scale=2)
     (out / "samples.png").write_bytes(grid)
@@ -162,5 +168,94 @@ def federated_gan(
             "model_version": version,
             "flower_run_id": str(lineage["flower_run_id"]),
             "samples": png_markdown(grid, "conditional samples, one row per class"),
+        },
+    )
+
+
+class TileCheckConfig(dg.Config):
+    """The paper's downstream check (``ops.federated.downstream``): one tile classifier per arm."""
+
+    backbone: Literal["cnn", "vit"] = Field(default="cnn", description="Tile classifier: small CNN or small ViT.")
+    steps: int = Field(default=300, ge=1, description="Optimiser steps per arm.")
+    batch_size: int = Field(default=32, ge=1, description="Tiles per step.")
+    n_generated: int | None = Field(
+        default=None, ge=1, description="Generated tiles per arm; unset = as many as real training tiles."
+    )
+    dab_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Demo class rule, as federated_gan's (labels.csv beside a store wins)."
+    )
+    seed: int = Field(default=0, description="Seeds the generated tiles and every classifier.")
+
+
+@dg.asset(
+    group_name="federated",
+    code_version=TILE_CHECK_CODE_VERSION,
+    kinds={"pytorch", "mlflow"},
+    pool="training",
+    description="Tile classifier trained on real, generated, and generated + real tiles; accuracy, F1 and recall "
+    "per class on held-out slides (the federated-GAN paper's check).",
+)
+def federated_tile_check(
+    context: dg.AssetExecutionContext,
+    config: TileCheckConfig,
+    federated_gan: FederatedGanRef,
+    training_tiles: TrainingTilesRef,
+    storage: FactoryStorage,
+    mlflow_tracking: MlflowTracking,
+    torch_device: TorchDevice,
+) -> dg.MaterializeResult:
+    G = load_global_generator(federated_gan.path)
+    torch_device.device()  # applies the thread setting; the small classifiers train on the CPU
+    n_classes = G.cfg.n_classes
+    table = pd.read_parquet(training_tiles.path)
+    train = tiles_from_table(table[table["split"] == "train"], G.cfg.resolution, config.dab_threshold)
+    test = tiles_from_table(table[table["split"] == "holdout"], G.cfg.resolution, config.dab_threshold)
+    lineage = json.loads(Path(federated_gan.lineage).read_text())
+    seen = {slide for r in lineage["rounds"] for s in r["sites"] for slide in s["slides"].split(";") if slide}
+    leaked = sorted(seen & set(test.slides))
+    if leaked:  # only a single-slide split (spatial hold-out) gets here: its train and test share the slide
+        context.log.warning(f"the generator was trained on held-out slides {leaked}: scores are optimistic")
+    settings = CheckSettings(config.backbone, config.steps, config.batch_size, config.n_generated, config.seed)
+    start = time.perf_counter()
+    results = classifier_check(
+        G, TileSet(train.images, train.labels), TileSet(test.images, test.labels), n_classes, settings
+    )
+    seconds = time.perf_counter() - start
+    metrics = {k: v for arm in ARMS for k, v in results[arm].to_metadata(arm).items()}
+    counts = {"train": train.class_shares(n_classes), "holdout": test.class_shares(n_classes)}
+    out = storage.root / "federated" / "tile_check" / f"{federated_gan.content_hash}-{config.backbone}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "metrics": metrics,
+        "config": config.model_dump(),
+        "tiles": {"train": len(train.labels), "holdout": len(test.labels)},
+        "class_shares": counts,
+        "heldout_slides_seen_by_generator": leaked,
+    }
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(out)
+    tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "federated_tile_check"}
+    with mlflow_tracking.start_run(f"federated-tile-check-{config.backbone}", tags) as run:
+        import mlflow
+
+        mlflow.log_params(
+            {**config.model_dump(), "federated_mlflow_run": federated_gan.mlflow_run_id, "model": federated_gan.path}
+        )
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(payload, "tile_check.json")
+    return dg.MaterializeResult(
+        value=FederatedTileCheckRef(
+            path=str(out), mlflow_run_id=run.info.run_id, content_hash=federated_gan.content_hash
+        ),
+        metadata={
+            **metrics,
+            "train_tiles": len(train.labels),
+            "holdout_tiles": len(test.labels),
+            "class_shares": dg.MetadataValue.json(counts),
+            "heldout_slides_seen_by_generator": dg.MetadataValue.json(leaked),
+            "backbone": config.backbone,
+            "seconds": round(seconds, 1),
+            "mlflow_run_id": run.info.run_id,
         },
     )

@@ -44,9 +44,10 @@ from ops.evaluation.budget_routes import (  # noqa: E402
     RouteRetraining,
     build_budget_routes,
 )
-from ops.evaluation.downstream import export_routes, run_downstream  # noqa: E402
+from ops.evaluation.downstream import run_downstream  # noqa: E402
 from ops.evaluation.learning_curve import CurveConfig  # noqa: E402
 from ops.evaluation.real_split import RealPairs  # noqa: E402
+from ops.export.dataset import mask_routes  # noqa: E402
 from ops.labelling.class_maps import get_class_map  # noqa: E402
 from ops.labelling.demo_annotator import demo_labels  # noqa: E402
 from resources.references import read_reference  # noqa: E402
@@ -115,7 +116,7 @@ def main() -> None:
     print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
     start = time.perf_counter()
     # A route retrained per budget needs no export (GenSeg trains from the crops and the tiles alone).
-    routes = args.routes or export_routes(export) + ([] if args.export_pairs else ["genseg"])
+    routes = args.routes or mask_routes(export) + ([] if args.export_pairs else ["genseg"])
     retraining = QUICK_RETRAINING if args.quick else RouteRetraining()
     per_budget = {}
     if not args.export_pairs:
@@ -123,7 +124,7 @@ def main() -> None:
         per_budget = build_budget_routes(
             routes, classes, route_files(home), retraining, lambda s: print(s, flush=True), (val_x, val_y)
         )
-    missing = sorted(set(routes) - set(per_budget) - set(export_routes(export)))
+    missing = sorted(set(routes) - set(per_budget) - set(mask_routes(export)))
     if missing:
         raise SystemExit(f"routes {missing}: neither in export {export.name} nor retrainable per budget")
     labeller = demo_labels if (ref.class_map or "demo") == "demo" else None  # the stand-in labels any image

@@ -7,7 +7,8 @@ tiles; the left three quarters train, the right quarter is held out (disjoint ti
 dihedral copies. A tile's class is the demo rule: DAB-positive when the stand-in annotator's DAB region covers more
 than half of it. Images are 32 px (tiles area-averaged by 2).
 
-Arms, each scored on the held-out tiles by a tile classifier (accuracy, F1 of the positive class, recall per class):
+Arms, each scored on the held-out tiles by a tile classifier (accuracy, F1 of the positive class, recall per class),
+all through ``ops.federated.downstream.classifier_check`` (the function the ``federated_tile_check`` asset runs):
 
 - ``real``: the classifier trained on the real training tiles (the paper's real-only baseline);
 - ``gen_central``: trained only on tiles from a conditional GAN trained centrally on all training tiles
@@ -15,6 +16,8 @@ Arms, each scored on the held-out tiles by a tile classifier (accuracy, F1 of th
 - ``gen_fed``: trained only on tiles from the FedAvg generator of a real loopback federation (SuperLink +
   ``--sites`` SuperNodes, IID split of the training tiles, each site in its own folder);
 - ``gen_fed_noniid80``: the same with a non-IID split, 80 % of each site's tiles from its majority class.
+
+Each generator's "generated + real" arm is printed too (``genreal_f1``), not in the last line.
 
 Last line: ``acc_real=<x> f1_real=<x> f1_gen_central=<x> f1_gen_fed=<x> f1_gen_fed_noniid80=<x> rounds=<n>
 sites=<n>``. Timings depend on whatever else the machine runs; the F1 values are the point.
@@ -32,11 +35,11 @@ import numpy as np
 import torch
 from skimage import data
 
-from ops.federated.classifier import evaluate, train_classifier
+from ops.federated.downstream import CheckSettings, TileSet, classifier_check
 from ops.federated.networks import CondGanConfig, CondGenerator
 from ops.federated.runtime import MODEL_FILE, Federation, Site
 from ops.federated.sites import dab_label, downsample_to, split_sites, write_prepared
-from ops.federated.training import LocalTraining, build, sample, train_local
+from ops.federated.training import LocalTraining, build, load_global_generator, train_local
 
 TILE, RES = 64, 32
 
@@ -64,10 +67,11 @@ def dataset(threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return out[0], out[1], out[2], out[3]
 
 
-def generated_f1(G: CondGenerator, n: int, test_x, test_y, args) -> dict[str, float]:
-    want = np.arange(n) % 2
-    clf = train_classifier(sample(G, want, seed=99), want, 2, args.backbone, steps=args.clf_steps)
-    return evaluate(clf, test_x, test_y, 2).to_metadata("gen")
+def generated_f1(G: CondGenerator, train: TileSet, test: TileSet, args) -> dict[str, float]:
+    """Scores of the generated-only (``gen_*``) and generated + real (``genreal_*``) classifiers."""
+    settings = CheckSettings(args.backbone, args.clf_steps)
+    found = classifier_check(G, train, test, 2, settings, arms=("generated", "generated_real"))
+    return {**found["generated"].to_metadata("gen"), **found["generated_real"].to_metadata("genreal")}
 
 
 def federate(train_x, train_y, majority: float | None, args, work: Path, cfg: CondGanConfig) -> CondGenerator:
@@ -87,10 +91,7 @@ def federate(train_x, train_y, majority: float | None, args, work: Path, cfg: Co
     }
     with Federation(work / "runtime", sites) as fed:
         fed.run(run_config, work / "out", timeout=3600)
-    payload = torch.load(work / "out" / MODEL_FILE, weights_only=True)
-    G = CondGenerator(cfg)
-    G.load_state_dict(payload["G"])
-    return G
+    return load_global_generator(work / "out" / MODEL_FILE)
 
 
 def main() -> None:
@@ -107,20 +108,21 @@ def main() -> None:
         args.rounds, args.local_epochs, args.clf_steps = 2, 4, 150
     torch.set_num_threads(1)
     train_x, train_y, test_x, test_y = dataset(args.threshold)
+    train, test = TileSet(train_x, train_y), TileSet(test_x, test_y)
     print(
         f"train tiles {len(train_y)} (positive {train_y.mean():.2f}), test tiles {len(test_y)} "
         f"(positive {test_y.mean():.2f})"
     )
 
     t = time.perf_counter()
-    real = evaluate(train_classifier(train_x, train_y, 2, args.backbone, steps=args.clf_steps), test_x, test_y, 2)
+    real = classifier_check(None, train, test, 2, CheckSettings(args.backbone, args.clf_steps), arms=("real",))["real"]
     print(f"real only: {real} ({time.perf_counter() - t:.0f} s)")
 
     cfg = CondGanConfig(resolution=RES, lr=2e-3)
     t = time.perf_counter()
     G, D = build(cfg, 0)
     train_local(G, D, train_x, train_y, LocalTraining(args.rounds * args.local_epochs, 16, True, 0))
-    central = generated_f1(G, len(train_y), test_x, test_y, args)
+    central = generated_f1(G, train, test, args)
     print(f"generated (central GAN) only: {central} ({time.perf_counter() - t:.0f} s)")
 
     results = {}
@@ -128,7 +130,7 @@ def main() -> None:
         for name, majority in (("iid", None), ("noniid80", 0.8)):
             t = time.perf_counter()
             G = federate(train_x, train_y, majority, args, Path(tmp) / name, cfg)
-            results[name] = generated_f1(G, len(train_y), test_x, test_y, args)
+            results[name] = generated_f1(G, train, test, args)
             print(f"generated (federated, {name}) only: {results[name]} ({time.perf_counter() - t:.0f} s)")
     print(
         f"acc_real={real.accuracy:.3f} f1_real={real.f1:.3f} f1_gen_central={central['gen_f1']:.3f} "

@@ -6,7 +6,7 @@ from assets import diffusion, evaluation, export, gan, genseg, labelling, slides
 from assets.diffusion import autoencoder, ldm_model, mask_bank
 from assets.evaluation import downstream_eval, label_judge, real_annotations
 from assets.export import synthetic_dataset
-from assets.federated import federated_gan
+from assets.federated import federated_gan, federated_tile_check
 from assets.gan import gan_model, generated_samples
 from assets.genseg import genseg_model
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier, tile_annotations
@@ -38,6 +38,7 @@ defs = dg.Definitions(
         label_judge,
         downstream_eval,
         federated_gan,
+        federated_tile_check,
     ],
     # Each stage's quality gates sit at the end of its assets module; a new one needs no edit here.
     asset_checks=dg.load_asset_checks_from_modules([slides, gan, labelling, diffusion, genseg, export, evaluation]),

@@ -159,6 +159,10 @@ class FederatedGanRef(Reference):
     participants: dict[str, list[str]]
 
 
+class FederatedTileCheckRef(Reference):
+    """``federated_tile_check``: the downstream check's results file (``path``); ``content_hash`` = federated run."""
+
+
 class RealAnnotationsRef(Reference):
     """``real_annotations``: real image-mask pairs of held-out slides (npz)."""
 

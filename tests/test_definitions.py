@@ -35,6 +35,7 @@ def test_definitions_load():
         "label_judge",
         "downstream_eval",
         "federated_gan",
+        "federated_tile_check",
     } == keys
     for job in ("tiling", "factory_demo", "factory_paper", "export", "downstream_demo", "downstream_paper"):
         assert defs.resolve_job_def(job) is not None

@@ -27,6 +27,7 @@ from ops.evaluation.learning_curve import (
     learning_curve,
 )
 from ops.evaluation.real_split import RealPairs
+from ops.export.dataset import mask_routes
 from ops.export.label_scores import Labeller
 
 LABEL_SCORES_FILE = "label_scores.json"  # written by the export beside its manifest
@@ -128,7 +129,7 @@ def run_downstream(
     """
     require_same_classes(export_class_names(export_dir), class_names, export_dir)
     budget_routes = dict(budget_routes or {})
-    routes = list(routes) if routes is not None else sorted(set(export_routes(export_dir)) | set(budget_routes))
+    routes = list(routes) if routes is not None else sorted(set(mask_routes(export_dir)) | set(budget_routes))
     synthetic: dict[str, SyntheticSource] = {
         r: budget_routes[r] if r in budget_routes else export_pairs(export_dir, r, cfg.synthetic_max) for r in routes
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -174,7 +175,7 @@ def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -
 def write_batch(
     out_dir: str | os.PathLike[str],
     images: np.ndarray,
-    masks: np.ndarray,
+    masks: np.ndarray | Sequence[np.ndarray | None],
     keep: np.ndarray,
     rows: pd.DataFrame,
     palette: list[int],
@@ -185,7 +186,8 @@ def write_batch(
     Args:
         out_dir: A fresh (temp) batch folder; the caller renames it into place.
         images: ``uint8 [B, R, R, 3]`` every generated image of the batch (all generators).
-        masks: ``uint8 [B, R, R]`` their masks.
+        masks: ``uint8 [B, R, R]`` their masks, or a sequence with ``None`` for samples that have no mask (tiles
+            of a class, ``cgan_federated``): no mask file is written for them.
         keep: Boolean [B], which samples to write.
         rows: Per-sample manifest columns computed by the caller (one row per sample, with ``sample_id``).
         palette: PNG palette of the class colours, so masks open coloured in any viewer.
@@ -208,7 +210,8 @@ def write_batch(
     ids = rows["sample_id"].to_numpy()
     for i in np.flatnonzero(keep):
         write_png(out_dir / "images" / f"{ids[i]}.png", images[i])
-        write_png(out_dir / "masks" / f"{ids[i]}.png", masks[i], palette)
+        if masks[i] is not None:
+            write_png(out_dir / "masks" / f"{ids[i]}.png", masks[i], palette)
     manifest = rows[keep].reset_index(drop=True)
     manifest.to_parquet(out_dir / "manifest.parquet", index=False)
     rows[~keep].reset_index(drop=True).to_parquet(out_dir / "dropped.parquet", index=False)

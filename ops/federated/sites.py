@@ -106,27 +106,60 @@ def load_site(root: str | os.PathLike[str], resolution: int, dab_threshold: floa
     images, labels, slides = [], [], []
     for table_path in tables:
         owner = next(r for r in roots if table_path.is_relative_to(r))
-        csv_path = owner / "labels.csv"
-        csv_labels = _csv_labels(csv_path) if csv_path.exists() else None
         table = pd.read_parquet(table_path)
         if table.empty:
             continue
-        array = open_tile_array(table_path.parent / "tiles.zarr")
-        for row in table.itertuples(index=False):
-            tile = np.asarray(array[int(row.tile_index)])
-            if csv_labels is None:
-                label = dab_label(tile, float(row.mpp), dab_threshold)
-            else:
-                key = (str(row.slide), int(row.tile_index))
-                label = csv_labels.get(key, csv_labels.get((str(row.slide), None)))
-                if label is None:
-                    raise ValueError(f"{csv_path}: no label for slide {row.slide!r} tile {row.tile_index}")
-            images.append(downsample_to(tile, resolution))
-            labels.append(label)
+        x, y = _read_store(table, table_path.parent / "tiles.zarr", owner / "labels.csv", resolution, dab_threshold)
+        images.append(x)
+        labels.append(y)
         slides.append(str(table["slide_id"].iloc[0]))
     if not images:
         raise ValueError(f"site root {root}: its tile stores are empty; tile the site's slides first")
-    return SiteData(np.stack(images), np.asarray(labels, np.int64), tuple(slides))
+    return SiteData(np.concatenate(images), np.concatenate(labels), tuple(slides))
+
+
+def tiles_from_table(table: pd.DataFrame, resolution: int, dab_threshold: float = 0.5) -> SiteData:
+    """The tiles a tile table lists (``training_tiles``' columns ``store``, ``tile_index``, ``slide``, ``slide_id``,
+    ``mpp``), classed as a site would class them: ``labels.csv`` beside a store's ``tiles.zarr``, else the demo rule.
+
+    For the evaluation side, which may read held-out slides; a site's own process uses :func:`load_site`.
+
+    Raises:
+        ValueError: the table is empty or lacks a column, or a ``labels.csv`` misses a tile.
+    """
+    need = {"store", "tile_index", "slide", "slide_id", "mpp"}
+    if table.empty or not need <= set(table.columns):
+        raise ValueError(
+            f"tile table: expected rows with columns {sorted(need)}, received {len(table)} rows with "
+            f"{sorted(table.columns)}; pass the training_tiles table"
+        )
+    images, labels = [], []
+    for store, rows in table.groupby("store", sort=True):
+        x, y = _read_store(rows, Path(store), Path(store).parent / "labels.csv", resolution, dab_threshold)
+        images.append(x)
+        labels.append(y)
+    return SiteData(np.concatenate(images), np.concatenate(labels), tuple(sorted(table["slide_id"].unique())))
+
+
+def _read_store(
+    table: pd.DataFrame, store: Path, csv_path: Path, resolution: int, dab_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles of one store listed in ``table`` at ``resolution`` and their classes (``csv_path`` when it exists)."""
+    csv_labels = _csv_labels(csv_path) if csv_path.exists() else None
+    array = open_tile_array(store)
+    images, labels = [], []
+    for row in table.itertuples(index=False):
+        tile = np.asarray(array[int(row.tile_index)])
+        if csv_labels is None:
+            label = dab_label(tile, float(row.mpp), dab_threshold)
+        else:
+            key = (str(row.slide), int(row.tile_index))
+            label = csv_labels.get(key, csv_labels.get((str(row.slide), None)))
+            if label is None:
+                raise ValueError(f"{csv_path}: no label for slide {row.slide!r} tile {row.tile_index}")
+        images.append(downsample_to(tile, resolution))
+        labels.append(label)
+    return np.stack(images), np.asarray(labels, np.int64)
 
 
 def write_prepared(root: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray) -> Path:

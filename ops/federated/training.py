@@ -12,13 +12,16 @@ is what FedAvg averages (weights, not optimiser state).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ops.common.file_io import read_torch_file
 from ops.federated.networks import CondDiscriminator, CondGanConfig, CondGenerator
+from ops.federated.runtime import MODEL_FORMAT
 
 # ----------------------------------------------------------------------------------------------------------
 # Augmentation.
@@ -175,3 +178,17 @@ def build(cfg: CondGanConfig, seed: int) -> tuple[CondGenerator, CondDiscriminat
     """A fresh generator/discriminator pair, identical for every caller with the same seed (the global start)."""
     torch.manual_seed(seed)
     return CondGenerator(cfg), CondDiscriminator(cfg)
+
+
+def load_global_generator(path: str | os.PathLike[str]) -> CondGenerator:
+    """The federation's global generator from the ServerApp's model file (config + state dict), in eval mode.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt or not a federated-GAN model; the message names it.
+    """
+    payload = read_torch_file(
+        path, [MODEL_FORMAT], ["config", "G"], "federated GAN model", "rematerialize federated_gan"
+    )
+    G = CondGenerator(CondGanConfig.from_dict(payload["config"]))
+    G.load_state_dict(payload["G"])
+    return G.eval()

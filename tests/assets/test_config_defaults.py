@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from assets.diffusion import AutoencoderTrainingConfig, LdmTrainingConfig
 from assets.export import ExportConfig
+from assets.federated import TileCheckConfig
 from assets.gan import GanTrainingConfig
 from assets.genseg import GenSegTrainingConfig
 from assets.labelling import AnnotationConfig, ClassifierConfig, TileAnnotationConfig
@@ -24,6 +25,7 @@ from ops.diffusion.autoencoder import AE_PRESETS
 from ops.diffusion.denoiser import CONDITIONINGS, LDM_PRESETS, LdmConfig, LdmTrainConfig
 from ops.diffusion.samplers import SAMPLERS
 from ops.export.gan_route import ExportParams
+from ops.federated.downstream import CheckSettings
 from ops.gan.loop import LoopConfig
 from ops.gan.networks import GAN_PRESETS
 from ops.gan.trainer import TrainConfig as GanTrainConfig
@@ -51,6 +53,7 @@ PAIRS: list[tuple[type[BaseModel], type, dict[str, str]]] = [
     (ExportConfig, ExportParams, {}),
     (GenSegTrainingConfig, GenSegTrainConfig, {}),
     (GenSegTrainingConfig, MaskAugmentConfig, {}),
+    (TileCheckConfig, CheckSettings, {}),
 ]
 
 

@@ -307,3 +307,42 @@ def test_an_export_of_one_route_needs_only_that_routes_assets():
     )
     with pytest.raises(FileNotFoundError, match=r"`gan_model` was never materialized: materialize `gan_model` first"):
         _lineage(["stylegan2", "ldm"], None, None, ldm)
+
+
+def test_the_conditional_route_joins_only_at_the_same_resolution(tmp_path):
+    from assets.export import _lineage
+    from resources.references import FederatedGanRef, LdmModelRef
+
+    (tmp_path / "lineage.json").write_text(
+        json.dumps({"flower_run_id": 5, "rounds": [{"round": 1, "sites": [{"site": "h1", "slides": "sl-9"}]}]})
+    )
+    fed = FederatedGanRef(
+        path="/d/fed/global.pt",
+        lineage=str(tmp_path / "lineage.json"),
+        mlflow_run_id="f1",
+        model_version="3",
+        participants={"1": ["h1"]},
+        resolution=32,
+    )
+    alone = _lineage(["cgan_federated"], None, None, None, fed)
+    assert (alone["resolution"], alone["source_slides"], alone["cgan_sites"]) == (32, ["sl-9"], ["h1"])
+    assert "class_map" not in alone, "tiles with a class bring no mask class map"
+    ldm = LdmModelRef(
+        path="/d/ldm.pt",
+        mlflow_run_id="r1",
+        model_version="2",
+        conditioning="concat",
+        autoencoder="/d/ae.pt",
+        autoencoder_mlflow_run="r0",
+        mask_bank="/d/bank.npz",
+        annotation_version="v1",
+        train_slide_ids=["sl-1"],
+        resolution=64,
+        class_map="demo",
+    )
+    with pytest.raises(ValueError, match="make 64-px pairs but federated_gan 32-px tiles; export cgan_federated"):
+        _lineage(["ldm", "cgan_federated"], None, None, ldm, fed)
+    mixed = _lineage(["ldm", "cgan_federated"], None, None, ldm, fed.model_copy(update={"resolution": 64}))
+    assert mixed["source_slides"] == ["sl-1", "sl-9"] and mixed["class_map"] == "demo"
+    with pytest.raises(FileNotFoundError, match="`federated_gan` was never materialized"):
+        _lineage(["cgan_federated"], None, None, None, None)
