@@ -56,6 +56,8 @@ class GenSegTrainingConfig(dg.Config):
     pretrain_steps: int = Field(default=0, ge=0, description="First steps: G against that discriminator only.")
     lambda_l1: float = Field(default=100.0, ge=0, description="pix2pix's L1 weight.")
     gamma: float = Field(default=1.0, ge=0, description="Weight of generated pairs in the segmenter's loss.")
+    lr_g: float = Field(default=1e-3, gt=0, description="Adam learning rate of G (pix2pix: 2e-4 for long runs).")
+    lr_d: float = Field(default=1e-3, gt=0, description="Adam learning rate of the discriminators.")
     lr_a: float = Field(default=3e-3, gt=0, description="Adam learning rate of the architecture parameters.")
     val_share: float = Field(
         default=0.25, gt=0, lt=1, description="Share of annotated training tiles held apart for the validation loss."
@@ -102,6 +104,8 @@ def genseg_model(
     augment = MaskAugmentConfig(scale_min=config.scale_min, scale_max=config.scale_max)
     train_cfg = GenSegTrainConfig(
         batch_size=config.batch_size,
+        lr_g=config.lr_g,
+        lr_d=config.lr_d,
         lr_a=config.lr_a,
         lambda_l1=config.lambda_l1,
         gamma=config.gamma,

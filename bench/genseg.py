@@ -1,6 +1,6 @@
 """GenSeg under an equal label budget: label fidelity with and without the architecture search, seconds per pair.
 
-    HISTOFACTORY_HOME=<demo home> python bench/genseg.py [--quick] [--budget 4] [--seeds 0] [--steps 100] [--all-arms]
+    HISTOFACTORY_HOME=<demo home> python bench/genseg.py [--quick] [--budget 4] [--seeds 0] [--steps 100] [--arms ...]
 
 Reads what a finished ``histofactory demo`` left: the leak-free real pairs of ``real_annotations`` (training crops of
 annotated training tiles; validation crops of held-out tiles) and the kept tiles of the training slides (unlabelled
@@ -10,7 +10,8 @@ never read), once per arm, and paints ``--pairs`` pairs from augmented versions 
 
 * ``search``: the full multi-level optimisation (stages I-III, exact hypergradient);
 * ``nosearch``: the ablation, stage III off (plain pix2pix + segmenter, A fixed and uniform);
-* ``nounlabelled`` (``--all-arms``): stage III on, no unconditional discriminator on unlabelled tiles.
+* (``--arms``) ``nosearch_nounlabelled``: the ablation without the unconditional discriminator on unlabelled tiles;
+  ``nosearch_pretrain``: the ablation whose first 30 steps train G against that discriminator only.
 
 Downstream, per seed and arm: the learning curve's segmenter (``train_arm``, the demo preset's reduced curve: width 8,
 100 real passes, at least 150 steps) trained on the N crops alone (``real``) and mixed with the arm's pairs
@@ -22,7 +23,7 @@ classes present (``ops.export.label_scores.fidelity``; a real pair scores 1.0). 
 real crops scored the same way (``fidelity_real``; below 1.0 where crops carry unannotated pixels). Seconds per pair =
 training plus painting time of the arm / pairs. One torch thread (shared cores).
 
-Last line: ``fidelity_search=<x> fidelity_nosearch=<x> [fidelity_nounlabelled=<x>] fidelity_real=<x> dice_real=<x>
+Last line (per arm run): ``fidelity_search=<x> fidelity_nosearch=<x> fidelity_real=<x> dice_real=<x>
 gain_search=<x> gain_nosearch=<x> s_per_pair_search=<x> s_per_pair_nosearch=<x> train_s_search=<x>
 train_s_nosearch=<x> budget=<n> steps=<n> pairs=<n> seeds=<n>``.
 """
@@ -51,6 +52,14 @@ from ops.labelling.demo_annotator import demo_annotate  # noqa: E402
 from ops.slides.crops import TileCropSampler  # noqa: E402
 from resources.references import read_reference  # noqa: E402
 
+# Arm -> GenSegTrainConfig overrides of the 'quick' budget preset.
+ARMS = {
+    "search": {},
+    "nosearch": {"search": False},
+    "nosearch_nounlabelled": {"search": False, "unlabelled_disc": False},
+    "nosearch_pretrain": {"search": False, "pretrain_steps": 30},
+}
+
 
 def _stand_in(images: np.ndarray) -> np.ndarray:
     return np.stack([demo_annotate(img) for img in images])
@@ -67,7 +76,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4, help="labelled training crops N")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (budget crops, weights, noise)")
     parser.add_argument("--steps", type=int, default=100, help="MLO steps per arm (budget preset 'quick': 100)")
-    parser.add_argument("--all-arms", action="store_true", help="also the arm without the unlabelled discriminator")
+    parser.add_argument("--arms", nargs="+", default=["search", "nosearch"], choices=sorted(ARMS), help="arms to run")
     parser.add_argument("--pairs", type=int, default=64, help="generated pairs per arm and seed")
     parser.add_argument("--unlabelled", type=int, default=256, help="unlabelled tile crops for appearance")
     parser.add_argument("--threads", type=int, default=1)
@@ -91,9 +100,7 @@ def main() -> None:
     unlabelled = TileCropSampler(tiles[tiles["split"] == "train"], train_x.shape[1], seed=99).batch_uint8(
         args.unlabelled
     )
-    arms = {"search": {}, "nosearch": {"search": False}}
-    if args.all_arms:
-        arms["nounlabelled"] = {"unlabelled_disc": False}
+    arms = {arm: ARMS[arm] for arm in args.arms}
     print(
         f"real crops {real.counts()}; N={args.budget}; steps {args.steps}; pairs {args.pairs}; seeds {args.seeds}",
         flush=True,
@@ -136,8 +143,8 @@ def main() -> None:
     line["fidelity_real"] = f"{np.mean(real_fid):.3f}"
     line["dice_real"] = f"{np.mean(dice_real):.3f}"
     line |= {f"gain_{arm}": f"{np.mean(np.subtract(v, dice_real)):+.3f}" for arm, v in dice.items()}
-    line |= {f"s_per_pair_{arm}": f"{np.mean(v):.2f}" for arm, v in secs.items() if arm != "nounlabelled"}
-    line |= {f"train_s_{arm}": f"{np.mean(v):.0f}" for arm, v in train_secs.items() if arm != "nounlabelled"}
+    line |= {f"s_per_pair_{arm}": f"{np.mean(v):.2f}" for arm, v in secs.items()}
+    line |= {f"train_s_{arm}": f"{np.mean(v):.0f}" for arm, v in train_secs.items()}
     line |= {"budget": args.budget, "steps": args.steps, "pairs": args.pairs, "seeds": len(args.seeds)}
     print(" ".join(f"{key}={value}" for key, value in line.items()))
 

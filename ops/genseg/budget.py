@@ -21,6 +21,7 @@ import torch
 
 from ops.common.config_dict import DictConfig
 from ops.common.device import pick_device
+from ops.evaluation.segmenter import random_dihedral
 from ops.genseg.augment import MaskAugmentConfig, augment_masks, check_masks
 from ops.genseg.networks import get_genseg_config, to_uint8
 from ops.genseg.trainer import GenSegTrainConfig, GenSegTrainer
@@ -55,7 +56,12 @@ BUDGET_PRESETS: dict[str, BudgetConfig] = {
     # at 3.1 s per step with stage III (1.5 s without) on the shared 2-core machine.
     "quick": BudgetConfig(preset="small", steps=100),
     "demo": BudgetConfig(steps=600),
-    "paper": BudgetConfig(preset="paper", steps=20_000, train=GenSegTrainConfig(batch_size=16), device="cuda"),
+    "paper": BudgetConfig(
+        preset="paper",
+        steps=20_000,
+        train=GenSegTrainConfig(batch_size=16, lr_g=2e-4, lr_d=2e-4),  # pix2pix's rates for a long run
+        device="cuda",
+    ),
 }
 
 
@@ -123,10 +129,12 @@ def train_route(
     vx_all, vy_all = _to_x(val_images, device), torch.from_numpy(val_masks.astype(np.int64)).to(device)
     labelled, held = _cycle(len(images), b, rng), _cycle(len(val_images), b, rng)
     tiles = _cycle(len(unlabelled), b, rng) if unlabelled is not None else None
+    flips = torch.Generator().manual_seed(seed + 31)
     while trainer.step < cfg.steps:
         i, j = next(labelled), next(held)
         unl = _to_x(unlabelled[next(tiles)], device) if tiles is not None else None
-        stats = trainer.train_step(x_all[i], y_all[i], vx_all[j], vy_all[j], unl)
+        x, y = random_dihedral(x_all[i], y_all[i], flips)  # the 8 symmetries of each labelled crop, as pairs
+        stats = trainer.train_step(x, y, vx_all[j], vy_all[j], unl)
         if progress is not None:
             progress(trainer.step, stats)
     return trainer
