@@ -484,7 +484,7 @@ def export_pretrained_denoiser(
             "source_checkpoint": str(Path(checkpoint).resolve()),
             "step": int(payload["step"]),
             "images_seen": int(payload["images_seen"]),
-            "train_seconds": round(float(payload.get("train_seconds", float("nan"))), 1),
+            "train_seconds": round(float(payload.get("train_seconds", float("nan"))), 3),
             **(provenance or {}),
         },
     )
