@@ -1,7 +1,8 @@
 """Mask-conditioned latent diffusion: training and sampling speed, and whether generated images follow their masks.
 
     python bench/ldm.py [--parts speed,agreement,disc] [--quick] [--threads 1] [--ldm-seconds 180]
-                        [--ae-seconds 75] [--eval-images N] [--base-steps 120] [--disc-steps 60] [--disc-seeds 64]
+                        [--ae-seconds 75] [--eval-images N] [--base-steps 60] [--disc-steps 30] [--disc-seeds 32]
+                        [--guidance 4]
 
 Real image-mask pairs without network or slides: ``skimage.data.immunohistochemistry()`` (512 x 512 IHC, taken as
 0.5 um/px) is labelled once, whole, by the demo annotator (``demo_annotate``: 6 DEMO STAND-IN classes, not expert
@@ -30,7 +31,7 @@ The left three quarters of the image are for training, the right quarter is held
    (``real_mask_agreement``, the ceiling colour allows) and each model's ``chance``: its images scored against
    masks they were not generated from (masks rolled by one image). 1.0 is what an unconditional generator scores.
 4. Label fidelity of DISC's four models (SD, SD-SC, SD-DISC, SD-DISC-CoTrain), of the old every-step fusion and of
-   training with unlabelled tiles through the null slot (with and without guidance 2), all from the shipped demo
+   training with unlabelled tiles through the null slot (at guidance 4 and 1), all from the shipped demo
    weights, for the same held-out bank masks and seeds; fidelity is the export's stand-in metric
    (``ops.export.label_scores.fidelity`` with the demo annotator) and seconds per pair include decoding. See
    ``bench/disc_fidelity.py`` for the protocol.
@@ -42,15 +43,16 @@ first 256-px step is not slower), one sampling repeat, 20 s autoencoder, 45 s pe
 (under ~12 min): 15 timed demo steps, 2 timed 256-px steps after one warm-up, 2 sampling repeats, 75 s autoencoder,
 180 s per LDM, 64 scored images.
 
-``--parts`` picks sections (``speed``: 1-2, ``agreement``: 3, ``disc``: 4). Section 4 runs under ~10 min with one
-thread at its defaults (120 base steps per arm, 64 stored seeds, 60 DISC steps, 48 scored pairs).
+``--parts`` picks sections (``speed``: 1-2, ``agreement``: 3, ``disc``: 4). Section 4 runs in ~10 min with one
+thread on a busy 2-core machine at its defaults (60 base steps per arm, 32 stored seeds, 30 DISC steps, 32 scored
+pairs, guidance 4).
 
 Last line, the keys of the sections run: ``ldm_train_steps_per_s_demo_concat=<x> ldm_train_steps_per_s_demo_xattn=<x>
 ldm_train_steps_per_s_256_concat=<x> ldm_train_steps_per_s_256_xattn=<x> sample_img_per_s_demo_ddim20=<x>
 sample_img_per_s_demo_sc20=<x> sample_img_per_s_256_ddim20=<x> ae_train_steps_per_s=<x> mask_agreement=<x>
 mask_agreement_xattn=<x> mask_agreement_sc=<x> real_mask_agreement=<x> mask_chance=<x>`` (``mask_agreement`` and
 ``mask_chance``: concat, the default conditioning, with DDIM); section 4 adds ``fidelity_<model>`` and
-``s_per_pair_<model>`` for ``sd sd_sc sd_sc_eps sd_disc sd_disc_cotrain sd_unlab sd_unlab_g2``, ``fidelity_real``
+``s_per_pair_<model>`` for ``sd_g1 sd sd_sc sd_sc_eps sd_disc sd_disc_cotrain sd_unlab_g1 sd_unlab``, ``fidelity_real``
 and ``disc_seconds``.
 """
 
@@ -413,10 +415,11 @@ def part_disc(args: argparse.Namespace, image: np.ndarray, labels: np.ndarray, h
         held_bank,
         HOLDOUT_X,
         args.ldm_batch,
-        base_steps=args.base_steps or (30 if args.quick else 120),
-        disc_steps=args.disc_steps or (20 if args.quick else 60),
-        disc_seeds=args.disc_seeds or (16 if args.quick else 64),
-        eval_images=args.eval_images or (16 if args.quick else 48),
+        base_steps=args.base_steps or (30 if args.quick else 60),
+        disc_steps=args.disc_steps or (20 if args.quick else 30),
+        disc_seeds=args.disc_seeds or (16 if args.quick else 32),
+        eval_images=args.eval_images or (16 if args.quick else 32),
+        guidance=args.guidance,
         log=lambda line: print(line, flush=True),
     )
     return {k: f"{v:.4f}" if k.startswith("s_per_pair") else f"{v:.3f}" for k, v in out.items()}
@@ -459,9 +462,10 @@ def main() -> None:
         default=None,
         help="generated images scored (agreement: default 64, quick 32; disc: default 48, quick 16)",
     )
-    ap.add_argument("--base-steps", type=int, default=None, help="disc: base fine-tune steps (default 120, quick 30)")
-    ap.add_argument("--disc-steps", type=int, default=None, help="disc: DISC fine-tune steps (default 60, quick 20)")
-    ap.add_argument("--disc-seeds", type=int, default=None, help="disc: stored seeds (default 64, quick 16)")
+    ap.add_argument("--base-steps", type=int, default=None, help="disc: base fine-tune steps (default 60, quick 30)")
+    ap.add_argument("--disc-steps", type=int, default=None, help="disc: DISC fine-tune steps (default 30, quick 20)")
+    ap.add_argument("--disc-seeds", type=int, default=None, help="disc: stored seeds (default 32, quick 16)")
+    ap.add_argument("--guidance", type=float, default=4.0, help="disc: classifier-free guidance of sampling (4)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
