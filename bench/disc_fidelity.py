@@ -6,7 +6,6 @@ does to them, and all are scored on the same held-out bank masks and seeds:
 
 - ``sd``: the shipped LDM fine-tuned ``base_steps`` on annotated crops only (the mask slot), sampled with DDIM;
 - ``sd_sc``: the same weights sampled with DISC's separated conditions (``samplers.sc_sample``);
-- ``sd_sc_eps``: the same weights with every-step noise fusion (``samplers.sc_eps_sample``, this project's old SC);
 - ``sd_disc``: ``sd`` fine-tuned ``disc_steps`` on fused separated latents of ``disc_seeds`` seeds under random
   bank masks (Eq. 3), DDIM;
 - ``sd_disc_cotrain``: the same, each step's loss the mean of L_DISC and L_LDM on real annotated crops, DDIM;
@@ -165,7 +164,6 @@ def run_disc_comparison(
         "sd_g1": (sd, "ddim", 1.0),
         "sd": (sd, "ddim", g),
         "sd_sc": (sd, "sc", g),
-        "sd_sc_eps": (sd, "sc_eps", g),
         "sd_disc": (disc, "ddim", g),
         "sd_disc_cotrain": (cotrain, "ddim", g),
         "sd_unlab_g1": (unlab, "ddim", 1.0),

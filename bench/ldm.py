@@ -30,11 +30,10 @@ The left three quarters of the image are for training, the right quarter is held
    (and SC for the concat model). Baselines in the same run: real held-out pairs scored the same way
    (``real_mask_agreement``, the ceiling colour allows) and each model's ``chance``: its images scored against
    masks they were not generated from (masks rolled by one image). 1.0 is what an unconditional generator scores.
-4. Label fidelity of DISC's four models (SD, SD-SC, SD-DISC, SD-DISC-CoTrain), of the old every-step fusion and of
-   training with unlabelled tiles through the null slot (at guidance 4 and 1), all from the shipped demo
-   weights, for the same held-out bank masks and seeds; fidelity is the export's stand-in metric
-   (``ops.export.label_scores.fidelity`` with the demo annotator) and seconds per pair include decoding. See
-   ``bench/disc_fidelity.py`` for the protocol.
+4. Label fidelity of DISC's four models (SD, SD-SC, SD-DISC, SD-DISC-CoTrain) and of training with unlabelled
+   tiles through the null slot (at guidance 4 and 1), all from the shipped demo weights, for the same held-out
+   bank masks and seeds; fidelity is the export's stand-in metric (``ops.export.label_scores.fidelity`` with the
+   demo annotator) and seconds per pair include decoding. See ``bench/disc_fidelity.py`` for the protocol.
 
 Timings are wall-clock on whatever else the machine runs; compare ratios within one run, not absolute numbers across
 runs. ``--threads`` defaults to 1: on a shared 2-core machine two OpenMP threads often wait on each other and run
@@ -43,16 +42,16 @@ first 256-px step is not slower), one sampling repeat, 20 s autoencoder, 45 s pe
 (under ~12 min): 15 timed demo steps, 2 timed 256-px steps after one warm-up, 2 sampling repeats, 75 s autoencoder,
 180 s per LDM, 64 scored images.
 
-``--parts`` picks sections (``speed``: 1-2, ``agreement``: 3, ``disc``: 4). Section 4 runs in ~10 min with one
-thread on a busy 2-core machine at its defaults (60 base steps per arm, 32 stored seeds, 30 DISC steps, 32 scored
-pairs, guidance 4).
+``--parts`` picks sections (``speed``: 1-2, ``agreement``: 3, ``disc``: 4). Section 4 took 15.6 min with one
+thread on the shared 2-core machine (load average 5-6) at its defaults (60 base steps per arm, 32 stored seeds,
+30 DISC steps, 32 scored pairs, guidance 4); ``--quick`` 7 min.
 
 Last line, the keys of the sections run: ``ldm_train_steps_per_s_demo_concat=<x> ldm_train_steps_per_s_demo_xattn=<x>
 ldm_train_steps_per_s_256_concat=<x> ldm_train_steps_per_s_256_xattn=<x> sample_img_per_s_demo_ddim20=<x>
 sample_img_per_s_demo_sc20=<x> sample_img_per_s_256_ddim20=<x> ae_train_steps_per_s=<x> mask_agreement=<x>
 mask_agreement_xattn=<x> mask_agreement_sc=<x> real_mask_agreement=<x> mask_chance=<x>`` (``mask_agreement`` and
 ``mask_chance``: concat, the default conditioning, with DDIM); section 4 adds ``fidelity_<model>`` and
-``s_per_pair_<model>`` for ``sd_g1 sd sd_sc sd_sc_eps sd_disc sd_disc_cotrain sd_unlab_g1 sd_unlab``, ``fidelity_real``
+``s_per_pair_<model>`` for ``sd_g1 sd sd_sc sd_disc sd_disc_cotrain sd_unlab_g1 sd_unlab``, ``fidelity_real``
 and ``disc_seconds``.
 """
 
