@@ -20,18 +20,30 @@ from pydantic import Field
 
 from assets.lineage import png_markdown
 from ops.common.images import image_grid_png
-from ops.evaluation.downstream import export_pairs, run_downstream
+from ops.evaluation.budget_routes import RouteFiles, RouteRetraining, build_budget_routes
+from ops.evaluation.downstream import export_pairs, export_routes, run_downstream
 from ops.evaluation.judge import JudgeConfig, train_judge
 from ops.evaluation.learning_curve import CurveConfig, curve_png
 from ops.evaluation.metrics import overlay_png
 from ops.evaluation.real_split import RealPairs, assign_parts, cut_pairs
 from ops.evaluation.segmenter import save_segmenter
 from ops.labelling.class_maps import get_class_map
-from ops.labelling.demo_annotator import demo_annotate
+from ops.labelling.demo_annotator import demo_annotate, demo_labels
 from resources import FactoryStorage, MlflowTracking, TorchDevice
-from resources.references import DownstreamRef, ExportRef, RealAnnotationsRef, TileAnnotationsRef, TrainingTilesRef
+from resources.references import (
+    AnnotationsRef,
+    AutoencoderRef,
+    DownstreamRef,
+    ExportRef,
+    GanModelRef,
+    GeneratedFeaturesRef,
+    LdmModelRef,
+    RealAnnotationsRef,
+    TileAnnotationsRef,
+    TrainingTilesRef,
+)
 
-DOWNSTREAM_CODE_VERSION = "downstream-2"
+DOWNSTREAM_CODE_VERSION = "downstream-3"
 
 
 class RealAnnotationConfig(dg.Config):
@@ -188,6 +200,31 @@ class DownstreamConfig(dg.Config):
     base_channels: int = Field(default=CurveConfig().base_channels, ge=1, description="Segmenter width.")
     norm: str = Field(default=CurveConfig().norm, description="batch (default; re-estimated on real crops) or group.")
     synthetic_max: int = Field(default=CurveConfig().synthetic_max, ge=1, description="Synthetic pairs per route.")
+    per_budget: bool = Field(
+        default=False,
+        description="Retrain each route's labelled part on every budget's N labels (the equal-label-budget protocol; "
+        "slower). Off: the exported pairs, whose labels come from every annotated tile (an upper bound at small N).",
+    )
+    gan_epochs: int = Field(default=RouteRetraining().gan_epochs, ge=1, description="per_budget: classifier epochs.")
+    ldm_pretrain_steps: int = Field(
+        default=RouteRetraining().ldm_pretrain_steps, ge=1, description="per_budget: label-free denoiser pretraining."
+    )
+    ldm_finetune_steps: int = Field(
+        default=RouteRetraining().ldm_finetune_steps, ge=1, description="per_budget: conditioning steps per budget."
+    )
+    ldm_batch: int = Field(default=RouteRetraining().ldm_batch, ge=1, description="per_budget: latents per step.")
+    unlabelled_crops: int = Field(
+        default=RouteRetraining().unlabelled_crops, ge=1, description="per_budget: crops to pretrain on."
+    )
+
+    def retraining(self) -> RouteRetraining:
+        return RouteRetraining(
+            gan_epochs=self.gan_epochs,
+            ldm_pretrain_steps=self.ldm_pretrain_steps,
+            ldm_finetune_steps=self.ldm_finetune_steps,
+            ldm_batch=self.ldm_batch,
+            unlabelled_crops=self.unlabelled_crops,
+        )
 
     def curve(self) -> CurveConfig:
         return CurveConfig(
@@ -219,11 +256,39 @@ def downstream_eval(
     storage: FactoryStorage,
     mlflow_tracking: MlflowTracking,
     torch_device: TorchDevice,
+    gan_model: GanModelRef | None,
+    generated_features: GeneratedFeaturesRef | None,
+    annotations: AnnotationsRef | None,
+    autoencoder: AutoencoderRef | None,
+    ldm_model: LdmModelRef | None,
+    training_tiles: TrainingTilesRef | None,
 ) -> dg.MaterializeResult:
     real, classes = _real_pairs(real_annotations)
     export_dir = Path(max(synthetic_dataset.values(), key=lambda ref: ref.created_at).path)  # latest
     torch_device.device()  # applies the thread setting; the curve trains on the CPU
-    result = run_downstream(real, classes, export_dir, config.curve(), progress=context.log.info)
+    per_budget = {}
+    if config.per_budget:
+        files = RouteFiles(
+            gan_checkpoint=gan_model.path if gan_model else None,
+            features=generated_features.path if generated_features else None,
+            feature_blocks=generated_features.blocks if generated_features else None,
+            annotations=annotations.path if annotations else None,
+            autoencoder=autoencoder.path if autoencoder else None,
+            ldm_checkpoint=ldm_model.path if ldm_model else None,
+            training_tiles=training_tiles.path if training_tiles else None,
+        )
+        routes = export_routes(export_dir)
+        val_x, val_y, _ = real.part("val")
+        per_budget = build_budget_routes(routes, classes, files, config.retraining(), context.log.info, (val_x, val_y))
+    result = run_downstream(
+        real,
+        classes,
+        export_dir,
+        config.curve(),
+        progress=context.log.info,
+        budget_routes=per_budget,
+        labeller=demo_labels if real_annotations.class_map == "demo" else None,  # the stand-in labels any image
+    )
     summary = result.curve.summary
     headline = result.headline()
     out = storage.downstream_path
@@ -236,6 +301,7 @@ def downstream_eval(
         "synthetic_pairs": result.synthetic_pairs,
         "real": real.counts(),
         "export": export_dir.name,
+        "per_budget_routes": result.per_budget,
     }
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=float))
@@ -254,6 +320,7 @@ def downstream_eval(
             "verdict": dg.MetadataValue.json(json.loads(json.dumps(result.verdict), parse_constant=lambda _: None)),
             "real_crops": dg.MetadataValue.json(real.counts()),
             "synthetic_pairs": dg.MetadataValue.json(result.synthetic_pairs),
+            "per_budget_routes": dg.MetadataValue.json(result.per_budget),
             **{
                 f"synthetic_examples_{r}": png_markdown(
                     image_grid_png(_first_images(export_dir, r), columns=8, scale=2), f"{r} pairs"
@@ -270,7 +337,7 @@ def _first_images(export_dir, route: str) -> np.ndarray:
 
 def _table_markdown(summary: pd.DataFrame) -> str:
     cols = ["budget", "arm", "lambda", "mean_dice", "mean_dice_sd", "gain_mean_dice", "ci_low_mean_dice",
-            "ci_high_mean_dice", "mean_jaccard", "real_passes"]  # fmt: skip
+            "ci_high_mean_dice", "mean_jaccard", "real_passes", "route_labels"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in summary[cols].iterrows():
         lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")

@@ -35,6 +35,7 @@ from ops.export.gan_route import (
     uncertain_to_drop,
     write_batch,
 )
+from ops.export.genseg_route import synthesize_genseg_pairs
 from ops.export.label_scores import (
     agreement_correlation,
     below_agreement,
@@ -45,16 +46,26 @@ from ops.export.label_scores import (
 from ops.export.ldm_route import synthesize_ldm_pairs
 from ops.export.memorization import check_memorization
 from ops.gan.trainer import load_generator
+from ops.genseg.augment import MaskAugmentConfig
+from ops.genseg.networks import generator_meta
+from ops.genseg.networks import load_generator as load_genseg_generator
 from ops.labelling.class_maps import get_class_map
 from ops.labelling.demo_annotator import demo_annotate
 from ops.labelling.pixel_classifier import PixelEnsemble
 from ops.slides.crops import TileCropSampler
 from ops.slides.tile_store import replace_dir, temp_dir_beside
 from resources import DaskResource, FactoryStorage, TorchDevice
-from resources.references import ExportRef, GanModelRef, LdmModelRef, PixelClassifierRef, TrainingTilesRef
+from resources.references import (
+    ExportRef,
+    GanModelRef,
+    GenSegModelRef,
+    LdmModelRef,
+    PixelClassifierRef,
+    TrainingTilesRef,
+)
 
-EXPORT_CODE_VERSION = "export-2"
-GENERATORS = ("stylegan2", "ldm")
+EXPORT_CODE_VERSION = "export-3"
+GENERATORS = ("stylegan2", "ldm", "genseg")
 MAX_BATCHES = 50
 export_batches = dg.StaticPartitionsDefinition([f"{i:03d}" for i in range(MAX_BATCHES)])
 
@@ -82,8 +93,9 @@ class ExportConfig(dg.Config):
     )
     generators: list[str] = Field(
         default=["stylegan2"],
-        description="Which generators make the batch: stylegan2 (images labelled by the pixel classifier) and/or "
-        "ldm (images generated from masks of the mask bank); each makes batch_size samples.",
+        description="Which generators make the batch: stylegan2 (images labelled by the pixel classifier), "
+        "ldm (images generated from masks of the mask bank) and/or genseg (images painted for augmented bank "
+        "masks by the GenSeg generator); each makes batch_size samples.",
     )
     ldm_sampler: Literal["ddim", "sc"] = Field(
         default="ddim", description="LDM sampler: ddim, or sc (DISC's separated conditions)."
@@ -92,7 +104,7 @@ class ExportConfig(dg.Config):
     ldm_guidance: float = Field(default=1.0, ge=0, description="LDM classifier-free guidance scale (1 = off).")
     class_weights: dict[str, float] = Field(
         default={},
-        description="LDM masks: class name -> multiple of its pixel share in the real masks, "
+        description="LDM and GenSeg masks: class name -> multiple of its pixel share in the real masks, "
         'e.g. {"arteriole": 3.0} for three times as many arteriole pixels.',
     )
     stand_in_fidelity: bool = Field(
@@ -139,6 +151,7 @@ def _lineage(
     gan: GanModelRef | None,
     classifier: PixelClassifierRef | None,
     ldm: LdmModelRef | None,
+    genseg: GenSegModelRef | None = None,
 ) -> dict:
     """Upstream versions of the chosen generators; they must agree on class map and resolution."""
     unknown = sorted(set(generators) - set(GENERATORS))
@@ -185,12 +198,68 @@ def _lineage(
             }
         )
         slides |= set(ldm.train_slide_ids)
+    if "genseg" in generators:
+        slides |= _genseg_lineage(lineage, _route_input(genseg, "genseg_model", "genseg"))
     lineage["source_slides"] = sorted(slides)
     return lineage
 
 
+# ---- GenSeg route (issue 13): lineage and pairs; kept apart from the other routes' code ----
+
+
+def _genseg_lineage(lineage: dict, genseg: GenSegModelRef) -> set[str]:
+    """Add the GenSeg route's versions to ``lineage`` (class map and resolution must agree); its slide ids."""
+    for key, value in (("class_map", genseg.class_map), ("resolution", genseg.resolution)):
+        if lineage.setdefault(key, value) != value:
+            raise ValueError(
+                f"the export's other routes use {key} {lineage[key]!r} but GenSeg {value!r}; export them separately "
+                "(one route per generators list) or retrain genseg_model to match"
+            )
+    lineage.update(
+        {
+            "genseg_mlflow_run": genseg.mlflow_run_id,
+            "genseg_model_version": genseg.model_version,
+            "genseg_step": genseg.step,
+            "genseg_search": genseg.search,
+            "genseg_generator": genseg.path,
+            "genseg_mask_bank": genseg.mask_bank,
+            "genseg_annotation_version": genseg.annotation_version,
+        }
+    )
+    return set(genseg.train_slide_ids)
+
+
+def _genseg_route(lineage: dict, seeds: np.ndarray, class_weights: dict[int, float], device) -> "_Route":
+    """The GenSeg route's pairs of one batch: augmented bank masks painted by the trained generator."""
+    made = synthesize_genseg_pairs(
+        load_genseg_generator(lineage["genseg_generator"], device),
+        MaskBank.load(lineage["genseg_mask_bank"]),
+        seeds,
+        MaskAugmentConfig.from_dict(generator_meta(lineage["genseg_generator"])["augment"]),
+        class_weights,
+    )
+    return _Route(
+        "genseg",
+        made.images,
+        made.masks,
+        np.full(len(made.seeds), np.nan, np.float32),
+        made.seeds,
+        [f"genseg_{int(s):010d}" for s in made.seeds],
+        "genseg_latents.npz",
+        made.latent_arrays(),
+    )
+
+
 # Where files are, not what they are: not part of the export version.
-_PATHS = ("gan_checkpoint", "classifier", "ldm_checkpoint", "autoencoder", "mask_bank")
+_PATHS = (
+    "gan_checkpoint",
+    "classifier",
+    "ldm_checkpoint",
+    "autoencoder",
+    "mask_bank",
+    "genseg_generator",
+    "genseg_mask_bank",
+)
 
 
 @dg.asset(
@@ -200,7 +269,7 @@ _PATHS = ("gan_checkpoint", "classifier", "ldm_checkpoint", "autoencoder", "mask
     deps=[classifier_eval, dg.AssetKey("label_judge")],
     code_version=EXPORT_CODE_VERSION,
     kinds={"pytorch", "parquet"},
-    description="Synthetic image-mask pairs (GAN and/or LDM), one batch per partition, uncertainty- and "
+    description="Synthetic image-mask pairs (GAN, LDM and/or GenSeg), one batch per partition, uncertainty- and "
     "memorization-filtered.",
 )
 def synthetic_dataset(
@@ -210,13 +279,14 @@ def synthetic_dataset(
     gan_model: GanModelRef | None,
     pixel_classifier: PixelClassifierRef | None,
     ldm_model: LdmModelRef | None,
+    genseg_model: GenSegModelRef | None,
     storage: FactoryStorage,
     torch_device: TorchDevice,
     dask: DaskResource,
 ) -> dg.MaterializeResult:
     device = torch_device.device()
     batch = int(context.partition_key)
-    lineage = _lineage(config.generators, gan_model, pixel_classifier, ldm_model)
+    lineage = _lineage(config.generators, gan_model, pixel_classifier, ldm_model, genseg_model)
     params = ExportParams(
         batch_size=config.batch_size,
         psi=config.psi,
@@ -268,6 +338,12 @@ def synthetic_dataset(
                 [f"ldm_{int(s):010d}" for s in ldm.seeds],
                 "ldm_latents.npz",
                 ldm.latent_arrays(),
+            )
+        )
+    if "genseg" in lineage["generators"]:
+        routes.append(
+            _genseg_route(
+                lineage, params.seeds(batch), weights_by_name(class_map.classes, config.class_weights), device
             )
         )
     images = np.concatenate([r.images for r in routes])
@@ -346,10 +422,10 @@ def synthetic_dataset(
 class _Route:
     """One generator's share of a batch, before filtering."""
 
-    generator: str  # "stylegan2" | "ldm"
+    generator: str  # "stylegan2" | "ldm" | "genseg"
     images: np.ndarray  # uint8 [B, R, R, 3]
     masks: np.ndarray  # uint8 [B, R, R]
-    uncertainty: np.ndarray  # float32 [B]; NaN where the mask is the input (LDM)
+    uncertainty: np.ndarray  # float32 [B]; NaN where the mask is the input (LDM, GenSeg)
     seeds: np.ndarray  # int64 [B]
     ids: list[str]  # sample ids (file names)
     latents_file: str  # npz in the batch folder that regenerates the samples
@@ -386,7 +462,10 @@ def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd
     generator, ids, masks = route.generator, route.ids, route.masks
     n_classes = class_map.n_classes
     fractions = np.stack([np.bincount(m.ravel(), minlength=n_classes)[:n_classes] / m.size for m in masks])
-    gan = generator == "stylegan2"
+    gan, ldm, genseg = generator == "stylegan2", generator == "ldm", generator == "genseg"
+    annotation_version = lineage[
+        "annotation_version" if gan else "ldm_annotation_version" if ldm else "genseg_annotation_version"
+    ]
     rows = pd.DataFrame(
         {
             "sample_id": ids,
@@ -401,10 +480,12 @@ def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd
             "gan_mlflow_run": lineage["gan_mlflow_run"] if gan else "",
             "gan_model_version": lineage["gan_model_version"] if gan else "",
             "classifier_mlflow_run": lineage["classifier_mlflow_run"] if gan else "",
-            "annotation_version": lineage["annotation_version"] if gan else lineage["ldm_annotation_version"],
-            "ldm_mlflow_run": "" if gan else lineage["ldm_mlflow_run"],
-            "ldm_model_version": "" if gan else lineage["ldm_model_version"],
-            "autoencoder_mlflow_run": "" if gan else lineage["autoencoder_mlflow_run"],
+            "annotation_version": annotation_version,
+            "ldm_mlflow_run": lineage["ldm_mlflow_run"] if ldm else "",
+            "ldm_model_version": lineage["ldm_model_version"] if ldm else "",
+            "autoencoder_mlflow_run": lineage["autoencoder_mlflow_run"] if ldm else "",
+            "genseg_mlflow_run": lineage["genseg_mlflow_run"] if genseg else "",
+            "genseg_model_version": lineage["genseg_model_version"] if genseg else "",
             "source_slides": ";".join(lineage["source_slides"]),
             "histofactory_version": package_version("histofactory"),
             "torch_version": torch.__version__,
@@ -434,6 +515,14 @@ def _route_lines(lineage: dict, params: ExportParams, config: ExportConfig) -> s
   annotations (set `{lineage["ldm_annotation_version"]}`). LDM: MLflow run `{lineage["ldm_mlflow_run"]}`, model
   version `{lineage["ldm_model_version"]}`; autoencoder: MLflow run `{lineage["autoencoder_mlflow_run"]}`. The label
   comes first, so no uncertainty filter applies. Latents: `batches/<b>/ldm_latents.npz` (`seeds`, `latents`).""")
+    if "genseg" in lineage["generators"]:
+        search = "searched architecture" if lineage["genseg_search"] else "fixed uniform architecture (no search)"
+        lines.append(f"""- **genseg** (GenSeg recipe): masks drawn from the same bank, then rotated, flipped and
+  scaled; images painted by a mask-to-image U-Net of searchable cells ({search}) trained with pix2pix losses
+  on slide annotations (set `{lineage["genseg_annotation_version"]}`) and an unconditional discriminator on the
+  kept tiles, jointly with a segmenter whose validation loss steered the architecture. MLflow run
+  `{lineage["genseg_mlflow_run"]}`, model version `{lineage["genseg_model_version"]}`. No uncertainty filter.
+  `batches/<b>/genseg_latents.npz`: `seeds`, `transforms` (the similarity transform of each bank mask).""")
     return "\n".join(lines)
 
 
@@ -480,12 +569,12 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
   latents, uncertainty (GAN route), nearest-neighbour distances to training tiles, class pixel fractions, mpp,
   lineage)
 - `batches/<b>/images/<id>.png` RGB image; `batches/<b>/masks/<id>.png` indexed mask (palette = class colours)
-- `batches/<b>/latents.npz` / `ldm_latents.npz`: what regenerates every sample of the batch (kept or dropped)
+- `batches/<b>/latents.npz` / `ldm_latents.npz` / `genseg_latents.npz`: what regenerates every sample of the batch
 - `batches/<b>/dropped.parquet`: samples dropped and why (uncertainty, near_copy, low_agreement)
 - `label_scores.json`: per route mean fidelity / judge agreement and per class; the judge's held-out Dice
 - `classes.json`: class ids, names, colours
 
-Load in PyTorch: `SyntheticSegmentationDataset("<this folder>", generator="ldm")` from `ops.export.dataset`
+Load in PyTorch: `SyntheticSegmentationDataset("<this folder>", generator="genseg")` from `ops.export.dataset`
 (`generator=None` loads every route).
 """
     )

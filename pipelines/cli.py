@@ -316,6 +316,11 @@ def _print_gain(instance) -> None:
     low, high = (_latest(instance, "downstream_eval", k) for k in ("ci_low_smallest", "ci_high_smallest"))
     label = f"gain at N={n} ({arm} - real only)"
     print(f"  {label:<42} {gain:+.3f} (95% CI {low:+.3f} .. {high:+.3f})")
+    if not _latest(instance, "downstream_eval", "per_budget_routes"):
+        print(
+            "  (exported pairs, labelled from every annotated tile: an upper bound at small N; the equal-label-budget\n"
+            "   curve retrains each route per budget: downstream_eval per_budget, or python bench/downstream.py)"
+        )
     if low is None or low <= 0:
         print(
             "  check synthetic_helps WARNS: no synthetic arm beats real only with its CI above 0\n"

@@ -24,6 +24,7 @@ FACTORY_ASSETS = [
     "real_annotations",  # before the export: the label judge trained on them scores every exported pair
     "label_judge",
 ]
+GENSEG_ASSETS = ["genseg_model"]  # its own job: the demo chain stays within its time budget without it
 EXPORT_ASSETS = ["synthetic_dataset"]
 DOWNSTREAM_ASSETS = ["downstream_eval"]
 
@@ -53,6 +54,10 @@ factory_jobs = preset_jobs(
     FACTORY_ASSETS,
     "GAN training, sampling, annotation import, features, "
     "classifier and evaluation; slide annotations, mask bank, autoencoder and LDM",
+)
+
+genseg_jobs = preset_jobs(
+    "genseg", GENSEG_ASSETS, "GenSeg: mask-to-image generator trained with its segmenter (multi-level optimisation)"
 )
 
 export_job = dg.define_asset_job(

@@ -135,6 +135,16 @@ class LdmModelRef(Reference):
     train_slide_ids: list[str]
 
 
+class GenSegModelRef(Reference):
+    """``genseg_model``: the generator file (weights and architecture A) with what made it; hash = run key."""
+
+    model_version: str
+    search: bool
+    mask_bank: str
+    annotation_version: str
+    train_slide_ids: list[str]
+
+
 class ExportRef(Reference):
     """``synthetic_dataset``: one batch of a versioned export folder; ``content_hash`` is the export version."""
 

@@ -14,6 +14,7 @@ Everything the factory writes lives under one folder, ``$HISTOFACTORY_HOME`` (de
     annotations/slides/     QuPath GeoJSON drawn on the slides (``<slide key>.geojson``, level-0 pixel coordinates)
     annotations/tiles/      those annotations rasterized onto the kept tiles (asset ``tile_annotations``)
     ldm/                    mask bank, autoencoder and mask-conditioned LDM checkpoints
+    genseg/<run>/           GenSeg checkpoints and generator (asset ``genseg_model``)
     features/               generator features of the annotated images, native resolution (zarr)
     classifier/             the pixel-classifier ensemble
     export/<version>/       synthetic image-mask pairs with manifest and dataset card (asset ``synthetic_dataset``)
@@ -124,6 +125,11 @@ class FactoryStorage(dg.ConfigurableResource):
     @property
     def ldm_root(self) -> Path:
         return self.root / "ldm"
+
+    @property
+    def genseg_root(self) -> Path:
+        """GenSeg training runs (asset ``genseg_model``): checkpoint, state and generator file per run key."""
+        return self.root / "genseg"
 
     @property
     def features_dir(self) -> Path:

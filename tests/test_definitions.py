@@ -29,6 +29,7 @@ def test_definitions_load():
         "mask_bank",
         "autoencoder",
         "ldm_model",
+        "genseg_model",
         "synthetic_dataset",
         "real_annotations",
         "label_judge",
@@ -109,7 +110,7 @@ def test_every_asset_group_has_its_stage():
 
     graph = defs.get_repository_def().asset_graph
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert groups == {"slides", "gan", "labelling", "diffusion", "export", "evaluation", "federated"}
+    assert groups == {"slides", "gan", "labelling", "diffusion", "genseg", "export", "evaluation", "federated"}
     for group in groups:
         assert (ROOT / "assets" / f"{group}.py").exists(), f"group {group} has no assets/{group}.py"
         assert (ROOT / "ops" / group / "__init__.py").exists(), f"group {group} has no ops/{group}/ package"
@@ -122,6 +123,7 @@ BLOCKING_GATES = {
     "gan": {("gan_model", "swd_below_untrained")},
     "labelling": {("classifier_eval", "dice_above_chance")},
     "diffusion": {("ldm_model", "mask_agreement_above_chance")},
+    "genseg": {("genseg_model", "genseg_follows_masks")},
     "export": {("synthetic_dataset", "near_copies_rare")},
     "evaluation": set(),
 }

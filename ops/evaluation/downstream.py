@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ops.evaluation.learning_curve import CurveConfig, CurveResult, Progress, curve_verdict, learning_curve
+from ops.evaluation.learning_curve import (
+    BudgetRoute,
+    CurveConfig,
+    CurveResult,
+    Progress,
+    SyntheticSource,
+    curve_verdict,
+    learning_curve,
+)
 from ops.evaluation.real_split import RealPairs
+from ops.export.label_scores import Labeller
 
 LABEL_SCORES_FILE = "label_scores.json"  # written by the export beside its manifest
 
@@ -72,6 +81,7 @@ class DownstreamResult:
     routes: list[str]
     synthetic_pairs: dict[str, int]
     label_scores: dict
+    per_budget: list[str] = field(default_factory=list)  # routes retrained per budget (the rest: exported pairs)
 
     def headline(self) -> dict[str, float | str]:
         """Flat numbers for metadata, the CLI summary and the bench's last line."""
@@ -87,6 +97,11 @@ class DownstreamResult:
             for key in ("fidelity", "judge_agreement"):
                 if key in stats:
                     out[f"{key}_{route}"] = stats[key]
+        runs = self.curve.runs
+        for route in self.per_budget:  # fidelity of the pairs each route made under the equal label budget
+            values = runs.loc[runs["route"] == route, "route_fidelity"] if "route_fidelity" in runs else []
+            if len(values) and values.notna().any():
+                out[f"budget_fidelity_{route}"] = float(values.mean())
         return out
 
 
@@ -97,20 +112,32 @@ def run_downstream(
     cfg: CurveConfig,
     routes: Sequence[str] | None = None,
     progress: Progress | None = None,
+    budget_routes: Mapping[str, BudgetRoute] | None = None,
+    labeller: Labeller | None = None,
 ) -> DownstreamResult:
     """Learning curve of real vs real + each route's synthetic pairs, scored on the real test crops.
+
+    Args:
+        budget_routes: Routes retrained on each budget's crops (``ops.evaluation.budget_routes``); they replace the
+            export's pairs of the same route, which carry labels beyond the small budgets. A route that is not in
+            the export may be given here too (it is then only measured per budget).
+        labeller: Labels any image (the demo stand-in); scores the label fidelity of the retrained routes' pairs.
 
     Raises:
         ValueError: class maps differ, a route has too few pairs, or a budget exceeds the labelled crops.
     """
     require_same_classes(export_class_names(export_dir), class_names, export_dir)
-    routes = list(routes) if routes is not None else export_routes(export_dir)
-    synthetic = {r: export_pairs(export_dir, r, cfg.synthetic_max) for r in routes}
-    curve = learning_curve(real, synthetic, class_names, cfg, progress)
+    budget_routes = dict(budget_routes or {})
+    routes = list(routes) if routes is not None else sorted(set(export_routes(export_dir)) | set(budget_routes))
+    synthetic: dict[str, SyntheticSource] = {
+        r: budget_routes[r] if r in budget_routes else export_pairs(export_dir, r, cfg.synthetic_max) for r in routes
+    }
+    curve = learning_curve(real, synthetic, class_names, cfg, progress, labeller)
     return DownstreamResult(
         curve,
         curve_verdict(curve.summary),
         routes,
-        {r: len(x) for r, (x, _) in synthetic.items()},
+        {r: len(s[0]) if isinstance(s, tuple) else cfg.synthetic_max for r, s in synthetic.items()},
         label_scores(export_dir),
+        sorted(budget_routes),
     )

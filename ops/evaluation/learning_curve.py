@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,7 @@ from ops.evaluation.metrics import IGNORE_INDEX, confusion_matrix, dice_per_clas
 from ops.evaluation.real_split import RealPairs, budget_indices
 from ops.evaluation.segmenter import ARCHS, build_segmenter, predict_segmenter
 from ops.evaluation.stain_jitter import classical_augment
+from ops.export.label_scores import Labeller, fidelity
 
 ARMS = ("real", "real_aug", "syn_only", "mix", "syn_then_real")
 ROUTE_ARMS = ("syn_only", "mix", "syn_then_real")  # one arm per synthetic route
@@ -45,6 +48,19 @@ NORMS = ("group", "batch")
 ALL = 0  # budget value meaning "every labelled training crop"
 
 Progress = Callable[[str], None]
+
+
+class BudgetRoute(Protocol):
+    """A synthetic route whose labelled part is retrained on each budget's crops (``ops.evaluation.budget_routes``)."""
+
+    def pairs(
+        self, images: np.ndarray, masks: np.ndarray, n_pairs: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """``n_pairs`` pairs (uint8 images ``[M, R, R, 3]``, masks ``[M, R, R]``) and the labels the route used."""
+        ...
+
+
+SyntheticSource = tuple[np.ndarray, np.ndarray] | BudgetRoute  # fixed (exported) pairs, or a route per budget
 
 
 @dataclass(frozen=True)
@@ -287,12 +303,18 @@ class CurveResult:
 
 def learning_curve(
     real: RealPairs,  # leak-free real pairs (train = the labelled pool; val; test)
-    synthetic: Mapping[str, tuple[np.ndarray, np.ndarray]],  # route -> (images, masks) pairs
+    synthetic: Mapping[str, SyntheticSource],  # route -> fixed (images, masks) pairs, or a route retrained per budget
     class_names: Sequence[str],
     cfg: CurveConfig,
     progress: Progress | None = None,
+    labeller: Labeller | None = None,  # labels any image (the demo stand-in): scores retrained routes' pairs
 ) -> CurveResult:
     """Train every arm at every budget and seed; choose λ per budget on validation; summarise against ``real``.
+
+    A route given as fixed pairs (an export) is the same at every budget: its labelled part saw every annotated tile,
+    so its gain is an upper bound (``route_labels`` NaN in the tables). A :class:`BudgetRoute` makes its pairs from
+    each budget's N crops and seed, so it honours the equal label budget (``route_labels`` = labels it used); with a
+    ``labeller``, the label fidelity of those pairs is measured too (``route_fidelity``, the export's metric).
 
     Raises:
         ValueError: a budget larger than the labelled crops, a route with fewer pairs than ``synthetic_max``, or no
@@ -306,21 +328,33 @@ def learning_curve(
     budgets = sorted({len(train_x) if b == ALL else b for b in cfg.budgets})
     for b in budgets:
         budget_indices(train_ids, b, 0)  # fail before any training on a budget above the labelled crops
-    routes = {}
-    for route, (x, y) in sorted(synthetic.items()):
-        if len(x) < cfg.synthetic_max:
-            raise ValueError(
-                f"synthetic route {route!r} has {len(x)} pairs but synthetic_max={cfg.synthetic_max} were requested; "
-                f"export more batches or lower synthetic_max"
-            )
-        routes[route] = (x[: cfg.synthetic_max], y[: cfg.synthetic_max])
+    routes: dict[str, SyntheticSource] = {}
+    for route, source in sorted(synthetic.items()):
+        if isinstance(source, tuple):
+            source = _enough_pairs(route, *source, cfg.synthetic_max)
+        routes[route] = source
     rows = []
     for budget in budgets:
         for seed in cfg.seeds:
             pick = budget_indices(train_ids, budget, seed)
             crops = (train_x[pick], train_y[pick])
+            pairs, labels_used, route_fidelity = {}, {}, {}
+            for route, source in routes.items():
+                if isinstance(source, tuple):
+                    pairs[route], labels_used[route] = source, float("nan")
+                    continue
+                started = time.perf_counter()
+                x, y, used = source.pairs(*crops, cfg.synthetic_max, seed)
+                pairs[route], labels_used[route] = _enough_pairs(route, x, y, cfg.synthetic_max), float(used)
+                if labeller is not None:
+                    route_fidelity[route] = _nanmean(fidelity(*pairs[route], labeller, len(class_names))[0])
+                if progress is not None:
+                    progress(
+                        f"N={budget} seed={seed} {route}: retrained on {used} labels, {len(x)} pairs in "
+                        f"{time.perf_counter() - started:.0f} s, fidelity {route_fidelity.get(route, float('nan')):.3f}"
+                    )
             for arm, route, lam in _plan(cfg, routes):
-                result = train_arm(arm, crops, routes.get(route), cfg, len(class_names), seed, lam)
+                result = train_arm(arm, crops, pairs.get(route), cfg, len(class_names), seed, lam)
                 val = score(result.model, val_x, val_y, class_names)
                 test = score(result.model, test_x, test_y, class_names)
                 rows.append(
@@ -328,6 +362,8 @@ def learning_curve(
                         "budget": budget,
                         "arm": f"{arm}:{route}" if route else arm,
                         "route": route or "",
+                        "route_labels": labels_used.get(route, float("nan")),
+                        "route_fidelity": route_fidelity.get(route, float("nan")),
                         "lambda": lam,
                         "seed": seed,
                         "steps": result.steps,
@@ -341,6 +377,16 @@ def learning_curve(
     runs = pd.DataFrame(rows)
     chosen, lambdas = choose_lambda(runs)
     return CurveResult(runs, summarise_curve(chosen, cfg.n_boot), lambdas)
+
+
+def _enough_pairs(route: str, x: np.ndarray, y: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``wanted`` pairs of a route; a clear error when it has fewer."""
+    if len(x) < wanted:
+        raise ValueError(
+            f"synthetic route {route!r} has {len(x)} pairs but synthetic_max={wanted} were requested; "
+            f"export more batches or lower synthetic_max"
+        )
+    return x[:wanted], y[:wanted]
 
 
 def _plan(cfg: CurveConfig, routes: Mapping[str, object]) -> list[tuple[str, str, float]]:
@@ -381,6 +427,8 @@ def summarise_curve(runs: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
             "lambda": float(group["lambda"].iloc[0]),
             "seeds": len(group),
             "real_passes": float(group["real_passes"].mean()),
+            "route_labels": _nanmean(group["route_labels"]) if "route_labels" in group else float("nan"),
+            "route_fidelity": _nanmean(group["route_fidelity"]) if "route_fidelity" in group else float("nan"),
         }
         for metric in ("mean_dice", "mean_jaccard"):
             row[f"{metric}"] = float(group[metric].mean())

@@ -163,6 +163,12 @@ def demo_annotate(image: np.ndarray, config: DemoAnnotatorConfig | None = None) 
     return labels
 
 
+def demo_labels(images: np.ndarray) -> np.ndarray:
+    """The stand-in's labels of a batch (uint8 ``[N, H, W, 3]`` -> ``[N, H, W]``): the demo's labeller of any image,
+    which is what makes a synthetic pair's label fidelity measurable there."""
+    return np.stack([demo_annotate(image) for image in images])
+
+
 def class_shares(labels: np.ndarray, n_classes: int = DEMO_CLASS_MAP.n_classes) -> np.ndarray:
     """Pixel share of each class, float64 [n_classes]."""
     return np.bincount(labels.ravel(), minlength=n_classes)[:n_classes] / labels.size

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from assets.diffusion import AutoencoderTrainingConfig, LdmTrainingConfig
 from assets.export import ExportConfig
 from assets.gan import GanTrainingConfig
+from assets.genseg import GenSegTrainingConfig
 from assets.labelling import AnnotationConfig, ClassifierConfig, TileAnnotationConfig
 from assets.slides import TileFilterConfig, TileGridConfig, TissueMaskConfig
 from ops.diffusion.autoencoder import AE_PRESETS
@@ -26,6 +27,9 @@ from ops.export.gan_route import ExportParams
 from ops.gan.loop import LoopConfig
 from ops.gan.networks import GAN_PRESETS
 from ops.gan.trainer import TrainConfig as GanTrainConfig
+from ops.genseg.augment import MaskAugmentConfig
+from ops.genseg.networks import GENSEG_PRESETS
+from ops.genseg.trainer import HYPERGRADS, GenSegTrainConfig
 from ops.labelling.class_maps import CLASS_MAPS
 from ops.labelling.pixel_classifier import OPTIMIZERS, EnsembleConfig, MLPConfig
 from ops.labelling.pixel_classifier import TrainConfig as MlpTrainConfig
@@ -45,6 +49,8 @@ PAIRS: list[tuple[type[BaseModel], type, dict[str, str]]] = [
     (LdmTrainingConfig, LdmTrainConfig, {}),
     (LdmTrainingConfig, LdmConfig, {}),
     (ExportConfig, ExportParams, {}),
+    (GenSegTrainingConfig, GenSegTrainConfig, {}),
+    (GenSegTrainingConfig, MaskAugmentConfig, {}),
 ]
 
 
@@ -95,6 +101,8 @@ def test_config_defaults_equal_ops_defaults(config: type[BaseModel], ops_class: 
         (TileAnnotationConfig, "class_map", CLASS_MAPS),
         (ClassifierConfig, "optimizer", OPTIMIZERS),
         (ExportConfig, "ldm_sampler", SAMPLERS),
+        (GenSegTrainingConfig, "preset", GENSEG_PRESETS),
+        (GenSegTrainingConfig, "hypergrad", HYPERGRADS),
     ],
     ids=lambda v: getattr(v, "__name__", v if isinstance(v, str) else ""),
 )

@@ -82,6 +82,12 @@ DOWNSTREAM = {
             "min_steps": 2,
             "base_channels": 4,
             "synthetic_max": 5,
+            "per_budget": True,
+            "gan_epochs": 1,
+            "ldm_pretrain_steps": 2,
+            "ldm_finetune_steps": 2,
+            "ldm_batch": 4,
+            "unlabelled_crops": 16,
         }
     },
 }
@@ -253,6 +259,10 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
         f"{a}:{r}" for a in ("syn_only", "mix", "syn_then_real") for r in ("ldm", "stylegan2")
     }
     assert dmeta["synthetic_pairs"].value == {"stylegan2": 5, "ldm": 5}
+    assert dmeta["per_budget_routes"].value == ["ldm", "stylegan2"], "both routes retrained on the budget's labels"
+    runs = pd.read_parquet(home / "downstream" / "runs.parquet")
+    routed = runs[runs["route"] != ""]
+    assert len(routed) and (routed["route_labels"] <= routed["budget"]).all(), "no route saw more labels than N"
     assert set(results["lambdas"]["2"]) == {"ldm", "stylegan2"} and results["lambdas"]["2"]["ldm"] in (0.3, 0.5)
     for row in results["summary"]:
         assert 0 <= row["mean_dice"] <= 1 and row["seeds"] == 2

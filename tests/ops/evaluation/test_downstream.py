@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from curve_helpers import squares
 from PIL import Image
 
 from ops.evaluation.downstream import export_pairs, require_same_classes, run_downstream
@@ -18,20 +19,11 @@ from ops.export.label_scores import judge_agreement
 CLASSES = ["bg", "square"]
 
 
-def _squares(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((n, size, size), np.uint8)
-    for m, (y, x) in zip(masks, rng.integers(0, size - 6, (n, 2)), strict=True):
-        m[y : y + 6, x : x + 6] = 1
-    images = np.clip(rng.normal(70, 20, (n, size, size, 3)) + 110 * masks[..., None], 0, 255).astype(np.uint8)
-    return images, masks
-
-
 @pytest.fixture()
 def export(tmp_path):
     rows = []
     for route, seed in (("ldm", 1), ("stylegan2", 2)):
-        images, masks = _squares(4, seed)
+        images, masks = squares(4, seed)
         for i, (img, msk) in enumerate(zip(images, masks, strict=True)):
             Image.fromarray(img).save(tmp_path / f"{route}_{i}_img.png")
             Image.fromarray(msk).save(tmp_path / f"{route}_{i}_mask.png")
@@ -55,7 +47,7 @@ def test_class_maps_that_differ_are_refused(export) -> None:
 
 
 def test_run_downstream_gives_the_headline(export) -> None:
-    images, masks = _squares(10, 0)
+    images, masks = squares(10, 0)
     ids = np.array([f"s#{i}" for i in range(4)] + [f"h#{i}" for i in range(6)])
     real = RealPairs(images, masks, ids, np.array(["train"] * 4 + ["val"] * 3 + ["test"] * 3))
     cfg = CurveConfig(budgets=(2,), seeds=(0, 1), lambdas=(0.5,), arms=("real", "mix"), real_passes=1, min_steps=2,
@@ -70,7 +62,7 @@ def test_run_downstream_gives_the_headline(export) -> None:
 
 
 def test_the_judge_trains_on_training_crops_and_reports_held_out_dice(export) -> None:
-    images, masks = _squares(10, 0)
+    images, masks = squares(10, 0)
     ids = np.array([f"s#{i}" for i in range(4)] + [f"h#{i}" for i in range(6)])
     real = RealPairs(images, masks, ids, np.array(["train"] * 4 + ["val"] * 3 + ["test"] * 3))
     model, report = train_judge(real, CLASSES, JudgeConfig(steps=3, base_channels=4))

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from curve_helpers import TINY, squares
 
 from ops.evaluation.learning_curve import (
     CurveConfig,
@@ -17,30 +18,7 @@ from ops.evaluation.learning_curve import (
     paired_bootstrap,
     train_arm,
 )
-from ops.evaluation.real_split import RealPairs
 from ops.evaluation.stain_jitter import hed_jitter
-
-TINY = CurveConfig(
-    budgets=(2, 4), seeds=(0, 1), lambdas=(0.3, 0.5), real_passes=2, min_steps=2, batch_real=2, batch_syn=2,
-    base_channels=4, synthetic_max=6, n_boot=200,
-)  # fmt: skip
-
-
-def _squares(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((n, size, size), np.uint8)
-    for m, (y, x) in zip(masks, rng.integers(0, size - 6, (n, 2)), strict=True):
-        m[y : y + 6, x : x + 6] = 1
-    images = np.clip(rng.normal(70, 20, (n, size, size, 3)) + 110 * masks[..., None], 0, 255).astype(np.uint8)
-    return images, masks
-
-
-@pytest.fixture(scope="module")
-def real() -> RealPairs:
-    images, masks = _squares(14, 0)
-    ids = np.array([f"s#{i // 2}" for i in range(8)] + [f"h#{i}" for i in range(6)])
-    parts = np.array(["train"] * 8 + ["val"] * 3 + ["test"] * 3)
-    return RealPairs(images, masks, ids, parts)
 
 
 def test_mixed_loss_equals_the_hand_computed_mix() -> None:
@@ -54,7 +32,7 @@ def test_mixed_loss_equals_the_hand_computed_mix() -> None:
 
 def test_every_arm_makes_the_same_passes_over_the_real_crops(real) -> None:
     crops = real.part("train")[:2]
-    syn = _squares(6, 9)
+    syn = squares(6, 9)
     passes = {
         arm: train_arm(arm, crops, None if arm.startswith("real") else syn, TINY, 2, seed=0, lam=0.3).real_passes
         for arm in ("real", "real_aug", "mix", "syn_then_real", "syn_only")
@@ -64,7 +42,7 @@ def test_every_arm_makes_the_same_passes_over_the_real_crops(real) -> None:
 
 
 def test_curve_pairs_seeds_chooses_lambda_on_validation_and_reports_gains(real) -> None:
-    syn = {"ldm": _squares(8, 5)}
+    syn = {"ldm": squares(8, 5)}
     result = learning_curve(real, syn, ["bg", "square"], TINY)
     runs, summary = result.runs, result.summary
     assert sorted(runs["budget"].unique()) == [2, 4]
@@ -87,7 +65,7 @@ def test_bad_settings_fail_naming_the_setting(real) -> None:
     with pytest.raises(ValueError, match="label budget N=9 but only 8 labelled training crops"):
         learning_curve(real, {}, ["bg", "square"], CurveConfig(**{**TINY.to_dict(), "budgets": (9,)}))
     with pytest.raises(ValueError, match="route 'gan' has 3 pairs but synthetic_max=6"):
-        learning_curve(real, {"gan": _squares(3, 1)}, ["bg", "square"], TINY)
+        learning_curve(real, {"gan": squares(3, 1)}, ["bg", "square"], TINY)
     with pytest.raises(ValueError, match="CurveConfig.lambdas"):
         CurveConfig(lambdas=(1.5,))
     with pytest.raises(ValueError, match="'real' is the reference"):
