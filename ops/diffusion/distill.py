@@ -84,7 +84,10 @@ class SeparatedLatentSet:
         path = Path(path)
         fix = "delete it and rematerialize ldm_model (the set is regenerated)"
         try:
-            with np.load(path) as f:
+            archive = np.load(path)
+            if not isinstance(archive, np.lib.npyio.NpzFile):  # a plain .npy array, not a stored set
+                raise ValueError("a single array, not an .npz archive")
+            with archive as f:
                 missing = [k for k in _KEYS if k not in f.files]
                 if missing or int(f["format"]) != _FORMAT:
                     raise ValueError(f"lacks {missing} or has format {f['format'] if 'format' in f.files else None}")
