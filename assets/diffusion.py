@@ -9,6 +9,7 @@ folder, resume state, pretrained weights, MLflow run and registration are ``asse
 """
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,7 @@ from assets.lineage import package_versions, png_array, png_markdown, tile_set_h
 from assets.training_run import TrainingRun
 from ops.common.file_io import CheckpointError
 from ops.common.images import image_grid_png
+from ops.common.provenance import write_provenance
 from ops.common.train_loop import fit_steps
 from ops.diffusion.autoencoder import (
     AutoencoderTrainer,
@@ -33,9 +35,17 @@ from ops.diffusion.autoencoder import (
     reconstruction_metrics,
     save_autoencoder,
 )
-from ops.diffusion.denoiser import LdmTrainConfig, LdmTrainer, get_ldm_config, load_denoiser
+from ops.diffusion.denoiser import (
+    LdmConfig,
+    LdmTrainConfig,
+    LdmTrainer,
+    get_ldm_config,
+    load_denoiser,
+    with_unlabelled,
+)
+from ops.diffusion.distill import DiscBatches, SeparatedLatentSet
 from ops.diffusion.mask_bank import MaskBank
-from ops.diffusion.samplers import sample_latents, self_distill
+from ops.diffusion.samplers import sample_latents
 from ops.evaluation.metrics import mask_agreement
 from ops.export.ldm_route import latents_to_uint8
 from ops.labelling.class_maps import get_class_map
@@ -44,6 +54,7 @@ from resources import FactoryStorage, MlflowTracking, TorchDevice
 from resources.references import AutoencoderRef, LdmModelRef, MaskBankRef, TileAnnotationsRef, TrainingTilesRef
 
 DIFFUSION_CODE_VERSION = "ldm-1"
+LDM_CODE_VERSION = "ldm-2"  # unlabelled tiles through the null slot, DISC fine-tune, continue_training, provenance
 LDM_MODEL_NAME = "histofactory-mask-ldm"
 AUTOENCODER_MODEL_NAME = "histofactory-autoencoder"
 
@@ -256,7 +267,7 @@ def autoencoder(
 
 
 class LdmTrainingConfig(dg.Config):
-    """The denoiser (see ``ops.diffusion.denoiser``) and how it is previewed."""
+    """The denoiser (see ``ops.diffusion.denoiser``), what it trains on, DISC's fine-tune, and how it is previewed."""
 
     preset: Literal["demo", "256", "paper"] = Field(
         default="demo", description="Architecture preset: demo, 256, paper (match the autoencoder)."
@@ -265,23 +276,45 @@ class LdmTrainingConfig(dg.Config):
         default="concat", description="Mask conditioning: concat or cross_attention."
     )
     kimg: float = Field(default=6.0, gt=0, description="Thousands of image-mask crops to train on (across resumes).")
-    batch_size: int = Field(default=32, ge=1, description="Crops per step.")
+    continue_training: bool = Field(
+        default=False,
+        description="Extend the latest finished run of this config (any kimg) to this kimg: same folder, "
+        "checkpoint and MLflow run, instead of a new run. Not after its DISC fine-tune has started.",
+    )
+    batch_size: int = Field(default=32, ge=1, description="Crops per step (annotated and unlabelled together).")
+    unlabelled_share: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Share of each batch cut from every kept tissue tile of the training slides and trained through "
+        "the unconditional (null-mask) slot, so unlabelled tissue teaches appearance (DiffInfinite); the rest are "
+        "annotated tiles through the mask slot. 0 = annotated tiles only.",
+    )
     lr: float = Field(default=5e-4, gt=0, description="AdamW learning rate after warm-up.")
     warmup_steps: int = Field(default=50, ge=0, description="Linear learning-rate warm-up steps.")
     ema_decay: float = Field(default=0.995, ge=0, lt=1, description="EMA decay of the weights sampled from; 0 = off.")
     cond_dropout: float = Field(
-        default=0.1, ge=0, lt=1, description="Share of masks dropped (classifier-free guidance)."
+        default=0.1, ge=0, lt=1, description="Share of annotated masks dropped (classifier-free guidance)."
     )
     augment: bool = Field(default=True, description="Random flips / 90-degree rotations of image-mask crops.")
+    distill: Literal["none", "disc", "disc_cotrain"] = Field(
+        default="none",
+        description="After training, DISC's self-distillation (ops.diffusion.distill): disc fine-tunes on separated "
+        "latents fused under random bank masks (SD-DISC); disc_cotrain averages that loss with the ordinary loss on "
+        "real tiles (SD-DISC-CoTrain); none skips it.",
+    )
+    distill_seeds: int = Field(
+        default=64, ge=1, description="DISC: seeds whose separated latents (one per class) are stored (paper: 20,000)."
+    )
+    distill_steps: int = Field(default=100, ge=1, description="DISC: fine-tuning steps on fused latents.")
+    distill_ddim_steps: int = Field(default=20, ge=1, description="DISC: DDIM steps of each separated trajectory.")
     checkpoint_every: int = Field(default=100, ge=1, description="Steps between checkpoints and preview grids.")
     log_every: int = Field(default=10, ge=1, description="Steps between loss logs.")
     preview_steps: int = Field(default=20, ge=1, description="DDIM steps of the preview samples.")
     preview_images: int = Field(default=32, ge=1, description="Preview samples (mask agreement is measured on them).")
-    guidance: float = Field(default=1.0, ge=0, description="Classifier-free guidance scale of the previews (1 = off).")
-    self_distill_pairs: int = Field(
-        default=0, ge=0, description="DISC self-distillation: SC samples to fine-tune on; 0 = off."
+    guidance: float = Field(
+        default=1.0, ge=0, description="Classifier-free guidance scale of previews and DISC trajectories (1 = off)."
     )
-    self_distill_steps: int = Field(default=0, ge=0, description="Self-distillation fine-tuning steps.")
     from_scratch: bool = Field(default=False, description="Ignore the pretrained weights; start from random ones.")
     pretrained: str | None = Field(
         default=None,
@@ -291,17 +324,123 @@ class LdmTrainingConfig(dg.Config):
     seed: int = Field(default=0, description="Seeds weights, crops and noise.")
 
 
+def _ldm_trainer(config: LdmTrainingConfig, cfg: LdmConfig, run: TrainingRun, device: torch.device, log) -> LdmTrainer:
+    """The trainer: resumed from the run's checkpoint, else new and started from the pretrained weights."""
+    if run.resuming:
+        trainer = LdmTrainer.from_checkpoint(run.checkpoint, device)
+        log.info(f"resuming LDM training from {run.checkpoint} at step {trainer.step}")
+        base = run.state.get("base_images")
+        if base is not None and int(config.kimg * 1000) > base:
+            raise ValueError(
+                f"ldm_model: run {run.run_dir} finished its base training at {base / 1000:g} kimg and has started "
+                f"its DISC fine-tune; continue_training to kimg {config.kimg:g} would train the distilled weights "
+                f"with the plain loss. Continue the run without distill (distill: none) and distill afterwards, "
+                f"or set kimg <= {base / 1000:g}"
+            )
+        return trainer
+    trainer = LdmTrainer(
+        cfg,
+        LdmTrainConfig(
+            batch_size=config.batch_size,
+            lr=config.lr,
+            warmup_steps=config.warmup_steps,
+            ema_decay=config.ema_decay,
+            seed=config.seed,
+        ),
+        device,
+    )
+    start_from = run.pretrained(config.from_scratch, config.pretrained, f"ldm_{config.preset}_{config.conditioning}.pt")
+    if start_from:
+        denoiser = load_denoiser(start_from, device)
+        _require_same(denoiser.cfg, cfg, start_from)
+        trainer.model.load_state_dict(denoiser.state_dict())
+        trainer.ema.load_state_dict(denoiser.state_dict())
+    return trainer
+
+
+def _base_batches(
+    config: LdmTrainingConfig, annotated: pd.DataFrame, tiles: pd.DataFrame, resolution: int, step: int, ae, scale
+):
+    """Batches of the ordinary loss: annotated crops (mask slot) beside unlabelled tissue crops (null slot)."""
+    unlabelled = min(round(config.batch_size * config.unlabelled_share), config.batch_size - 1)
+    labelled = config.batch_size - unlabelled
+    seed = config.seed * 1_000_003 + step
+    pairs = PairCropSampler(annotated, resolution, seed=seed, augment=config.augment)
+    tissue = TileCropSampler(tiles, resolution, seed=seed + 1) if unlabelled else None
+    device = next(ae.parameters()).device
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x, masks = pairs.batch(labelled, device)
+        if tissue is not None:
+            x = torch.cat([x, tissue.batch(unlabelled, device)])
+        with torch.no_grad():
+            z = encode(ae, x, scale)
+        return with_unlabelled(z[:labelled], masks, z[labelled:]) if tissue is not None else (z, masks)
+
+    return next_batch
+
+
+def _disc_phase(
+    config: LdmTrainingConfig,
+    trainer: LdmTrainer,
+    run: TrainingRun,
+    bank: MaskBank,
+    next_batch,
+    on_log,
+    on_checkpoint,
+) -> dict[str, float]:
+    """DISC's fine-tune after the base training: store separated latents once, then fine-tune on random fusions."""
+    if "base_images" not in run.state:
+        run.state["base_images"] = trainer.images_seen
+        run.save_state()
+    store_file = run.run_dir / "disc_latents.npz"
+    if store_file.exists():
+        store = SeparatedLatentSet.load(store_file)
+    else:
+        seeds = 7_000_000 + np.arange(config.distill_seeds, dtype=np.int64)  # apart from previews' and exports'
+        store = SeparatedLatentSet.generate(trainer.sampling_model, seeds, config.distill_ddim_steps, config.guidance)
+        store.save(store_file)
+    cotrain = config.distill == "disc_cotrain"
+    disc = DiscBatches(store, bank.sample, config.batch_size, seed=config.seed * 1_000_003 + trainer.step)
+
+    def next_disc() -> tuple:
+        z, masks = disc()
+        return z, masks, next_batch() if cotrain else None, False
+
+    per_step = config.batch_size * (2 if cotrain else 1)
+    losses: list[float] = []
+
+    def log_disc(step: int, stats: dict[str, float]) -> None:
+        losses.append(stats["loss"])
+        on_log(step, {f"disc_{k}": v for k, v in stats.items()})
+
+    fit_steps(
+        trainer,
+        next_disc,
+        run.state["base_images"] + config.distill_steps * per_step,
+        run.checkpoint,
+        config.checkpoint_every,
+        config.log_every,
+        on_log=log_disc,
+        on_checkpoint=on_checkpoint,
+        desc=f"LDM {config.distill}",
+    )
+    return {"disc_seeds": len(store.seeds), **({"disc_loss": float(np.mean(losses))} if losses else {})}
+
+
 @dg.asset(
     group_name="diffusion",
-    code_version=DIFFUSION_CODE_VERSION,
+    code_version=LDM_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
-    description="Mask-conditioned latent diffusion model (diffusers UNet, DDPM T=1000), resumable, in MLflow.",
+    description="Mask-conditioned latent diffusion model (diffusers UNet, DDPM T=1000) trained on annotated tiles "
+    "(mask slot) and all kept training tiles (null slot), optionally DISC-distilled; resumable, in MLflow.",
 )
 def ldm_model(
     context: dg.AssetExecutionContext,
     config: LdmTrainingConfig,
     autoencoder: AutoencoderRef,
+    training_tiles: TrainingTilesRef,
     tile_annotations: TileAnnotationsRef,
     mask_bank: MaskBankRef,
     storage: FactoryStorage,
@@ -326,42 +465,27 @@ def ldm_model(
             f"mask_bank holds {bank.resolution}-px masks but the autoencoder works at {cfg.resolution} "
             f"px; set mask_bank's resolution to {cfg.resolution} and rematerialize it"
         )
-    train_cfg = LdmTrainConfig(
-        batch_size=config.batch_size,
-        lr=config.lr,
-        warmup_steps=config.warmup_steps,
-        ema_decay=config.ema_decay,
-        seed=config.seed,
-    )
     train = _annotated_train(tile_annotations)
+    tiles = pd.read_parquet(training_tiles.path)
+    tissue = tiles[tiles["split"] == "train"]
     annotation_version = tile_annotations.content_hash
     run = TrainingRun.open(
         context,
         mlflow_tracking,
         storage.ldm_root / "model",
-        {"config": config.model_dump(), "autoencoder": autoencoder.content_hash, "annotations": annotation_version},
+        {
+            "config": config.model_dump(exclude={"kimg", "continue_training"}),
+            "autoencoder": autoencoder.content_hash,
+            "annotations": annotation_version,
+            "tiles": training_tiles.content_hash,
+        },
         LDM_MODEL_NAME,
+        length={"kimg": config.kimg},
+        continue_training=config.continue_training,
     )
-    if run.resuming:
-        trainer = LdmTrainer.from_checkpoint(run.checkpoint, device)
-        context.log.info(f"resuming LDM training from {run.checkpoint} at step {trainer.step}")
-    else:
-        trainer = LdmTrainer(cfg, train_cfg, device)
-        start_from = run.pretrained(
-            config.from_scratch, config.pretrained, f"ldm_{config.preset}_{config.conditioning}.pt"
-        )
-        if start_from:
-            denoiser = load_denoiser(start_from, device)
-            _require_same(denoiser.cfg, cfg, start_from)
-            trainer.model.load_state_dict(denoiser.state_dict())
-            trainer.ema.load_state_dict(denoiser.state_dict())
+    trainer = _ldm_trainer(config, cfg, run, device, context.log)
     resumed_from = trainer.step
-    pairs = PairCropSampler(train, cfg.resolution, seed=config.seed * 1_000_003 + trainer.step, augment=config.augment)
-
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        x, masks = pairs.batch(config.batch_size, device)
-        with torch.no_grad():
-            return encode(ae, x, scale), masks
+    next_batch = _base_batches(config, train, tissue, cfg.resolution, trainer.step, ae, scale)
 
     real_images, real_masks = PairCropSampler(train, cfg.resolution, seed=4242).batch_uint8(128)
     preview_seeds = np.arange(config.preview_images, dtype=np.int64) + 9_000_000
@@ -386,13 +510,18 @@ def ldm_model(
         if resumed_from == 0:
             mlflow.log_params(
                 {
-                    **config.model_dump(),
+                    **config.model_dump(exclude={"kimg", "continue_training"}),
                     **{f"ldm_{k}": v for k, v in cfg.to_dict().items()},
                     "annotated_train_tiles": len(train),
+                    "unlabelled_train_tiles": len(tissue),
                     "autoencoder_run": autoencoder.mlflow_run_id,
                     "device": str(device),
                 }
             )
+        mlflow.set_tag("kimg", config.kimg)  # a tag, not a param: continue_training raises it within the run
+
+        def on_log(step: int, stats: dict[str, float]) -> None:
+            mlflow.log_metrics(stats, step=step)
 
         def on_checkpoint(t: LdmTrainer) -> None:
             images, agreement = preview(t)
@@ -409,30 +538,25 @@ def ldm_model(
             run.checkpoint,
             config.checkpoint_every,
             config.log_every,
-            on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
+            on_log=on_log,
             on_checkpoint=on_checkpoint,
             desc="LDM",
         )
-        distill = {}
-        if config.self_distill_pairs and config.self_distill_steps and not run.state.get("distilled"):
-            distill = self_distill(
-                trainer,
-                bank.sample,
-                config.self_distill_pairs,
-                config.self_distill_steps,
-                config.preview_steps,
-                config.guidance,
-                on_log=lambda step, stats: mlflow.log_metrics(stats, step=step),
-            )
-            trainer.save_checkpoint(run.checkpoint)
-            run.state["distilled"] = True
-            run.save_state()
+        distill = (
+            _disc_phase(config, trainer, run, bank, next_batch, on_log, on_checkpoint)
+            if config.distill != "none"
+            else {}
+        )
+        if distill:
             mlflow.log_metrics(distill, step=trainer.step)
         images, agreement = preview(trainer)
         grid = _pair_grid(images[:16], preview_masks[:16], class_map.colours)
         mlflow.log_metrics({f"final_{k}": v for k, v in agreement.items()}, step=trainer.step)
         mlflow.log_image(png_array(grid), artifact_file="samples/final.png")
         mlflow.log_dict(cfg.to_dict(), "checkpoint/ldm_config.json")
+        seconds = time.perf_counter() - start
+        provenance = _record_provenance(context, config, run, trainer, resumed_from, seconds)
+        mlflow.log_artifact(str(provenance), "checkpoint")
         run.register(run.checkpoint, "checkpoint")
     ref = run.reference(
         LdmModelRef,
@@ -455,15 +579,59 @@ def ldm_model(
             "mask_agreement": agreement["mask_agreement"],
             "mask_accuracy": agreement["accuracy"],
             "mask_chance": agreement["chance"],
-            **({"self_distill_loss": distill["distill_loss"]} if distill else {}),
+            "unlabelled_share": config.unlabelled_share,
+            "unlabelled_train_tiles": len(tissue),
+            "distill": config.distill,
+            **distill,
             "step": trainer.step,
+            "images_seen": trainer.images_seen,
             "resumed_from_step": resumed_from,
-            "train_seconds": round(time.perf_counter() - start, 1),
+            "train_seconds": round(seconds, 1),
             "samples": png_markdown(grid, "masks from the bank (top) and the images generated from them (bottom)"),
             "checkpoint": dg.MetadataValue.path(str(run.checkpoint)),
+            "provenance": dg.MetadataValue.path(str(provenance)),
             "package_versions": dg.MetadataValue.json(package_versions()),
         },
         data_version=dg.DataVersion(f"{run.run_key}-{trainer.step}"),
+    )
+
+
+def _record_provenance(
+    context: dg.AssetExecutionContext,
+    config: LdmTrainingConfig,
+    run: TrainingRun,
+    trainer: LdmTrainer,
+    resumed_from: int,
+    seconds: float,
+) -> Path:
+    """``checkpoint.json`` beside the checkpoint: every materialization that trained it, with its command."""
+    ops_config = {"ldm_model": {"config": config.model_dump()}}
+    history = run.state.setdefault("history", [])
+    history.append(
+        {
+            "dagster_run_id": context.run.run_id,
+            "kimg": config.kimg,
+            "from_step": resumed_from,
+            "to_step": trainer.step,
+            "wall_seconds": round(seconds, 1),
+            "command": "dagster asset materialize -m pipelines --select ldm_model --config-json "
+            f"'{json.dumps({'ops': ops_config})}'",
+        }
+    )
+    run.save_state()
+    return write_provenance(
+        run.checkpoint,
+        {
+            "what": "mask-conditioned LDM checkpoint of the ldm_model asset",
+            "mlflow_run_id": run.mlflow_run_id,
+            "run_key": run.run_key,
+            "config": config.model_dump(),
+            "step": trainer.step,
+            "images_seen": trainer.images_seen,
+            "train_seconds": round(trainer.train_seconds, 1),
+            "wall_seconds": round(sum(h["wall_seconds"] for h in history), 1),
+            "materializations": history,
+        },
     )
 
 

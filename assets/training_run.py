@@ -57,13 +57,43 @@ class TrainingRun:
         key: dict[str, Any],
         model_name: str,
         resume: bool = True,
+        length: dict[str, Any] | None = None,
+        continue_training: bool = False,
     ) -> TrainingRun:
-        """The run for ``key`` under ``root``, with the state an earlier, interrupted run left (if resuming)."""
-        run_key = content_hash(key)
+        """The run for ``key`` under ``root``, with the state an earlier, interrupted run left (if resuming).
+
+        Args:
+            key: What determines the result (config and upstream versions), without the training length.
+            length: Settings that only say how long to train (``kimg``); part of the run key, so a longer run is
+                by default a new run.
+            continue_training: Instead, continue the latest run under ``root`` whose key equals ``key`` whatever its
+                length: its folder, checkpoint and MLflow run, trained on to the new length. With no such run, a
+                new one starts (with a warning).
+        """
+        run_key = content_hash({**key, **(length or {})})
+        lineage = content_hash(key)
+        if continue_training:
+            found = cls._latest_of_lineage(root, lineage)
+            if found is None:
+                context.log.warning(f"continue_training: no finished run of this config under {root}; starting one")
+            else:
+                context.log.info(f"continue_training: extending run {found.name} (its checkpoint and MLflow run)")
+                run_key = found.name
         run = cls(context, tracking, root / run_key, run_key, model_name, resume)
         if resume and run.state_file.exists():
             run.state = json.loads(run.state_file.read_text())
+        run.state["lineage_key"] = lineage
         return run
+
+    @staticmethod
+    def _latest_of_lineage(root: Path, lineage: str) -> Path | None:
+        """The run folder under ``root`` with ``lineage`` and a checkpoint, most recently checkpointed first."""
+        found = []
+        for state_file in root.glob("*/state.json"):
+            checkpoint = state_file.parent / "checkpoint.pt"
+            if checkpoint.exists() and json.loads(state_file.read_text()).get("lineage_key") == lineage:
+                found.append((checkpoint.stat().st_mtime, state_file.parent))
+        return max(found)[1] if found else None
 
     @property
     def checkpoint(self) -> Path:

@@ -1,6 +1,8 @@
 """Mask-conditioned latent diffusion: training and sampling speed, and whether generated images follow their masks.
 
-    python bench/ldm.py [--quick] [--threads 1] [--ldm-seconds 180] [--ae-seconds 75] [--eval-images 64]
+    python bench/ldm.py [--parts speed,agreement,disc] [--quick] [--threads 1] [--ldm-seconds 180]
+                        [--ae-seconds 75] [--eval-images N] [--base-steps 60] [--disc-steps 30] [--disc-seeds 32]
+                        [--guidance 4]
 
 Real image-mask pairs without network or slides: ``skimage.data.immunohistochemistry()`` (512 x 512 IHC, taken as
 0.5 um/px) is labelled once, whole, by the demo annotator (``demo_annotate``: 6 DEMO STAND-IN classes, not expert
@@ -28,6 +30,10 @@ The left three quarters of the image are for training, the right quarter is held
    (and SC for the concat model). Baselines in the same run: real held-out pairs scored the same way
    (``real_mask_agreement``, the ceiling colour allows) and each model's ``chance``: its images scored against
    masks they were not generated from (masks rolled by one image). 1.0 is what an unconditional generator scores.
+4. Label fidelity of DISC's four models (SD, SD-SC, SD-DISC, SD-DISC-CoTrain) and of training with unlabelled
+   tiles through the null slot (at guidance 4 and 1), all from the shipped demo weights, for the same held-out
+   bank masks and seeds; fidelity is the export's stand-in metric (``ops.export.label_scores.fidelity`` with the
+   demo annotator) and seconds per pair include decoding. See ``bench/disc_fidelity.py`` for the protocol.
 
 Timings are wall-clock on whatever else the machine runs; compare ratios within one run, not absolute numbers across
 runs. ``--threads`` defaults to 1: on a shared 2-core machine two OpenMP threads often wait on each other and run
@@ -36,11 +42,17 @@ first 256-px step is not slower), one sampling repeat, 20 s autoencoder, 45 s pe
 (under ~12 min): 15 timed demo steps, 2 timed 256-px steps after one warm-up, 2 sampling repeats, 75 s autoencoder,
 180 s per LDM, 64 scored images.
 
-Last line: ``ldm_train_steps_per_s_demo_concat=<x> ldm_train_steps_per_s_demo_xattn=<x>
+``--parts`` picks sections (``speed``: 1-2, ``agreement``: 3, ``disc``: 4). Section 4 took 15.6 min with one
+thread on the shared 2-core machine (load average 5-6) at its defaults (60 base steps per arm, 32 stored seeds,
+30 DISC steps, 32 scored pairs, guidance 4); ``--quick`` 7 min.
+
+Last line, the keys of the sections run: ``ldm_train_steps_per_s_demo_concat=<x> ldm_train_steps_per_s_demo_xattn=<x>
 ldm_train_steps_per_s_256_concat=<x> ldm_train_steps_per_s_256_xattn=<x> sample_img_per_s_demo_ddim20=<x>
 sample_img_per_s_demo_sc20=<x> sample_img_per_s_256_ddim20=<x> ae_train_steps_per_s=<x> mask_agreement=<x>
 mask_agreement_xattn=<x> mask_agreement_sc=<x> real_mask_agreement=<x> mask_chance=<x>`` (``mask_agreement`` and
-``mask_chance``: concat, the default conditioning, with DDIM).
+``mask_chance``: concat, the default conditioning, with DDIM); section 4 adds ``fidelity_<model>`` and
+``s_per_pair_<model>`` for ``sd_g1 sd sd_sc sd_disc sd_disc_cotrain sd_unlab_g1 sd_unlab``, ``fidelity_real``
+and ``disc_seconds``.
 """
 
 from __future__ import annotations
@@ -58,6 +70,8 @@ import yaml
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from disc_fidelity import run_disc_comparison  # noqa: E402 - bench/ is on sys.path when a script runs
 
 from ops.diffusion.autoencoder import (  # noqa: E402
     AutoencoderTrainer,
@@ -94,12 +108,20 @@ def _dihedral(a: np.ndarray, t: int) -> np.ndarray:
 
 
 def crops(
-    image: np.ndarray, labels: np.ndarray, n: int, size: int, columns: tuple[int, int], seed: int
+    image: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    size: int,
+    columns: tuple[int, int],
+    seed: int,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` aligned random ``size``-px crops of image and labels inside ``columns`` [x0, x1), each flipped/rotated
-    by one of the 8 dihedral transforms: ``uint8 [n, size, size, 3]`` and ``uint8 [n, size, size]``."""
+    """``n`` aligned random ``size``-px crops of image and labels inside ``columns`` [x0, x1) (and ``rows`` [y0, y1),
+    default all), each flipped/rotated by one of the 8 dihedral transforms: ``uint8 [n, size, size, 3]`` and
+    ``uint8 [n, size, size]``."""
     rng = np.random.default_rng(seed)
-    ys = rng.integers(0, image.shape[0] - size + 1, n)
+    y0, y1 = rows or (0, image.shape[0])
+    ys = rng.integers(y0, y1 - size + 1, n)
     xs = rng.integers(columns[0], columns[1] - size + 1, n)
     ts = rng.integers(0, 8, n)
     images = np.stack([_dihedral(image[y : y + size, x : x + size], t) for y, x, t in zip(ys, xs, ts, strict=True)])
@@ -271,62 +293,10 @@ def _agreement_line(label: str, r: dict[str, float], extra: str = "") -> str:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--quick",
-        action="store_true",
-        help="fewer timed steps (one at 256 px), 20 s autoencoder, 45 s per LDM; under ~4 min",
-    )
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default 1: on a shared 2-core machine two OpenMP threads often wait on "
-        "each other and run slower than one)",
-    )
-    ap.add_argument(
-        "--ae-seconds", type=float, default=None, help="autoencoder training wall time (default 75, quick 20)"
-    )
-    ap.add_argument(
-        "--ldm-seconds",
-        type=float,
-        default=None,
-        help="LDM training step time per conditioning (default 180, quick 45)",
-    )
-    ap.add_argument(
-        "--eval-images",
-        type=int,
-        default=None,
-        help="generated images scored for mask agreement (default 64, quick 32)",
-    )
-    args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    ae_seconds = args.ae_seconds if args.ae_seconds is not None else (20.0 if args.quick else 75.0)
-    ldm_seconds = args.ldm_seconds if args.ldm_seconds is not None else (45.0 if args.quick else 180.0)
-    eval_images = args.eval_images or (32 if args.quick else 64)
+def part_speed(args: argparse.Namespace, image: np.ndarray, labels: np.ndarray, held_bank: MaskBank) -> dict[str, str]:
+    """Sections 1 and 2: training and sampling speed."""
     rounds = {"demo": 5 if args.quick else 15, "256": 1 if args.quick else 2}
     warmup = {"demo": 2, "256": 0 if args.quick else 1}
-    preset = yaml.safe_load(DEMO_PRESET.read_text())["ops"]
-    ae_batch = int(preset["autoencoder"]["config"]["batch_size"])
-    ldm_batch = int(preset["ldm_model"]["config"]["batch_size"])
-    begin = time.perf_counter()
-
-    image = data.immunohistochemistry()
-    labels = demo_annotate(image)
-    shares = np.bincount(labels.ravel(), minlength=N_CLASSES) / labels.size
-    print(
-        f"skimage immunohistochemistry {image.shape[0]}x{image.shape[1]} labelled by the demo annotator (DEMO "
-        f"STAND-IN): "
-        + " ".join(f"{c}={s:.2f}" for c, s in zip(DEMO_CLASS_MAP.classes, shares, strict=True))
-        + f"; columns >= {HOLDOUT_X} held out; torch threads {torch.get_num_threads()}, load average "
-        f"{os.getloadavg()[0]:.1f}",
-        flush=True,
-    )
-
-    # 1. Training speed.
     train_s = {p: ldm_train_speed(p, image, labels, warmup[p], rounds[p]) for p in ("demo", "256")}
     for p, per in train_s.items():
         timed = f"median of {rounds[p]} timed step{'s' if rounds[p] > 1 else ''} after {warmup[p]} warm-up"
@@ -336,14 +306,12 @@ def main() -> None:
             + f"  (cross_attention / concat time per step {per['cross_attention'] / per['concat']:.2f}x)",
             flush=True,
         )
-    ae_s = ae_train_speed(image, labels, ae_batch, 2, rounds["demo"])
+    ae_s = ae_train_speed(image, labels, args.ae_batch, 2, rounds["demo"])
     print(
-        f"autoencoder train demo preset, batch {ae_batch}: {1 / ae_s:.2f} steps/s {ae_batch / ae_s:.1f} img/s",
+        f"autoencoder train demo preset, batch {args.ae_batch}: {1 / ae_s:.2f} steps/s "
+        f"{args.ae_batch / ae_s:.1f} img/s",
         flush=True,
     )
-
-    # 2. Sampling speed.
-    held_bank = MaskBank.from_masks(crops(image, labels, 256, 64, (HOLDOUT_X, 512), seed=3)[1], N_CLASSES)
     bank_masks = held_bank.sample(np.arange(SAMPLE_IMAGES) + 5_000_000)
     sample = demo_sample_speed(bank_masks, 1 if args.quick else 2)
     print(
@@ -361,10 +329,27 @@ def main() -> None:
         f"{big['img_per_s_20']:.3f} img/s",
         flush=True,
     )
+    return {
+        "ldm_train_steps_per_s_demo_concat": f"{1 / train_s['demo']['concat']:.3f}",
+        "ldm_train_steps_per_s_demo_xattn": f"{1 / train_s['demo']['cross_attention']:.3f}",
+        "ldm_train_steps_per_s_256_concat": f"{1 / train_s['256']['concat']:.4f}",
+        "ldm_train_steps_per_s_256_xattn": f"{1 / train_s['256']['cross_attention']:.4f}",
+        "sample_img_per_s_demo_ddim20": f"{sample['concat_ddim']:.3f}",
+        "sample_img_per_s_demo_sc20": f"{sample['concat_sc']:.3f}",
+        "sample_img_per_s_256_ddim20": f"{big['img_per_s_20']:.4f}",
+        "ae_train_steps_per_s": f"{1 / ae_s:.3f}",
+    }
 
-    # 3. Mask agreement at equal wall time.
+
+def part_agreement(
+    args: argparse.Namespace, image: np.ndarray, labels: np.ndarray, held_bank: MaskBank
+) -> dict[str, str]:
+    """Section 3: mask agreement of the two conditionings trained from scratch at equal wall time."""
+    ae_seconds = args.ae_seconds if args.ae_seconds is not None else (20.0 if args.quick else 75.0)
+    ldm_seconds = args.ldm_seconds if args.ldm_seconds is not None else (45.0 if args.quick else 180.0)
+    eval_images = args.eval_images or (32 if args.quick else 64)
     held_x = as_input(crops(image, labels, 64, 64, (HOLDOUT_X, 512), seed=5)[0])
-    ae, ae_info = train_autoencoder(image, labels, ae_seconds, ae_batch, held_x)
+    ae, ae_info = train_autoencoder(image, labels, ae_seconds, args.ae_batch, held_x)
     print(
         f"quality: autoencoder demo preset, {ae_info['steps']} steps in {ae_info['seconds']:.0f} s: held-out "
         f"PSNR {ae_info['psnr_before']:.1f} -> {ae_info['psnr']:.1f} dB, latent scale {ae.latent_scale:.3f}",
@@ -373,18 +358,17 @@ def main() -> None:
     pool_images, pool_masks = crops(image, labels, 2048 if args.quick else 4096, 64, (0, HOLDOUT_X), seed=6)
     latents = encode_pool(ae, pool_images)
     trainers, ldm_info = train_ldms_equal_time(
-        latents, torch.from_numpy(pool_masks).long(), ae.cfg, ldm_batch, ldm_seconds
+        latents, torch.from_numpy(pool_masks).long(), ae.cfg, args.ldm_batch, ldm_seconds
     )
     print(
-        f"  LDM demo preset, batch {ldm_batch}, {ldm_seconds:.0f} s of step time each (interleaved, same batches) "
-        f"on {len(latents)} encoded training crops: "
+        f"  LDM demo preset, batch {args.ldm_batch}, {ldm_seconds:.0f} s of step time each (interleaved, same "
+        f"batches) on {len(latents)} encoded training crops: "
         + "; ".join(
             f"{c} {i['steps']} steps ({i['images'] / i['seconds']:.1f} img/s, loss last 50 {i['loss']:.4f})"
             for c, i in ldm_info.items()
         ),
         flush=True,
     )
-
     eval_seeds = np.arange(eval_images, dtype=np.int64) + 9_000_000
     eval_masks = held_bank.sample(eval_seeds)
     ref_images, ref_masks = crops(image, labels, 128, 64, (HOLDOUT_X, 512), seed=7)
@@ -409,24 +393,108 @@ def main() -> None:
     print(
         f"  at equal wall time {'concat' if winner == 'concat' else 'cross_attention'} follows masks better "
         f"({scores['concat']['mask_agreement']:.3f} concat vs {scores['xattn']['mask_agreement']:.3f} "
-        f"cross_attention, {ldm_info['concat']['steps']} vs {ldm_info['cross_attention']['steps']} steps); "
-        f"total {time.perf_counter() - begin:.0f} s",
+        f"cross_attention, {ldm_info['concat']['steps']} vs {ldm_info['cross_attention']['steps']} steps)",
         flush=True,
     )
+    return {
+        "mask_agreement": f"{scores['concat']['mask_agreement']:.3f}",
+        "mask_agreement_xattn": f"{scores['xattn']['mask_agreement']:.3f}",
+        "mask_agreement_sc": f"{scores['sc']['mask_agreement']:.3f}",
+        "real_mask_agreement": f"{real['mask_agreement']:.3f}",
+        "mask_chance": f"{scores['concat']['chance']:.3f}",
+    }
 
-    print(
-        f"ldm_train_steps_per_s_demo_concat={1 / train_s['demo']['concat']:.3f} "
-        f"ldm_train_steps_per_s_demo_xattn={1 / train_s['demo']['cross_attention']:.3f} "
-        f"ldm_train_steps_per_s_256_concat={1 / train_s['256']['concat']:.4f} "
-        f"ldm_train_steps_per_s_256_xattn={1 / train_s['256']['cross_attention']:.4f} "
-        f"sample_img_per_s_demo_ddim20={sample['concat_ddim']:.3f} "
-        f"sample_img_per_s_demo_sc20={sample['concat_sc']:.3f} "
-        f"sample_img_per_s_256_ddim20={big['img_per_s_20']:.4f} ae_train_steps_per_s={1 / ae_s:.3f} "
-        f"mask_agreement={scores['concat']['mask_agreement']:.3f} "
-        f"mask_agreement_xattn={scores['xattn']['mask_agreement']:.3f} "
-        f"mask_agreement_sc={scores['sc']['mask_agreement']:.3f} real_mask_agreement={real['mask_agreement']:.3f} "
-        f"mask_chance={scores['concat']['chance']:.3f}"
+
+def part_disc(args: argparse.Namespace, image: np.ndarray, labels: np.ndarray, held_bank: MaskBank) -> dict[str, str]:
+    """Section 4: fidelity and seconds per pair of DISC's four models and of unlabelled tiles (bench/disc_fidelity)."""
+    out = run_disc_comparison(
+        image,
+        labels,
+        crops,
+        held_bank,
+        HOLDOUT_X,
+        args.ldm_batch,
+        base_steps=args.base_steps or (30 if args.quick else 60),
+        disc_steps=args.disc_steps or (20 if args.quick else 30),
+        disc_seeds=args.disc_seeds or (16 if args.quick else 32),
+        eval_images=args.eval_images or (16 if args.quick else 32),
+        guidance=args.guidance,
+        log=lambda line: print(line, flush=True),
     )
+    return {k: f"{v:.4f}" if k.startswith("s_per_pair") else f"{v:.3f}" for k, v in out.items()}
+
+
+PARTS = {"speed": part_speed, "agreement": part_agreement, "disc": part_disc}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--parts",
+        default="speed,agreement,disc",
+        help="comma-separated sections to run: speed (1, 2), agreement (3), disc (4); default all",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer timed steps (one at 256 px), 20 s autoencoder, 45 s per LDM, short DISC fine-tunes",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine two OpenMP threads often wait on "
+        "each other and run slower than one)",
+    )
+    ap.add_argument(
+        "--ae-seconds", type=float, default=None, help="autoencoder training wall time (default 75, quick 20)"
+    )
+    ap.add_argument(
+        "--ldm-seconds",
+        type=float,
+        default=None,
+        help="LDM training step time per conditioning (default 180, quick 45)",
+    )
+    ap.add_argument(
+        "--eval-images",
+        type=int,
+        default=None,
+        help="generated images scored (agreement: default 64, quick 32; disc: default 48, quick 16)",
+    )
+    ap.add_argument("--base-steps", type=int, default=None, help="disc: base fine-tune steps (default 60, quick 30)")
+    ap.add_argument("--disc-steps", type=int, default=None, help="disc: DISC fine-tune steps (default 30, quick 20)")
+    ap.add_argument("--disc-seeds", type=int, default=None, help="disc: stored seeds (default 32, quick 16)")
+    ap.add_argument("--guidance", type=float, default=4.0, help="disc: classifier-free guidance of sampling (4)")
+    args = ap.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        ap.error(f"--parts: unknown {unknown}; expected a comma-separated subset of {sorted(PARTS)}")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    preset = yaml.safe_load(DEMO_PRESET.read_text())["ops"]
+    args.ae_batch = int(preset["autoencoder"]["config"]["batch_size"])
+    args.ldm_batch = int(preset["ldm_model"]["config"]["batch_size"])
+    begin = time.perf_counter()
+
+    image = data.immunohistochemistry()
+    labels = demo_annotate(image)
+    shares = np.bincount(labels.ravel(), minlength=N_CLASSES) / labels.size
+    print(
+        f"skimage immunohistochemistry {image.shape[0]}x{image.shape[1]} labelled by the demo annotator (DEMO "
+        f"STAND-IN): "
+        + " ".join(f"{c}={s:.2f}" for c, s in zip(DEMO_CLASS_MAP.classes, shares, strict=True))
+        + f"; columns >= {HOLDOUT_X} held out; torch threads {torch.get_num_threads()}, load average "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    held_bank = MaskBank.from_masks(crops(image, labels, 256, 64, (HOLDOUT_X, 512), seed=3)[1], N_CLASSES)
+    results: dict[str, str] = {}
+    for name in parts:
+        results.update(PARTS[name](args, image, labels, held_bank))
+    print(f"total {time.perf_counter() - begin:.0f} s, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(" ".join(f"{k}={v}" for k, v in results.items()))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ the class balance a user asks for) and generate the tissue that fits it. Two way
   long training) keeps DISC's cross-attention.
 
 Classifier-free guidance: during training a share ``cond_dropout`` of the masks is replaced by the all-zero mask
-(no pixel belongs to any class; real masks sum to 1 per labelled pixel), which becomes the unconditional model.
+(no pixel belongs to any class; real masks sum to 1 per labelled pixel), which becomes the unconditional model. The
+same null condition is how unlabelled tissue tiles are trained (DiffInfinite's recipe): their masks are all 255
+(``unlabelled_masks``), so they teach the model what tissue looks like without claiming any label.
 
 Training follows diffusers' examples: DDPM forward process with T=1000 steps, epsilon prediction, MSE loss.
 Checkpoints are plain dicts of configs, state dicts, optimiser state, counters and RNG state, written atomically
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from torch import nn
 from ops.common.config_dict import DictConfig
 from ops.common.device import pick_device
 from ops.common.file_io import CheckpointError, atomic_torch_save, half_state, read_torch_file
+from ops.common.provenance import read_provenance, write_provenance
 
 CHECKPOINT_FORMAT = "histofactory.ldm/1"
 CONDITIONINGS = ("concat", "cross_attention")
@@ -162,6 +166,22 @@ def mask_onehot(masks: torch.Tensor, n_classes: int, ignore_index: int = 255) ->
     return onehot * valid[:, None].float()
 
 
+def unlabelled_masks(n: int, resolution: int, ignore_index: int = 255) -> torch.Tensor:
+    """``[n, R, R]`` all-unlabelled masks: the null condition under which unlabelled tiles are trained."""
+    return torch.full((n, resolution, resolution), ignore_index, dtype=torch.long)
+
+
+def with_unlabelled(
+    z_labelled: torch.Tensor, masks: torch.Tensor, z_unlabelled: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch of annotated latents (mask slot) and unlabelled latents (null slot), concatenated."""
+    assert masks.ndim == 3 and z_labelled.shape[0] == masks.shape[0], (
+        f"expected latents [B, C, h, w] with masks [B, R, R], got {tuple(z_labelled.shape)}, {tuple(masks.shape)}"
+    )
+    null = unlabelled_masks(z_unlabelled.shape[0], masks.shape[-1]).to(masks.device)
+    return torch.cat([z_labelled, z_unlabelled.to(z_labelled.device)]), torch.cat([masks, null])
+
+
 class MaskEncoder(nn.Module):
     """Full-resolution one-hot mask -> ``[B, size^2, D]`` tokens for cross-attention (DISC's mask encoder).
 
@@ -272,6 +292,7 @@ class LdmTrainer:
     Attributes:
         step: minibatches trained so far.
         images_seen: latents consumed so far.
+        train_seconds: wall time spent in :meth:`train_step` so far, across resumes (provenance).
     """
 
     def __init__(self, cfg: LdmConfig, train_cfg: LdmTrainConfig, device: str | torch.device = "cpu") -> None:
@@ -291,27 +312,63 @@ class LdmTrainer:
         self.gen = torch.Generator("cpu").manual_seed(train_cfg.seed)
         self.step = 0
         self.images_seen = 0
+        self.train_seconds = 0.0
 
     def _lr(self) -> float:
         warm = self.train_cfg.warmup_steps
         return self.train_cfg.lr * min(1.0, (self.step + 1) / warm) if warm else self.train_cfg.lr
 
-    def train_step(self, z0: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-        """One DDPM step: noise ``z0`` to a random timestep, predict the noise given the (maybe dropped) mask."""
+    def denoising_loss(self, z0: torch.Tensor, masks: torch.Tensor, cond_dropout: bool = True) -> torch.Tensor:
+        """The noise-prediction loss ``||eps - eps_theta(z_t, t, m)||^2`` (LDM's Eq. 1; DISC's Eq. 3 when ``z0`` is
+        a fused latent z_0^mixed and ``masks`` the mask it was fused by), averaged over the batch.
+
+        Args:
+            z0: ``[B, C, h, w]`` clean latents.
+            masks: ``[B, R, R]`` class ids; an all-255 mask is the null condition (the unconditional slot).
+            cond_dropout: Replace a share ``cfg.cond_dropout`` of the conditions by the null condition
+                (classifier-free guidance training). DISC's fused latents are trained without it: they are
+                only meaningful under the mask that made them.
+        """
         cfg = self.cfg
         assert z0.ndim == 4 and masks.shape == (z0.shape[0], cfg.resolution, cfg.resolution), (
             f"expected latents [B, C, h, w] and masks [B, {cfg.resolution}, {cfg.resolution}], "
             f"got {tuple(z0.shape)} and {tuple(masks.shape)}"
         )
         b = z0.shape[0]
-        self.model.train()
         cond = mask_onehot(masks.to(self.device), cfg.n_classes)
         t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=self.gen).to(self.device)
         noise = torch.randn(z0.shape, generator=self.gen).to(self.device)
-        drop = (torch.rand(b, generator=self.gen) < cfg.cond_dropout).to(self.device)
-        cond = cond * (~drop).float()[:, None, None, None]
+        if cond_dropout:
+            drop = (torch.rand(b, generator=self.gen) < cfg.cond_dropout).to(self.device)
+            cond = cond * (~drop).float()[:, None, None, None]
         z_t = self.scheduler.add_noise(z0.to(self.device), noise, t)
-        loss = F.mse_loss(self.model(z_t, t, cond), noise)
+        return F.mse_loss(self.model(z_t, t, cond), noise)
+
+    def train_step(
+        self,
+        z0: torch.Tensor,
+        masks: torch.Tensor,
+        cotrain: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cond_dropout: bool = True,
+    ) -> dict[str, float]:
+        """One optimiser step on :meth:`denoising_loss` of ``(z0, masks)``.
+
+        Args:
+            z0, masks: The batch (real latents, or DISC's fused latents with ``cond_dropout=False``).
+            cotrain: A second batch ``(z0, masks)`` of real latents, trained with condition dropout; the loss is then
+                the mean of the two batches' losses (SD-DISC-CoTrain averages L_DISC and L_LDM).
+            cond_dropout: Whether ``(z0, masks)`` gets classifier-free-guidance dropout.
+        """
+        self.model.train()
+        start = time.perf_counter()
+        main = self.denoising_loss(z0, masks, cond_dropout)
+        stats: dict[str, float] = {}
+        if cotrain is None:
+            loss = main
+        else:
+            real = self.denoising_loss(*cotrain, cond_dropout=True)
+            loss = (main + real) / 2
+            stats = {"loss_main": float(main.detach()), "loss_cotrain": float(real.detach())}
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
         self.opt.zero_grad(set_to_none=True)
@@ -320,8 +377,9 @@ class LdmTrainer:
         self.opt.step()
         self.ema_updater.step(self.model.parameters())
         self.step += 1
-        self.images_seen += b
-        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": self._lr()}
+        self.images_seen += z0.shape[0] + (cotrain[0].shape[0] if cotrain is not None else 0)
+        self.train_seconds += time.perf_counter() - start
+        return {"loss": float(loss.detach()), **stats, "grad_norm": float(grad_norm), "lr": self._lr()}
 
     @property
     def sampling_model(self) -> MaskConditionedUNet:
@@ -341,6 +399,7 @@ class LdmTrainer:
             "opt": self.opt.state_dict(),
             "step": self.step,
             "images_seen": self.images_seen,
+            "train_seconds": self.train_seconds,
             "rng": self.gen.get_state(),
         }
         return atomic_torch_save(payload, path)
@@ -361,6 +420,7 @@ class LdmTrainer:
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"LDM checkpoint {path} does not fit its config ({err}); delete it") from err
         self.step, self.images_seen = int(payload["step"]), int(payload["images_seen"])
+        self.train_seconds = float(payload.get("train_seconds", 0.0))  # absent in checkpoints written before it
         self.ema_updater.optimization_step = self.step  # one EMA update per step: the decay warm-up resumes too
         self.gen.set_state(payload["rng"])
 
@@ -397,10 +457,15 @@ def load_denoiser(path: str | os.PathLike[str], device: str | torch.device = "cp
     return model.to(device).eval().requires_grad_(False)
 
 
-def export_pretrained_denoiser(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+def export_pretrained_denoiser(
+    checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], provenance: dict[str, Any] | None = None
+) -> Path:
     """A shippable copy of a training checkpoint: configs and the EMA weights in float16, no optimiser state.
 
     ``load_denoiser`` reads it (weights are cast back to float32 on load); the ``ldm_model`` asset fine-tunes from it.
+    ``<out>.json`` records how it was made: the training run's provenance (beside the checkpoint, when the asset
+    wrote one), the images seen, steps and training seconds the checkpoint carries, ``provenance`` (e.g. the
+    commands that made it) and the machine.
     """
     payload = read_ldm_checkpoint(checkpoint)
     slim = {
@@ -411,4 +476,16 @@ def export_pretrained_denoiser(checkpoint: str | os.PathLike[str], out: str | os
         "step": payload["step"],
         "images_seen": payload["images_seen"],
     }
-    return atomic_torch_save(slim, out)
+    path = atomic_torch_save(slim, out)
+    write_provenance(
+        path,
+        {
+            "training": read_provenance(checkpoint),
+            "source_checkpoint": str(Path(checkpoint).resolve()),
+            "step": int(payload["step"]),
+            "images_seen": int(payload["images_seen"]),
+            "train_seconds": round(float(payload.get("train_seconds", float("nan"))), 3),
+            **(provenance or {}),
+        },
+    )
+    return path

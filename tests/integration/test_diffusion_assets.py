@@ -1,10 +1,11 @@
 """The LDM route's assets on real tiled slides: slide GeoJSON onto tiles (and its errors), mask bank, autoencoder,
-LDM with MLflow lineage, and resuming from the checkpoint.
+LDM with MLflow lineage, resuming from the checkpoint, continuing a finished run, and DISC's fine-tune.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -114,7 +115,7 @@ def test_slide_geojson_becomes_tile_masks_and_bad_files_are_named(tiled_home):
         _run([tile_annotations], instance, home, plain)
 
 
-def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
+def test_ldm_chain_logs_lineage_resumes_continues_and_distills(tiled_home):
     home, instance = tiled_home
     _run([training_tiles], instance, home, {})
     chain = [tile_annotations, mask_bank, autoencoder, ldm_model]
@@ -142,8 +143,34 @@ def test_ldm_chain_logs_lineage_and_resumes(tiled_home):
     assert meta2["resumed_from_step"].value == 4 == meta2["step"].value
     assert meta2["mlflow_run_id"].value == ldm.mlflow_run_id
 
-    # A missing or mismatched pretrained file is refused with the fix (a fresh run key, so no checkpoint to resume).
+    # continue_training with a larger kimg extends that run: same checkpoint file and MLflow run, more steps.
     cfg = TINY_LDM["ldm_model"]["config"]
+    longer = {"ldm_model": {"config": {**cfg, "kimg": 0.064, "continue_training": True}}}
+    meta3 = _run([ldm_model], instance, home, longer).asset_materializations_for_node("ldm_model")[0].metadata
+    after = read_ref(home, "ldm_model")
+    assert (meta3["resumed_from_step"].value, meta3["step"].value, meta3["images_seen"].value) == (4, 8, 64)
+    assert after.mlflow_run_id == ldm.mlflow_run_id and after.path == ldm.path, "same run, same checkpoint"
+    assert int(read_ldm_checkpoint(after.path)["step"]) == 8 and meta3["unlabelled_train_tiles"].value > 0
+    provenance = json.loads(Path(after.path).with_suffix(".json").read_text())
+    assert [h["to_step"] for h in provenance["materializations"]] == [4, 4, 8] and provenance["images_seen"] == 64
+    assert "--select ldm_model" in provenance["materializations"][2]["command"] and provenance["machine"]
+    assert client.get_run(ldm.mlflow_run_id).data.tags["kimg"] == "0.064"
+
+    # SD-DISC-CoTrain: 4 base steps, separated latents of 2 seeds stored, 2 fine-tuning steps on fused latents.
+    disc = {**cfg, "distill": "disc_cotrain", "distill_seeds": 2, "distill_steps": 2, "distill_ddim_steps": 2}
+    meta4 = (
+        _run([ldm_model], instance, home, {"ldm_model": {"config": disc}})
+        .asset_materializations_for_node("ldm_model")[0]
+        .metadata
+    )
+    assert (meta4["step"].value, meta4["images_seen"].value, meta4["disc_seeds"].value) == (6, 64, 2)
+    assert np.isfinite(meta4["disc_loss"].value) and read_ref(home, "ldm_model").mlflow_run_id != ldm.mlflow_run_id
+    with np.load(Path(read_ref(home, "ldm_model").path).parent / "disc_latents.npz") as f:
+        assert f["latents"].shape == (2, 6, 4, 16, 16)
+    with pytest.raises(ValueError, match="has started its DISC fine-tune"):
+        _run([ldm_model], instance, home, {"ldm_model": {"config": {**disc, "kimg": 0.064, "continue_training": True}}})
+
+    # A missing or mismatched pretrained file is refused with the fix (a fresh run key, so no checkpoint to resume).
     with pytest.raises(CheckpointError, match=r"nothing\.pt does not exist; fix the path or unset it"):
         _run([ldm_model], instance, home, {"ldm_model": {"config": {**cfg, "pretrained": str(home / "nothing.pt")}}})
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt holds a LdmConfig.*set from_scratch: true"):

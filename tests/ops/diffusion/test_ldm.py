@@ -1,7 +1,9 @@
-"""The mask-conditioned LDM: config checks, training lowers the loss, deterministic DDIM / SC sampling, resume."""
+"""The mask-conditioned LDM: config checks, training lowers the loss, deterministic DDIM / DISC's SC sampling, the
+null slot for unlabelled tiles, CoTrain's averaged loss, resume, and shipped copies with provenance."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,9 @@ from ops.diffusion.denoiser import (
     get_ldm_config,
     load_denoiser,
     mask_onehot,
+    with_unlabelled,
 )
-from ops.diffusion.samplers import ddim_sample, sample_latents, sc_sample, self_distill
+from ops.diffusion.samplers import NULL_LABEL, ddim_sample, fuse, sample_latents, sc_sample, separated_latents
 from ops.evaluation.metrics import mask_agreement
 from ops.gan.trainer import CheckpointError
 
@@ -129,24 +132,81 @@ def test_ddim_is_deterministic_per_seed_and_shaped() -> None:
         ddim_sample(model, masks, seeds, steps=0)
 
 
-def test_sc_sampler_equals_ddim_on_a_one_class_mask_and_fuses_by_region() -> None:
+def test_sc_equals_plain_ddim_bit_for_bit_on_one_class_masks() -> None:
     model = LdmTrainer(TINY, LdmTrainConfig()).sampling_model
-    uniform = torch.full((2, 32, 32), 1)
-    seeds = np.array([1, 2])
-    torch.testing.assert_close(
-        sc_sample(model, uniform, seeds, 3), ddim_sample(model, uniform, seeds, 3), atol=1e-5, rtol=1e-5
-    )
-    # A split mask: the left latent columns follow the class-0 run, the right ones the class-2 run (first step).
+    uniform = torch.stack([torch.full((32, 32), 1), torch.full((32, 32), 2), torch.full((32, 32), 0)])
+    seeds = np.array([1, 2, 3])
+    for guidance in (1.0, 2.5):
+        sc = sc_sample(model, uniform, seeds, 3, guidance)
+        assert torch.equal(sc, ddim_sample(model, uniform, seeds, 3, guidance))
+    with pytest.raises(ValueError, match="sampler: unknown 'euler'"):
+        sample_latents(model, uniform, seeds, "euler")
+
+
+def test_sc_fuses_full_trajectories_once_by_the_downsampled_mask() -> None:
+    model = LdmTrainer(TINY, LdmTrainConfig()).sampling_model
     split = torch.zeros(1, 32, 32, dtype=torch.long)
-    split[..., 16:] = 2
-    fused = sc_sample(model, split, seeds[:1], 1)
-    left = ddim_sample(model, torch.zeros(1, 32, 32, dtype=torch.long), seeds[:1], 1)
-    right = ddim_sample(model, torch.full((1, 32, 32), 2), seeds[:1], 1)
+    split[..., 16:] = 2  # latent columns 0-3 class 0, 4-7 class 2
+    seed = np.array([4])
+    fused = sc_sample(model, split, seed, 3)
+    left = ddim_sample(model, torch.zeros(1, 32, 32, dtype=torch.long), seed, 3)  # all of z_T denoised as class 0
+    right = ddim_sample(model, torch.full((1, 32, 32), 2), seed, 3)
+    # Each region is its own trajectory's z_0 (to float noise across batch sizes); every-step fusion would not be.
     torch.testing.assert_close(fused[..., :4], left[..., :4], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused[..., 4:], right[..., 4:], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fused, ddim_sample(model, split, seed, 3), atol=1e-3)
     assert sample_latents(model, split.repeat(3, 1, 1), np.arange(3), "sc", 2, batch=2).shape == (3, 4, 8, 8)
-    with pytest.raises(ValueError, match="sampler: unknown 'euler'"):
-        sample_latents(model, split, seeds[:1], "euler")
+    per_class = separated_latents(model, seed, 3)  # [S, K, C, h, w]: the teacher latents DISC stores
+    assert per_class.shape == (1, 3, 4, 8, 8)
+    torch.testing.assert_close(per_class[:, 2], right, atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_takes_each_cell_from_its_class_trajectory_exactly() -> None:
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(5, 4, 8, 8, generator=gen)
+    owner = torch.tensor([0, 0, 0, 1, 1])
+    labels = torch.tensor([0, 2, NULL_LABEL, 1, 2])
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[0, :16], masks[0, 16:, :16], masks[0, 16:, 16:] = 0, 2, 255  # rows 0-3 class 0, then 2 | unlabelled
+    masks[1, :, :8], masks[1, :, 8:] = 1, 2
+    out = fuse(latents, owner, labels, masks)
+    assert out.shape == (2, 4, 8, 8)
+    assert torch.equal(out[0, :, :4], latents[0, :, :4])
+    assert torch.equal(out[0, :, 4:, :4], latents[1, :, 4:, :4])
+    assert torch.equal(out[0, :, 4:, 4:], latents[2, :, 4:, 4:])  # the null trajectory fills the 255 cells
+    assert torch.equal(out[1, :, :, :2], latents[3, :, :, :2]) and torch.equal(out[1, :, :, 2:], latents[4, :, :, 2:])
+    with pytest.raises(ValueError, match=r"latent cells of masks \[1\] are covered by"):
+        fuse(latents[:4], owner[:4], labels[:4], masks)  # image 1's class-2 cells have no trajectory
+
+
+def test_unlabelled_latents_train_through_the_null_condition() -> None:
+    trainer = LdmTrainer(LdmConfig(**{**TINY.to_dict(), "cond_dropout": 0.0}), LdmTrainConfig(batch_size=6))
+    masks = _masks(4)
+    z, m = with_unlabelled(_latents_for(masks), masks, torch.randn(2, 4, 8, 8))
+    assert z.shape == (6, 4, 8, 8) and m.shape == (6, 32, 32) and (m[4:] == 255).all()
+    seen: list[torch.Tensor] = []
+    trainer.model.register_forward_pre_hook(lambda _module, args: seen.append(args[2].clone()))
+    trainer.train_step(z, m)
+    cond = seen[0]
+    assert torch.equal(cond[:4], mask_onehot(masks, 3)), "annotated rows condition on their masks"
+    assert cond[4:].abs().sum() == 0, "unlabelled rows carry the null (all-zero) condition"
+
+
+def test_cotrain_loss_is_the_mean_of_the_disc_and_real_losses() -> None:
+    trainer = LdmTrainer(TINY, LdmTrainConfig(batch_size=4))
+    disc_masks, real_masks = _masks(4, seed=1), _masks(4, seed=2)
+    disc_z, real_z = _latents_for(disc_masks) + 0.1, _latents_for(real_masks)
+    state = trainer.gen.get_state()
+    trainer.model.train()
+    with torch.no_grad():  # the same random draws train_step makes, in the same order
+        l_disc = float(trainer.denoising_loss(disc_z, disc_masks, cond_dropout=False))
+        l_real = float(trainer.denoising_loss(real_z, real_masks, cond_dropout=True))
+    trainer.gen.set_state(state)
+    stats = trainer.train_step(disc_z, disc_masks, cotrain=(real_z, real_masks), cond_dropout=False)
+    assert stats["loss_main"] == pytest.approx(l_disc, rel=1e-6)
+    assert stats["loss_cotrain"] == pytest.approx(l_real, rel=1e-6)
+    assert stats["loss"] == pytest.approx((l_disc + l_real) / 2, rel=1e-6) and l_disc != pytest.approx(l_real)
+    assert trainer.images_seen == 8 and trainer.step == 1
 
 
 def test_checkpoint_resume_continues_identically(tmp_path: Path) -> None:
@@ -175,21 +235,6 @@ def test_checkpoint_resume_continues_identically(tmp_path: Path) -> None:
         other.load_checkpoint(path)
 
 
-def test_self_distillation_fine_tunes_on_sc_samples() -> None:
-    trainer = LdmTrainer(TINY, LdmTrainConfig(batch_size=4))
-    before = [p.clone() for p in trainer.model.parameters()]
-    stats = self_distill(
-        trainer,
-        lambda seeds: _masks(len(seeds), int(seeds[0])).numpy().astype(np.uint8),
-        pairs=4,
-        steps=2,
-        sampling_steps=2,
-    )
-    assert stats["distill_pairs"] == 4 and np.isfinite(stats["distill_loss"])
-    assert trainer.step == 2
-    assert any(not torch.equal(p, q) for p, q in zip(before, trainer.model.parameters(), strict=True))
-
-
 def test_mask_agreement_separates_conditioned_from_unconditioned_images() -> None:
     rng = np.random.default_rng(0)
     palette = np.array([[240, 240, 240], [60, 40, 160], [150, 90, 40]], np.uint8)
@@ -208,8 +253,11 @@ def test_exported_pretrained_denoiser_loads_in_half_the_size(tmp_path: Path) -> 
     trainer = LdmTrainer(TINY, LdmTrainConfig(batch_size=4))
     trainer.train_step(_latents_for(_masks(4)), _masks(4))
     full = trainer.save_checkpoint(tmp_path / "full.pt")
-    slim = export_pretrained_denoiser(full, tmp_path / "slim.pt")
+    slim = export_pretrained_denoiser(full, tmp_path / "slim.pt", {"commands": ["python train.py"]})
     assert slim.stat().st_size < 0.3 * full.stat().st_size
+    provenance = json.loads((tmp_path / "slim.json").read_text())
+    assert (provenance["images_seen"], provenance["step"], provenance["commands"]) == (4, 1, ["python train.py"])
+    assert provenance["train_seconds"] > 0 and provenance["machine"]["cpu_count"] >= 1
     a, b = load_denoiser(full), load_denoiser(slim)
     z = torch.randn(2, 4, 8, 8)
     cond = mask_onehot(_masks(2), 3)
