@@ -214,6 +214,9 @@ class DownstreamConfig(dg.Config):
         default=RouteRetraining().ldm_finetune_steps, ge=1, description="per_budget: conditioning steps per budget."
     )
     ldm_batch: int = Field(default=RouteRetraining().ldm_batch, ge=1, description="per_budget: latents per step.")
+    ldm_guidance: float = Field(
+        default=RouteRetraining().ldm_guidance, ge=0, description="per_budget: guidance of the LDM route's samples."
+    )
     unlabelled_crops: int = Field(
         default=RouteRetraining().unlabelled_crops, ge=1, description="per_budget: crops to pretrain on."
     )
@@ -224,6 +227,7 @@ class DownstreamConfig(dg.Config):
             ldm_pretrain_steps=self.ldm_pretrain_steps,
             ldm_finetune_steps=self.ldm_finetune_steps,
             ldm_batch=self.ldm_batch,
+            ldm_guidance=self.ldm_guidance,
             unlabelled_crops=self.unlabelled_crops,
         )
 

@@ -29,6 +29,7 @@ mean test Dice, paired over seeds, with a 95 % bootstrap CI.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N in {4, 16}, 3 seeds")
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="override the budgets N (0 = all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    parser.add_argument("--ldm-guidance", type=float, default=1.0, help="guidance of the LDM route's samples")
     parser.add_argument(
         "--routes", nargs="+", default=None, help="routes to measure (default: the export's, plus genseg per budget)"
     )
@@ -118,6 +120,7 @@ def main() -> None:
     # A route retrained per budget needs no export (GenSeg trains from the crops and the tiles alone).
     routes = args.routes or mask_routes(export) + ([] if args.export_pairs else ["genseg"])
     retraining = QUICK_RETRAINING if args.quick else RouteRetraining()
+    retraining = dataclasses.replace(retraining, ldm_guidance=args.ldm_guidance)
     per_budget = {}
     if not args.export_pairs:
         val_x, val_y, _ = real.part("val")

@@ -341,6 +341,7 @@ class RouteRetraining:
         ldm_pretrain_steps: Label-free pretraining steps of the denoiser (once per run, shared by every budget).
         ldm_finetune_steps: Mask-conditioning steps per budget and seed.
         ldm_batch: Latents per denoiser step (pretraining and fine-tuning).
+        ldm_guidance: Guidance scale the route samples with.
         unlabelled_crops: Crops of the training slides' kept tiles the denoiser pretrains on (and GenSeg's
             discriminator sees for appearance).
         genseg: GenSeg's per-budget preset.
@@ -350,6 +351,7 @@ class RouteRetraining:
     ldm_pretrain_steps: int = 1500
     ldm_finetune_steps: int = 400
     ldm_batch: int = 32
+    ldm_guidance: float = 1.0  # classifier-free guidance of the route's samples (the demo export samples at 4)
     unlabelled_crops: int = 2048
     genseg: str = "demo"  # ops.genseg.budget.BUDGET_PRESETS
 
@@ -414,6 +416,7 @@ def build_budget_routes(
             retraining.ldm_pretrain_steps,
             LdmTrainConfig(batch_size=retraining.ldm_batch),
             steps=retraining.ldm_finetune_steps,
+            guidance=retraining.ldm_guidance,
         )
         if progress is not None:
             progress(
