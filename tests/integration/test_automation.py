@@ -53,6 +53,8 @@ def test_training_assets_share_one_pool_limited_to_one(factory_home):
         "autoencoder",
         "ldm_model",
         "federated_gan",
+        "federated_tile_check",
+        "genseg_model",
     }
     config = get_instance().get_concurrency_config().pool_config
     assert config.default_pool_limit == 1

@@ -324,7 +324,7 @@ def test_the_conditional_route_joins_only_at_the_same_resolution(tmp_path):
         participants={"1": ["h1"]},
         resolution=32,
     )
-    alone = _lineage(["cgan_federated"], None, None, None, fed)
+    alone = _lineage(["cgan_federated"], None, None, None, federated=fed)
     assert (alone["resolution"], alone["source_slides"], alone["cgan_sites"]) == (32, ["sl-9"], ["h1"])
     assert "class_map" not in alone, "tiles with a class bring no mask class map"
     ldm = LdmModelRef(
@@ -341,8 +341,8 @@ def test_the_conditional_route_joins_only_at_the_same_resolution(tmp_path):
         class_map="demo",
     )
     with pytest.raises(ValueError, match="make 64-px pairs but federated_gan 32-px tiles; export cgan_federated"):
-        _lineage(["ldm", "cgan_federated"], None, None, ldm, fed)
-    mixed = _lineage(["ldm", "cgan_federated"], None, None, ldm, fed.model_copy(update={"resolution": 64}))
+        _lineage(["ldm", "cgan_federated"], None, None, ldm, federated=fed)
+    mixed = _lineage(["ldm", "cgan_federated"], None, None, ldm, federated=fed.model_copy(update={"resolution": 64}))
     assert mixed["source_slides"] == ["sl-1", "sl-9"] and mixed["class_map"] == "demo"
     with pytest.raises(FileNotFoundError, match="`federated_gan` was never materialized"):
         _lineage(["cgan_federated"], None, None, None, None)
