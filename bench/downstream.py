@@ -1,6 +1,6 @@
 """The downstream benchmark: label fidelity per route and the low-label learning curve, on a finished demo's data.
 
-    HISTOFACTORY_HOME=<demo home> python bench/downstream.py [--quick] [--home DIR] [--export VERSION] [--threads 1]
+    HISTOFACTORY_HOME=<demo home> python bench/downstream.py [--quick] [--home DIR] [--export VERSION] [--workers 2]
 
 Runs ``ops.evaluation.downstream.run_downstream`` - the function the ``downstream_eval`` asset runs - on the data a
 ``histofactory demo`` left under the home: the leak-free real pairs of ``real_annotations`` (training crops of the
@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--export", default=None, help="export version (default: the newest)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 degrades best on shared cores)")
     parser.add_argument(
+        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes for the (budget, seed) points"
+    )
+    parser.add_argument(
         "--export-pairs", action="store_true", help="use the exported pairs (labels beyond the budget: upper bound)"
     )
     args = parser.parse_args()
@@ -140,6 +143,7 @@ def main() -> None:
         progress=lambda s: print(s, flush=True),
         budget_routes=per_budget,
         labeller=labeller,
+        workers=args.workers,
     )
     summary = result.curve.summary
     cols = ["budget", "arm", "lambda", "mean_dice", "mean_dice_sd", "gain_mean_dice", "ci_low_mean_dice",

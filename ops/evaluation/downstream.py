@@ -115,6 +115,7 @@ def run_downstream(
     progress: Progress | None = None,
     budget_routes: Mapping[str, BudgetRoute] | None = None,
     labeller: Labeller | None = None,
+    workers: int = 1,
 ) -> DownstreamResult:
     """Learning curve of real vs real + each route's synthetic pairs, scored on the real test crops.
 
@@ -123,6 +124,7 @@ def run_downstream(
             export's pairs of the same route, which carry labels beyond the small budgets. A route that is not in
             the export may be given here too (it is then only measured per budget).
         labeller: Labels any image (the demo stand-in); scores the label fidelity of the retrained routes' pairs.
+        workers: Processes training the curve's (budget, seed) points side by side (same result, sooner).
 
     Raises:
         ValueError: class maps differ, a route has too few pairs, or a budget exceeds the labelled crops.
@@ -133,7 +135,7 @@ def run_downstream(
     synthetic: dict[str, SyntheticSource] = {
         r: budget_routes[r] if r in budget_routes else export_pairs(export_dir, r, cfg.synthetic_max) for r in routes
     }
-    curve = learning_curve(real, synthetic, class_names, cfg, progress, labeller)
+    curve = learning_curve(real, synthetic, class_names, cfg, progress, labeller, workers)
     return DownstreamResult(
         curve,
         curve_verdict(curve.summary),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+import multiprocessing as mp
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -308,6 +309,7 @@ def learning_curve(
     cfg: CurveConfig,
     progress: Progress | None = None,
     labeller: Labeller | None = None,  # labels any image (the demo stand-in): scores retrained routes' pairs
+    workers: int = 1,  # processes training (budget, seed) points side by side; the result does not depend on it
 ) -> CurveResult:
     """Train every arm at every budget and seed; choose λ per budget on validation; summarise against ``real``.
 
@@ -316,14 +318,15 @@ def learning_curve(
     each budget's N crops and seed, so it honours the equal label budget (``route_labels`` = labels it used); with a
     ``labeller``, the label fidelity of those pairs is measured too (``route_fidelity``, the export's metric).
 
+    Every (budget, seed) point is seeded on its own, so ``workers`` > 1 (forked processes of one torch thread each,
+    on CPU) gives the same table as one process, sooner: the points are independent and each is a few minutes.
+
     Raises:
         ValueError: a budget larger than the labelled crops, a route with fewer pairs than ``synthetic_max``, or no
             validation / test crops.
     """
-    train_x, train_y, train_ids = real.part("train")
-    val_x, val_y, _ = real.part("val")
-    test_x, test_y, _ = real.part("test")
-    if len(val_x) == 0 or len(test_x) == 0:
+    train_x, _, train_ids = real.part("train")
+    if len(real.part("val")[0]) == 0 or len(real.part("test")[0]) == 0:
         raise ValueError("learning_curve: real pairs have no validation or no test crops; rematerialize them")
     budgets = sorted({len(train_x) if b == ALL else b for b in cfg.budgets})
     for b in budgets:
@@ -333,50 +336,97 @@ def learning_curve(
         if isinstance(source, tuple):
             source = _enough_pairs(route, *source, cfg.synthetic_max)
         routes[route] = source
-    rows = []
-    for budget in budgets:
-        for seed in cfg.seeds:
-            pick = budget_indices(train_ids, budget, seed)
-            crops = (train_x[pick], train_y[pick])
-            pairs, labels_used, route_fidelity = {}, {}, {}
-            for route, source in routes.items():
-                if isinstance(source, tuple):
-                    pairs[route], labels_used[route] = source, float("nan")
-                    continue
-                started = time.perf_counter()
-                x, y, used = source.pairs(*crops, cfg.synthetic_max, seed)
-                pairs[route], labels_used[route] = _enough_pairs(route, x, y, cfg.synthetic_max), float(used)
-                if labeller is not None:
-                    route_fidelity[route] = _nanmean(fidelity(*pairs[route], labeller, len(class_names))[0])
-                if progress is not None:
-                    progress(
-                        f"N={budget} seed={seed} {route}: retrained on {used} labels, {len(x)} pairs in "
-                        f"{time.perf_counter() - started:.0f} s, fidelity {route_fidelity.get(route, float('nan')):.3f}"
-                    )
-            for arm, route, lam in _plan(cfg, routes):
-                result = train_arm(arm, crops, pairs.get(route), cfg, len(class_names), seed, lam)
-                val = score(result.model, val_x, val_y, class_names)
-                test = score(result.model, test_x, test_y, class_names)
-                rows.append(
-                    {
-                        "budget": budget,
-                        "arm": f"{arm}:{route}" if route else arm,
-                        "route": route or "",
-                        "route_labels": labels_used.get(route, float("nan")),
-                        "route_fidelity": route_fidelity.get(route, float("nan")),
-                        "lambda": lam,
-                        "seed": seed,
-                        "steps": result.steps,
-                        "real_passes": result.real_passes,
-                        "val_mean_dice": val["mean_dice"],
-                        **test,
-                    }
-                )
-                if progress is not None:
-                    progress(f"N={budget} seed={seed} {rows[-1]['arm']} λ={lam}: test Dice {test['mean_dice']:.3f}")
+    job = _CurveJob(real, routes, list(class_names), cfg, progress, labeller)
+    units = [(budget, seed) for budget in budgets for seed in cfg.seeds]
+    rows = [row for unit_rows in _map_units(job, units, workers) for row in unit_rows]
     runs = pd.DataFrame(rows)
     chosen, lambdas = choose_lambda(runs)
     return CurveResult(runs, summarise_curve(chosen, cfg.n_boot), lambdas)
+
+
+@dataclass
+class _CurveJob:
+    """What every (budget, seed) point needs; forked workers inherit it instead of unpickling models."""
+
+    real: RealPairs
+    routes: dict[str, SyntheticSource]
+    class_names: list[str]
+    cfg: CurveConfig
+    progress: Progress | None
+    labeller: Labeller | None
+
+    def point(self, budget: int, seed: int) -> list[dict]:
+        """Retrain the per-budget routes and train every arm at one budget and seed; one row per run."""
+        cfg, class_names, progress = self.cfg, self.class_names, self.progress
+        train_x, train_y, train_ids = self.real.part("train")
+        val_x, val_y, _ = self.real.part("val")
+        test_x, test_y, _ = self.real.part("test")
+        pick = budget_indices(train_ids, budget, seed)
+        crops = (train_x[pick], train_y[pick])
+        pairs, labels_used, route_fidelity = {}, {}, {}
+        for route, source in self.routes.items():
+            if isinstance(source, tuple):
+                pairs[route], labels_used[route] = source, float("nan")
+                continue
+            started = time.perf_counter()
+            x, y, used = source.pairs(*crops, cfg.synthetic_max, seed)
+            pairs[route], labels_used[route] = _enough_pairs(route, x, y, cfg.synthetic_max), float(used)
+            if self.labeller is not None:
+                route_fidelity[route] = _nanmean(fidelity(*pairs[route], self.labeller, len(class_names))[0])
+            if progress is not None:
+                progress(
+                    f"N={budget} seed={seed} {route}: retrained on {used} labels, {len(x)} pairs in "
+                    f"{time.perf_counter() - started:.0f} s, fidelity {route_fidelity.get(route, float('nan')):.3f}"
+                )
+        rows = []
+        for arm, route, lam in _plan(cfg, self.routes):
+            result = train_arm(arm, crops, pairs.get(route), cfg, len(class_names), seed, lam)
+            val = score(result.model, val_x, val_y, class_names)
+            test = score(result.model, test_x, test_y, class_names)
+            rows.append(
+                {
+                    "budget": budget,
+                    "arm": f"{arm}:{route}" if route else arm,
+                    "route": route or "",
+                    "route_labels": labels_used.get(route, float("nan")),
+                    "route_fidelity": route_fidelity.get(route, float("nan")),
+                    "lambda": lam,
+                    "seed": seed,
+                    "steps": result.steps,
+                    "real_passes": result.real_passes,
+                    "val_mean_dice": val["mean_dice"],
+                    **test,
+                }
+            )
+            if progress is not None:
+                progress(f"N={budget} seed={seed} {rows[-1]['arm']} λ={lam}: test Dice {test['mean_dice']:.3f}")
+        return rows
+
+
+_FORKED_JOB: _CurveJob | None = None  # set in the parent just before forking; read by the workers
+
+
+def _forked_point(unit: tuple[int, int]) -> list[dict]:
+    torch.set_num_threads(1)  # one thread per process degrades best on shared cores (bench/threads.py, README)
+    assert _FORKED_JOB is not None, "worker started without a curve job"
+    return _FORKED_JOB.point(*unit)
+
+
+def _map_units(job: _CurveJob, units: list[tuple[int, int]], workers: int) -> list[list[dict]]:
+    """Run the points in order, in ``workers`` forked processes where that is safe (CPU, fork available)."""
+    global _FORKED_JOB
+    workers = min(workers, len(units))
+    forkable = "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized()
+    if workers <= 1 or not forkable:
+        if workers > 1 and job.progress is not None:
+            job.progress(f"learning curve: {workers} workers need fork and no CUDA context; running in one process")
+        return [job.point(*unit) for unit in units]
+    _FORKED_JOB = job
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            return pool.map(_forked_point, units, chunksize=1)
+    finally:
+        _FORKED_JOB = None
 
 
 def _enough_pairs(route: str, x: np.ndarray, y: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:

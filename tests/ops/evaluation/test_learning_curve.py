@@ -61,6 +61,37 @@ def test_curve_pairs_seeds_chooses_lambda_on_validation_and_reports_gains(real) 
     assert curve_png(summary)[:4] == b"\x89PNG"
 
 
+class _NoisyFlips:
+    """A per-budget route: flipped copies of the budget's crops with seeded noise (its pairs depend on the seed)."""
+
+    def pairs(self, images, masks, n_pairs, seed):
+        rng = np.random.default_rng(seed)
+        reps = -(-n_pairs // len(images))
+        x = np.repeat(images[:, :, ::-1], reps, axis=0)[:n_pairs].astype(np.int16)
+        x = np.clip(x + rng.integers(-20, 21, x.shape), 0, 255).astype(np.uint8)
+        return x, np.repeat(masks[:, :, ::-1], reps, axis=0)[:n_pairs], len(images)
+
+
+def test_workers_give_the_same_curve_as_one_process(real) -> None:
+    """Points run in forked workers are seeded alone, so the table cannot depend on how many processes ran it."""
+    syn = {"ldm": squares(8, 5), "flips": _NoisyFlips()}
+    one = learning_curve(real, syn, ["bg", "square"], TINY, workers=1).runs
+    two = learning_curve(real, syn, ["bg", "square"], TINY, workers=2).runs
+    assert len(one) == len(TINY.budgets) * len(TINY.seeds) * (2 + 2 * (2 + len(TINY.lambdas)))
+    assert (one["route_labels"][one["route"] == "flips"] == one["budget"][one["route"] == "flips"]).all()
+    pd.testing.assert_frame_equal(one, two)
+
+
+def test_a_route_failing_in_a_worker_names_the_route(real) -> None:
+    class Short(_NoisyFlips):
+        def pairs(self, images, masks, n_pairs, seed):
+            x, y, used = super().pairs(images, masks, n_pairs, seed)
+            return x[:1], y[:1], used
+
+    with pytest.raises(ValueError, match="route 'short' has 1 pairs"):
+        learning_curve(real, {"short": Short()}, ["bg", "square"], TINY, workers=2)
+
+
 def test_bad_settings_fail_naming_the_setting(real) -> None:
     with pytest.raises(ValueError, match="label budget N=9 but only 8 labelled training crops"):
         learning_curve(real, {}, ["bg", "square"], CurveConfig(**{**TINY.to_dict(), "budgets": (9,)}))
