@@ -220,6 +220,12 @@ class DownstreamConfig(dg.Config):
     unlabelled_crops: int = Field(
         default=RouteRetraining().unlabelled_crops, ge=1, description="per_budget: crops to pretrain on."
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Processes training the curve's (budget, seed) points side by side, one torch thread each, on "
+        "CPU (the same result, sooner; a GPU run keeps one process).",
+    )
 
     def retraining(self) -> RouteRetraining:
         return RouteRetraining(
@@ -294,6 +300,7 @@ def downstream_eval(
         progress=context.log.info,
         budget_routes=per_budget,
         labeller=demo_labels if real_annotations.class_map == "demo" else None,  # the stand-in labels any image
+        workers=config.workers,
     )
     summary = result.curve.summary
     headline = result.headline()

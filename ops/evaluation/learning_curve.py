@@ -26,7 +26,7 @@ import math
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -403,6 +403,10 @@ class _CurveJob:
         return rows
 
 
+def _run_name(row: dict) -> str:
+    return f"{row['arm']} λ={row['lambda']}" if row["arm"].startswith("mix:") else row["arm"]
+
+
 _FORKED_JOB: _CurveJob | None = None  # set in the parent just before forking; read by the workers
 
 
@@ -413,7 +417,11 @@ def _forked_point(unit: tuple[int, int]) -> list[dict]:
 
 
 def _map_units(job: _CurveJob, units: list[tuple[int, int]], workers: int) -> list[list[dict]]:
-    """Run the points in order, in ``workers`` forked processes where that is safe (CPU, fork available)."""
+    """Run the points in order, in ``workers`` forked processes where that is safe (CPU, fork available).
+
+    Workers report nothing themselves (a Dagster logger must not be written from a forked child); the parent reports
+    each point as it returns.
+    """
     global _FORKED_JOB
     workers = min(workers, len(units))
     forkable = "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized()
@@ -421,12 +429,18 @@ def _map_units(job: _CurveJob, units: list[tuple[int, int]], workers: int) -> li
         if workers > 1 and job.progress is not None:
             job.progress(f"learning curve: {workers} workers need fork and no CUDA context; running in one process")
         return [job.point(*unit) for unit in units]
-    _FORKED_JOB = job
+    _FORKED_JOB = replace(job, progress=None)
+    results = []
     try:
         with mp.get_context("fork").Pool(workers) as pool:
-            return pool.map(_forked_point, units, chunksize=1)
+            for (budget, seed), rows in zip(units, pool.imap(_forked_point, units), strict=True):
+                results.append(rows)
+                if job.progress is not None:
+                    dice = ", ".join(f"{_run_name(r)} {r['mean_dice']:.3f}" for r in rows)
+                    job.progress(f"N={budget} seed={seed} ({len(results)}/{len(units)} points): test Dice {dice}")
     finally:
         _FORKED_JOB = None
+    return results
 
 
 def _enough_pairs(route: str, x: np.ndarray, y: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
