@@ -11,7 +11,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from factory_helpers import TINY_LDM, kill_after_first_checkpoint, read_ref, resources_for, selecting
+from factory_helpers import TINY_LDM, kill_after_first_checkpoint, read_ref, resources_for, selecting, tiny_gates
 
 from assets.diffusion import autoencoder, ldm_model, mask_bank
 from assets.evaluation import real_annotations
@@ -29,7 +29,10 @@ pytestmark = pytest.mark.integration
 
 def _run(assets, instance, home, ops):
     result = dg.materialize(
-        **selecting(assets), instance=instance, resources=resources_for(home), run_config=dg.RunConfig(ops=ops)
+        **selecting(assets),
+        instance=instance,
+        resources=resources_for(home),
+        run_config=dg.RunConfig(ops={**tiny_gates(assets), **ops}),
     )
     assert result.success
     return result

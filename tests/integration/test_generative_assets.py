@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import zarr
 from factory_helpers import TINY_GAN as TINY
-from factory_helpers import kill_after_first_checkpoint, read_ref, selecting
+from factory_helpers import kill_after_first_checkpoint, read_ref, selecting, tiny_gates
 from factory_helpers import resources_for as _resources
 
 from assets.gan import gan_model, generated_samples
@@ -27,6 +27,7 @@ def _config(**gan) -> dg.RunConfig:
         ops={
             "gan_model": {"config": {**TINY, **gan}},
             "generated_samples": {"config": {"n": 12, "export_for_annotation": [1, 5]}},
+            **tiny_gates([gan_model]),
         }
     )
 
@@ -91,7 +92,7 @@ def test_interrupted_training_resumes_from_checkpoint(tiled_home, tmp_path):
         **selecting([gan_model]),
         instance=instance,
         resources=_resources(home),
-        run_config=dg.RunConfig(ops=config["ops"]),
+        run_config=dg.RunConfig(ops={**config["ops"], **tiny_gates([gan_model])}),
     )
     assert result.success
     meta = result.asset_materializations_for_node("gan_model")[0].metadata

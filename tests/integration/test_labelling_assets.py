@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from factory_helpers import TINY_CHAIN, read_ref, resources_for, selecting
+from factory_helpers import TINY_CHAIN, read_ref, resources_for, selecting, tiny_gates
 
 from assets.gan import gan_model, generated_samples
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier
@@ -17,7 +17,6 @@ from ops.labelling.class_maps import AnnotationError
 
 pytestmark = pytest.mark.integration
 
-CONFIG = TINY_CHAIN
 CHAIN = [
     training_tiles,
     gan_model,
@@ -27,6 +26,7 @@ CHAIN = [
     pixel_classifier,
     classifier_eval,
 ]
+CONFIG = {**TINY_CHAIN, **tiny_gates(CHAIN)}
 
 
 def test_labelling_chain(tiled_home):
@@ -70,7 +70,7 @@ def test_annotation_for_unknown_image_is_rejected(tiled_home):
         **selecting(CHAIN[:3]),
         instance=instance,
         resources=resources_for(home),
-        run_config=dg.RunConfig(ops={k: CONFIG[k] for k in ("gan_model", "generated_samples")}),
+        run_config=dg.RunConfig(ops={k: CONFIG[k] for k in ("gan_model", "generated_samples", *tiny_gates(CHAIN[:3]))}),
     )
     assert ok.success
     inbox = home / "annotations" / "inbox"
