@@ -9,7 +9,6 @@ folder, resume state, pretrained weights, MLflow run and registration are ``asse
 """
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -25,7 +24,6 @@ from assets.lineage import package_versions, png_array, png_markdown, tile_set_h
 from assets.training_run import TrainingRun
 from ops.common.file_io import CheckpointError
 from ops.common.images import image_grid_png
-from ops.common.provenance import write_provenance
 from ops.common.train_loop import fit_steps
 from ops.diffusion.autoencoder import (
     AutoencoderTrainer,
@@ -555,7 +553,13 @@ def ldm_model(
         mlflow.log_image(png_array(grid), artifact_file="samples/final.png")
         mlflow.log_dict(cfg.to_dict(), "checkpoint/ldm_config.json")
         seconds = time.perf_counter() - start
-        provenance = _record_provenance(context, config, run, trainer, resumed_from, seconds)
+        provenance = run.record_provenance(
+            "mask-conditioned LDM checkpoint of the ldm_model asset",
+            config.model_dump(),
+            trainer,
+            resumed_from,
+            seconds,
+        )
         mlflow.log_artifact(str(provenance), "checkpoint")
         run.register(run.checkpoint, "checkpoint")
     ref = run.reference(
@@ -593,45 +597,6 @@ def ldm_model(
             "package_versions": dg.MetadataValue.json(package_versions()),
         },
         data_version=dg.DataVersion(f"{run.run_key}-{trainer.step}"),
-    )
-
-
-def _record_provenance(
-    context: dg.AssetExecutionContext,
-    config: LdmTrainingConfig,
-    run: TrainingRun,
-    trainer: LdmTrainer,
-    resumed_from: int,
-    seconds: float,
-) -> Path:
-    """``checkpoint.json`` beside the checkpoint: every materialization that trained it, with its command."""
-    ops_config = {"ldm_model": {"config": config.model_dump()}}
-    history = run.state.setdefault("history", [])
-    history.append(
-        {
-            "dagster_run_id": context.run.run_id,
-            "kimg": config.kimg,
-            "from_step": resumed_from,
-            "to_step": trainer.step,
-            "wall_seconds": round(seconds, 1),
-            "command": "dagster asset materialize -m pipelines --select ldm_model --config-json "
-            f"'{json.dumps({'ops': ops_config})}'",
-        }
-    )
-    run.save_state()
-    return write_provenance(
-        run.checkpoint,
-        {
-            "what": "mask-conditioned LDM checkpoint of the ldm_model asset",
-            "mlflow_run_id": run.mlflow_run_id,
-            "run_key": run.run_key,
-            "config": config.model_dump(),
-            "step": trainer.step,
-            "images_seen": trainer.images_seen,
-            "train_seconds": round(trainer.train_seconds, 1),
-            "wall_seconds": round(sum(h["wall_seconds"] for h in history), 1),
-            "materializations": history,
-        },
     )
 
 

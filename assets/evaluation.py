@@ -220,6 +220,11 @@ class DownstreamConfig(dg.Config):
     unlabelled_crops: int = Field(
         default=RouteRetraining().unlabelled_crops, ge=1, description="per_budget: crops to pretrain on."
     )
+    ldm_label_free: str | None = Field(
+        default=None,
+        description="per_budget: label-free denoiser weights the pretraining continues from (python -m "
+        "ops.diffusion.label_free; shipped: resources/pretrained/ldm_demo_label_free.pt); none: random weights.",
+    )
     workers: int = Field(
         default=1,
         ge=1,
@@ -235,6 +240,7 @@ class DownstreamConfig(dg.Config):
             ldm_batch=self.ldm_batch,
             ldm_guidance=self.ldm_guidance,
             unlabelled_crops=self.unlabelled_crops,
+            ldm_label_free=self.ldm_label_free,
         )
 
     def curve(self) -> CurveConfig:

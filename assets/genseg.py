@@ -64,6 +64,13 @@ class GenSegTrainingConfig(dg.Config):
     )
     scale_min: float = Field(default=0.8, gt=0, description="Mask augmentation: smallest zoom.")
     scale_max: float = Field(default=1.25, gt=0, description="Mask augmentation: largest zoom.")
+    from_scratch: bool = Field(default=False, description="Ignore the shipped weights; start from random ones.")
+    pretrained: str | None = Field(
+        default=None, description="Weights file to fine-tune from (export_pretrained_genseg); default: the shipped one."
+    )
+    continue_training: bool = Field(
+        default=False, description="Extend the latest run of this config to the new kimg instead of starting anew."
+    )
     checkpoint_every: int = Field(default=50, ge=1, description="Steps between checkpoints and previews.")
     log_every: int = Field(default=10, ge=1, description="Steps between loss and architecture-weight logs.")
     preview_images: int = Field(default=16, ge=2, description="Preview pairs (fidelity and mask agreement).")
@@ -119,14 +126,23 @@ def genseg_model(
         context,
         mlflow_tracking,
         storage.genseg_root,
-        {"config": config.model_dump(), "annotations": tile_annotations.content_hash, "tiles": tile_set_hash(tiles)},
+        {
+            "config": config.model_dump(exclude={"kimg", "continue_training"}),
+            "annotations": tile_annotations.content_hash,
+            "tiles": tile_set_hash(tiles),
+        },
         GENSEG_MODEL_NAME,
+        length={"kimg": config.kimg},
+        continue_training=config.continue_training,
     )
     if run.resuming:
         trainer = GenSegTrainer.from_checkpoint(run.checkpoint, device)
         context.log.info(f"resuming GenSeg training from {run.checkpoint} at step {trainer.step}")
     else:
         trainer = GenSegTrainer(cfg, train_cfg, augment, device)
+        start_from = run.pretrained(config.from_scratch, config.pretrained, f"genseg_{config.preset}.pt")
+        if start_from:
+            trainer.load_pretrained(start_from)
     resumed_from = trainer.step
     stream = config.seed * 1_000_003 + trainer.step  # the batch streams continue where the checkpoint stopped
     pairs = PairCropSampler(annotated.iloc[seg_idx], cfg.resolution, seed=stream, augment=True)
@@ -195,6 +211,14 @@ def genseg_model(
         mlflow.log_metrics({f"final_{k}": v for k, v in scores.items()}, step=trainer.step)
         mlflow.log_image(png_array(grid), artifact_file="samples/final.png")
         mlflow.log_dict(trainer.generator.arch_weights(), "architecture_weights.json")
+        provenance = run.record_provenance(
+            "GenSeg trainer checkpoint of the genseg_model asset",
+            config.model_dump(),
+            trainer,
+            resumed_from,
+            time.perf_counter() - start,
+        )
+        mlflow.log_artifact(str(provenance), "checkpoint")
         model_file = save_generator(
             run.run_dir / "generator.pt",
             trainer.generator,

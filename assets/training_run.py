@@ -20,6 +20,7 @@ import dagster as dg
 
 from assets.lineage import content_hash, write_json_atomic
 from ops.common.file_io import CheckpointError
+from ops.common.provenance import write_provenance
 from resources import FactoryStorage, MlflowTracking
 from resources.references import Reference
 
@@ -130,6 +131,40 @@ class TrainingRun:
             return shipped
         self.context.log.warning(f"no shipped weights for this preset ({shipped.name}); training from random weights")
         return None
+
+    def record_provenance(
+        self, what: str, config: dict[str, Any], trainer: Any, resumed_from: int, seconds: float
+    ) -> Path:
+        """``<checkpoint>.json``: every materialization that trained this run, with its command, so weights exported
+        from the checkpoint say how they were made (``ops.common.provenance``)."""
+        asset = self.context.asset_key.to_user_string()
+        history = self.state.setdefault("history", [])
+        history.append(
+            {
+                "dagster_run_id": self.context.run.run_id,
+                "kimg": config.get("kimg"),
+                "from_step": resumed_from,
+                "to_step": trainer.step,
+                "wall_seconds": round(seconds, 1),
+                "command": f"dagster asset materialize -m pipelines --select {asset} --config-json "
+                f"'{json.dumps({'ops': {asset: {'config': config}}})}'",
+            }
+        )
+        self.save_state()
+        return write_provenance(
+            self.checkpoint,
+            {
+                "what": what,
+                "mlflow_run_id": self.mlflow_run_id,
+                "run_key": self.run_key,
+                "config": config,
+                "step": trainer.step,
+                "images_seen": trainer.images_seen,
+                **({"train_seconds": round(trainer.train_seconds, 1)} if hasattr(trainer, "train_seconds") else {}),
+                "wall_seconds": round(sum(h["wall_seconds"] for h in history), 1),
+                "materializations": history,
+            },
+        )
 
     @contextlib.contextmanager
     def mlflow_run(self, run_name: str) -> Iterator[Any]:

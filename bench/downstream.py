@@ -52,6 +52,7 @@ from ops.export.dataset import mask_routes  # noqa: E402
 from ops.labelling.class_maps import get_class_map  # noqa: E402
 from ops.labelling.demo_annotator import demo_labels  # noqa: E402
 from resources.references import read_reference  # noqa: E402
+from resources.storage import FactoryStorage  # noqa: E402
 
 QUICK = {"budgets": (4, 16), "seeds": (0, 1, 2)}
 
@@ -94,6 +95,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     parser.add_argument("--ldm-guidance", type=float, default=1.0, help="guidance of the LDM route's samples")
     parser.add_argument(
+        "--ldm-label-free",
+        default=str(FactoryStorage.pretrained("ldm_demo_label_free.pt")),
+        help="label-free denoiser the LDM route's pretraining continues from ('none': random weights)",
+    )
+    parser.add_argument(
         "--routes", nargs="+", default=None, help="routes to measure (default: the export's, plus genseg per budget)"
     )
     parser.add_argument("--home", default=os.environ.get("HISTOFACTORY_HOME", "data"), help="a finished demo's home")
@@ -123,7 +129,8 @@ def main() -> None:
     # A route retrained per budget needs no export (GenSeg trains from the crops and the tiles alone).
     routes = args.routes or mask_routes(export) + ([] if args.export_pairs else ["genseg"])
     retraining = QUICK_RETRAINING if args.quick else RouteRetraining()
-    retraining = dataclasses.replace(retraining, ldm_guidance=args.ldm_guidance)
+    label_free = None if args.ldm_label_free.lower() == "none" else args.ldm_label_free
+    retraining = dataclasses.replace(retraining, ldm_guidance=args.ldm_guidance, ldm_label_free=label_free)
     per_budget = {}
     if not args.export_pairs:
         val_x, val_y, _ = real.part("val")

@@ -152,9 +152,18 @@ def encode_uint8(ae: Autoencoder, scale: float, images: np.ndarray, batch: int =
 
 
 def pretrain_unconditional(
-    cfg: LdmConfig, train_cfg: LdmTrainConfig, latents: torch.Tensor, steps: int, device: torch.device | str = "cpu"
+    cfg: LdmConfig,
+    train_cfg: LdmTrainConfig,
+    latents: torch.Tensor,
+    steps: int,
+    device: torch.device | str = "cpu",
+    init: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A denoiser trained only through the null condition on unlabelled latents: an initialisation with no label.
+
+    Args:
+        init: Label-free weights to continue from (:func:`read_label_free`), e.g. the shipped long pretraining;
+            None starts from random weights.
 
     Returns:
         The EMA weights (what a fine-tune starts from).
@@ -162,12 +171,31 @@ def pretrain_unconditional(
     if steps < 1 or not len(latents):
         raise ValueError(f"pretrain_unconditional: expected steps >= 1 and latents, received {steps}, {len(latents)}")
     trainer = LdmTrainer(cfg, train_cfg, device)
+    if init is not None:
+        trainer.model.load_state_dict(init)
+        trainer.ema.load_state_dict(init)
     gen = torch.Generator().manual_seed(train_cfg.seed)
     null = torch.full((train_cfg.batch_size, cfg.resolution, cfg.resolution), UNLABELLED, dtype=torch.long)
     for _ in range(steps):
         idx = torch.randint(len(latents), (train_cfg.batch_size,), generator=gen)
         trainer.train_step(latents[idx], null)
     return {k: v.detach().clone() for k, v in trainer.sampling_model.state_dict().items()}
+
+
+def read_label_free(path: str | os.PathLike[str], cfg: LdmConfig) -> dict[str, torch.Tensor]:
+    """The EMA weights of a label-free pretraining (``ops.diffusion.label_free``), checked against ``cfg``.
+
+    Raises:
+        ValueError: the file holds another architecture (names both and the fix).
+    """
+    payload = read_ldm_checkpoint(path)
+    found = LdmConfig.from_dict(payload["config"])
+    if found != cfg:
+        raise ValueError(
+            f"{path}: label-free denoiser for {found}, but the factory's LDM is {cfg}; pretrain one for this "
+            "architecture (python -m ops.diffusion.label_free) or leave ldm_label_free unset"
+        )
+    return {k: v.float() for k, v in payload["ema"].items()}
 
 
 @dataclass
@@ -319,16 +347,19 @@ def ldm_budget_route(
     unlabelled_images: np.ndarray,
     pretrain_steps: int,
     train_cfg: LdmTrainConfig | None = None,
+    label_free: str | os.PathLike[str] | None = None,
     **settings: Any,
 ) -> LdmBudgetRoute:
     """The LDM route: the factory's autoencoder and denoiser *architecture* (not its weights, which saw every
-    annotated tile), pretrained here without labels on ``unlabelled_images`` for ``pretrain_steps`` steps."""
+    annotated tile), pretrained here without labels on ``unlabelled_images`` for ``pretrain_steps`` steps, from
+    random weights or from the label-free weights in ``label_free``."""
     device = pick_device("auto")
     ae, _, scale = load_autoencoder(autoencoder, device)
     cfg = LdmConfig.from_dict(read_ldm_checkpoint(ldm_checkpoint)["config"])
+    init = read_label_free(label_free, cfg) if label_free else None
     train_cfg = train_cfg or LdmTrainConfig()
     latents = encode_uint8(ae, scale, unlabelled_images)
-    base = pretrain_unconditional(cfg, train_cfg, latents, pretrain_steps, device)
+    base = pretrain_unconditional(cfg, train_cfg, latents, pretrain_steps, device, init)
     return LdmBudgetRoute(ae, scale, cfg, train_cfg, base, latents, **settings)
 
 
@@ -345,6 +376,8 @@ class RouteRetraining:
         unlabelled_crops: Crops of the training slides' kept tiles the denoiser pretrains on (and GenSeg's
             discriminator sees for appearance).
         genseg: GenSeg's per-budget preset.
+        ldm_label_free: Label-free denoiser weights the pretraining continues from (``ops.diffusion.label_free``;
+            the shipped ``resources/pretrained/ldm_demo_label_free.pt``); None: from random weights.
     """
 
     gan_epochs: int = 10
@@ -354,6 +387,7 @@ class RouteRetraining:
     ldm_guidance: float = 1.0  # classifier-free guidance of the route's samples (the demo export samples at 4)
     unlabelled_crops: int = 2048
     genseg: str = "demo"  # ops.genseg.budget.BUDGET_PRESETS
+    ldm_label_free: str | None = None
 
 
 # Shorter retraining for ``bench/downstream.py --quick`` (N in {4, 16}, 3 seeds: six retrainings per route).
@@ -415,12 +449,14 @@ def build_budget_routes(
             _unlabelled_crops(files.training_tiles, resolution, retraining.unlabelled_crops),
             retraining.ldm_pretrain_steps,
             LdmTrainConfig(batch_size=retraining.ldm_batch),
+            retraining.ldm_label_free,
             steps=retraining.ldm_finetune_steps,
             guidance=retraining.ldm_guidance,
         )
         if progress is not None:
             progress(
-                f"ldm: denoiser pretrained without labels, {retraining.ldm_pretrain_steps} steps in "
+                f"ldm: denoiser pretrained without labels, {retraining.ldm_pretrain_steps} steps from "
+                f"{retraining.ldm_label_free or 'random weights'} in "
                 f"{time.perf_counter() - started:.0f} s"
             )
     return out

@@ -52,13 +52,16 @@ from torch.func import functional_call
 
 from ops.common.config_dict import DictConfig
 from ops.common.device import pick_device
-from ops.common.file_io import CheckpointError, atomic_torch_save, read_torch_file
+from ops.common.file_io import CheckpointError, atomic_torch_save, half_state, read_torch_file
+from ops.common.provenance import read_provenance, write_provenance
 from ops.evaluation.losses import LOSSES, segmentation_loss
 from ops.evaluation.segmenter import build_segmenter
 from ops.genseg.augment import MaskAugmentConfig, augment_masks
 from ops.genseg.networks import GenSegConfig, PatchDiscriminator, SearchableGenerator, mask_onehot
 
 CHECKPOINT_FORMAT = "histofactory.genseg-trainer/1"
+PRETRAINED_FORMAT = "histofactory.genseg-pretrained/1"
+NETWORKS = ("generator", "disc", "disc_u", "segmenter")  # what shipped weights carry (no optimiser state)
 HYPERGRADS = ("exact", "finite_difference")
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -403,6 +406,27 @@ class GenSegTrainer:
         self.gen.set_state(payload["torch_rng"])
         self.rng.bit_generator.state = json.loads(payload["numpy_rng"])
 
+    def load_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Start from shipped weights (:func:`export_pretrained_genseg`): G with its architecture A, both
+        discriminators and S; optimisers, counters and random streams stay fresh, so a fine-tune is a new run."""
+        payload = read_torch_file(
+            path, (PRETRAINED_FORMAT,), ("config", *NETWORKS), "pretrained GenSeg weights", "re-export them"
+        )
+        found = GenSegConfig.from_dict(payload["config"])
+        if found != self.cfg:
+            raise CheckpointError(
+                f"pretrained GenSeg weights {path} were made for {found}, this run builds {self.cfg}; pick the "
+                "matching preset / class map, or set from_scratch: true"
+            )
+        try:
+            self.generator.load_state_dict(payload["generator"])
+            self.disc.load_state_dict(payload["disc"])
+            if self.disc_u is not None and payload["disc_u"]:
+                self.disc_u.load_state_dict(payload["disc_u"])
+            self.segmenter.load_state_dict(payload["segmenter"])
+        except RuntimeError as err:
+            raise CheckpointError(f"pretrained GenSeg weights {path} do not fit their config ({err})") from err
+
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> GenSegTrainer:
         """Rebuild a trainer from the configs stored in the checkpoint and restore its state, to resume."""
@@ -427,3 +451,36 @@ def read_trainer_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         "delete it to retrain",
         "train genseg_model first or fix the path",
     )
+
+
+def export_pretrained_genseg(
+    checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], provenance: dict[str, Any] | None = None
+) -> Path:
+    """A shippable copy of a trainer checkpoint: configs and the four networks in float16, no optimiser state.
+
+    ``GenSegTrainer.load_pretrained`` reads it (the ``genseg_model`` asset fine-tunes from it). ``<out>.json``
+    records how it was made: the training run's provenance beside the checkpoint, its step and images seen,
+    ``provenance`` (e.g. the commands) and the machine.
+    """
+    payload = read_trainer_checkpoint(checkpoint)
+    slim = {
+        "format": PRETRAINED_FORMAT,
+        "config": payload["config"],
+        "train_config": payload["train_config"],
+        "augment_config": payload["augment_config"],
+        **{name: half_state(payload[name]) for name in NETWORKS},
+        "step": payload["step"],
+        "images_seen": payload["images_seen"],
+    }
+    path = atomic_torch_save(slim, out)
+    write_provenance(
+        path,
+        {
+            "training": read_provenance(checkpoint),
+            "source_checkpoint": str(Path(checkpoint).resolve()),
+            "step": int(payload["step"]),
+            "images_seen": int(payload["images_seen"]),
+            **(provenance or {}),
+        },
+    )
+    return path

@@ -1,5 +1,6 @@
 """The GenSeg route on real tiled slides: training with MLflow lineage, resuming after kill -9 into the same MLflow
-run, and export rows that carry the route's lineage and load through the dataset class."""
+run and extending it with continue_training, and export rows that carry the route's lineage and load through the
+dataset class."""
 
 from __future__ import annotations
 
@@ -113,3 +114,15 @@ def test_killed_genseg_training_resumes_into_the_same_mlflow_run(tiled_home, tmp
     )
     assert meta["resumed_from_step"].value == step_at_kill and meta["step"].value == 40
     assert meta["mlflow_run_id"].value == state["mlflow_run_id"], "the resumed run continues the same MLflow run"
+
+    longer = {**cfg, "kimg": 0.088, "continue_training": True}  # 4 more steps on the same run
+    meta = (
+        _run([genseg_model], instance, home, {"genseg_model": {"config": longer}, **gate})
+        .asset_materializations_for_node("genseg_model")[0]
+        .metadata
+    )
+    assert meta["resumed_from_step"].value == 40 and meta["step"].value == 44
+    assert meta["mlflow_run_id"].value == state["mlflow_run_id"], "continue_training extends the same MLflow run"
+    record = json.loads(checkpoint.with_suffix(".json").read_text())
+    assert record["step"] == 44 and [m["to_step"] for m in record["materializations"]][-2:] == [40, 44]
+    assert "--select genseg_model" in record["materializations"][-1]["command"]

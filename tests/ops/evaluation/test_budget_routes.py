@@ -118,6 +118,11 @@ def test_unconditional_pretraining_moves_the_weights_and_refuses_nothing_to_lear
     torch.manual_seed(1)
     after = pretrain_unconditional(LDM, cfg, latents, steps=3)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    frozen = LdmTrainConfig(batch_size=2, warmup_steps=0, ema_decay=0.0, lr=1e-12)
+    continued = pretrain_unconditional(LDM, frozen, latents, steps=1, init=before)  # starts from the given weights
+    assert all(torch.allclose(continued[k], before[k], atol=1e-6) for k in before)
+    fresh = pretrain_unconditional(LDM, frozen, latents, steps=1)
+    assert any(not torch.allclose(fresh[k], before[k], atol=1e-6) for k in before)
     with pytest.raises(ValueError, match="steps >= 1"):
         pretrain_unconditional(LDM, cfg, latents, steps=0)
 

@@ -1,15 +1,18 @@
 """The multi-level optimisation: the hypergradient w.r.t. A is right (numerically checked), the three stages move
-what they should, and a checkpoint resumes the run exactly."""
+what they should, a checkpoint resumes the run exactly, and shipped weights start a fresh run."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from ops.common.file_io import CheckpointError
 from ops.evaluation.losses import segmentation_loss
 from ops.genseg.augment import MaskAugmentConfig
 from ops.genseg.networks import GenSegConfig, SearchableGenerator
-from ops.genseg.trainer import GenSegTrainConfig, GenSegTrainer, hypergradient
+from ops.genseg.trainer import GenSegTrainConfig, GenSegTrainer, export_pretrained_genseg, hypergradient
 
 TOY = GenSegConfig(n_classes=2, resolution=8, base_channels=2, channel_max=2, depth=1, noise_channels=0)
 
@@ -114,3 +117,22 @@ def test_checkpoint_resumes_exactly(tmp_path):
         torch.testing.assert_close(p, q)
     for p, q in zip(a.segmenter.parameters(), b.segmenter.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_shipped_weights_carry_the_networks_not_the_run(tmp_path):
+    a = _trainer()
+    a.train_step(*_batches(0))
+    full = a.save_checkpoint(tmp_path / "ckpt.pt")
+    slim = export_pretrained_genseg(full, tmp_path / "genseg_tiny.pt", {"commands": ["dagster asset materialize"]})
+    assert slim.stat().st_size < 0.6 * full.stat().st_size
+    record = json.loads((tmp_path / "genseg_tiny.json").read_text())
+    assert (record["step"], record["images_seen"], record["commands"]) == (1, 4, ["dagster asset materialize"])
+    b = _trainer()
+    b.load_pretrained(slim)
+    assert (b.step, b.images_seen) == (0, 0) and not b.opt_g.state, "a fine-tune is a new run"
+    for name in ("generator", "disc", "disc_u", "segmenter"):
+        for p, q in zip(getattr(a, name).parameters(), getattr(b, name).parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=1e-2, rtol=1e-2)
+    other = GenSegTrainer(GenSegConfig(**{**TINY.to_dict(), "n_classes": 4}), b.train_cfg, MaskAugmentConfig())
+    with pytest.raises(CheckpointError, match="pick the matching preset"):
+        other.load_pretrained(slim)
