@@ -211,7 +211,7 @@ def _latest(instance, asset: str, key: str) -> object:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole factory on demo slides: tiling, GAN, labelling, classifier, LDM, export, downstream check."""
+    """The whole factory on demo slides: tiling, GAN, labelling, classifier, LDM, GenSeg, export, downstream check."""
     from ops.slides.registry import is_slide_file
     from pipelines.presets import load_preset, ops_subset
 
@@ -242,8 +242,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     preset = load_preset("demo")
     t = time.perf_counter()
-    chain_ok = _run_job(instance, "factory_demo", [None], "GAN + labelling + classifier + LDM")[None]
-    stage("GAN, samples, annotations, features, classifier, LDM", t)
+    chain_ok = _run_job(instance, "factory_demo", [None], "GAN + labelling + classifier + LDM + GenSeg")[None]
+    stage("GAN, samples, annotations, features, classifier, LDM, GenSeg", t)
     if not chain_ok:
         return _summary(instance, home, stages, start, failed + ["factory_demo"])
     t = time.perf_counter()
@@ -268,12 +268,15 @@ def _summary(instance, home: Path, stages: list[tuple[str, float]], start: float
         ("classifier mean Dice (test split)", "classifier_eval", "mean_dice"),
         ("autoencoder PSNR dB (held-out crops)", "autoencoder", "psnr_db"),
         ("LDM mask agreement (x chance)", "ldm_model", "mask_agreement"),
+        ("GenSeg mask agreement (x chance)", "genseg_model", "mask_agreement"),
         ("export version", "synthetic_dataset", "export_version"),
         ("export samples", "synthetic_dataset", "export_samples_total"),
         ("label fidelity, GAN pairs (stand-in Dice)", "synthetic_dataset", "fidelity_stylegan2"),
         ("label fidelity, LDM pairs (stand-in Dice)", "synthetic_dataset", "fidelity_ldm"),
+        ("label fidelity, GenSeg pairs (stand-in Dice)", "synthetic_dataset", "fidelity_genseg"),
         ("judge agreement, GAN pairs", "synthetic_dataset", "judge_agreement_stylegan2"),
         ("judge agreement, LDM pairs", "synthetic_dataset", "judge_agreement_ldm"),
+        ("judge agreement, GenSeg pairs", "synthetic_dataset", "judge_agreement_genseg"),
         ("judge's own Dice (held-out real crops)", "label_judge", "judge_dice_held_out"),
         ("segmenter mean Dice, real only (smallest N)", "downstream_eval", "mean_dice_real"),
     ]

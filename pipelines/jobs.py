@@ -21,10 +21,11 @@ FACTORY_ASSETS = [
     "mask_bank",
     "autoencoder",
     "ldm_model",
+    "genseg_model",  # fine-tuned briefly from the shipped weights (resources/pretrained/genseg_small.pt)
     "real_annotations",  # before the export: the label judge trained on them scores every exported pair
     "label_judge",
 ]
-GENSEG_ASSETS = ["genseg_model"]  # its own job: the demo chain stays within its time budget without it
+GENSEG_ASSETS = ["genseg_model"]  # also a job of its own: (re)train GenSeg without the rest of the factory
 EXPORT_ASSETS = ["synthetic_dataset"]
 DOWNSTREAM_ASSETS = ["downstream_eval"]
 
@@ -53,7 +54,7 @@ factory_jobs = preset_jobs(
     "factory",
     FACTORY_ASSETS,
     "GAN training, sampling, annotation import, features, "
-    "classifier and evaluation; slide annotations, mask bank, autoencoder and LDM",
+    "classifier and evaluation; slide annotations, mask bank, autoencoder, LDM and GenSeg",
 )
 
 genseg_jobs = preset_jobs(

@@ -54,10 +54,10 @@ def test_presets_configure_the_jobs():
     ann = paper["ops"]["annotations"]["config"]
     assert (ann["n_train"], ann["n_val"], ann["n_test"]) == (16, 4, 16)
     assert demo["ops"]["annotations"]["config"]["demo_annotator"] is True
-    assert demo["ops"]["synthetic_dataset"]["config"]["generators"] == ["stylegan2", "ldm"]
+    assert demo["ops"]["synthetic_dataset"]["config"]["generators"] == ["stylegan2", "ldm", "genseg"]
     assert paper["ops"]["ldm_model"]["config"]["preview_steps"] == 200, "DISC samples with 200 DDIM steps"
     factory = {n.name for n in defs_job("factory_demo").graph.node_defs}
-    assert {"tile_annotations", "mask_bank", "autoencoder", "ldm_model"} <= factory
+    assert {"tile_annotations", "mask_bank", "autoencoder", "ldm_model", "genseg_model"} <= factory
     import pytest
 
     with pytest.raises(ValueError, match="unknown preset 'fast'; known presets: demo, paper"):
@@ -151,7 +151,12 @@ def test_every_stage_has_quality_gates_and_the_blocking_ones_block():
     assert set().union(*by_stage.values()) == blocking | WARNING_GATES
     for job, gates in {
         "tiling": {"tissue_found", "mpp_known", "tiles_kept"},
-        "factory_demo": {"swd_below_untrained", "dice_above_chance", "mask_agreement_above_chance"},
+        "factory_demo": {
+            "swd_below_untrained",
+            "dice_above_chance",
+            "mask_agreement_above_chance",
+            "genseg_follows_masks",
+        },
         "export": {"near_copies_rare", "label_agreement_floor"},
         "downstream_demo": {"synthetic_helps"},
     }.items():

@@ -36,6 +36,7 @@ def test_weekly_retraining_requests_only_stale_assets(factory_home):
         "mask_bank",
         "autoencoder",
         "ldm_model",
+        "genseg_model",
         "real_annotations",
         "label_judge",
     }
