@@ -15,8 +15,9 @@ shorter route retraining (GenSeg: its `quick` preset).
 Equal label budget (``ops.evaluation.budget_routes``): at every budget and seed each route's labelled part is
 retrained on that budget's labels only. ``stylegan2``: the demo's generator (it saw no label) with a new pixel
 classifier on N annotated generated images. ``ldm``: the demo's autoencoder (images only) and a denoiser of the demo's
-architecture pretrained here on unlabelled training-slide crops through the null condition, then fine-tuned on the N
-crops. ``genseg``: trained from random weights on the N crops (``ops.genseg.budget``; stage A learns from the validation
+architecture pretrained on unlabelled training-slide crops through the null condition (continuing the shipped long
+label-free run ``resources/pretrained/ldm_demo_label_free.pt``, or from random weights with ``--ldm-label-free
+none``), then fine-tuned on the N crops. ``genseg``: trained from random weights on the N crops (``ops.genseg.budget``; stage A learns from the validation
 crops). ``--export-pairs`` uses the exported pairs instead (their labels come from every annotated tile: an upper
 bound, not the protocol).
 
@@ -130,6 +131,8 @@ def main() -> None:
     routes = args.routes or mask_routes(export) + ([] if args.export_pairs else ["genseg"])
     retraining = QUICK_RETRAINING if args.quick else RouteRetraining()
     label_free = None if args.ldm_label_free.lower() == "none" else args.ldm_label_free
+    if label_free and not Path(label_free).is_file():
+        raise SystemExit(f"--ldm-label-free {label_free}: no such file; pass another or 'none' (random weights)")
     retraining = dataclasses.replace(retraining, ldm_guidance=args.ldm_guidance, ldm_label_free=label_free)
     per_budget = {}
     if not args.export_pairs:

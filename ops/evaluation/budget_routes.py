@@ -10,8 +10,9 @@ seed that chose them) and returns fresh synthetic pairs (the ``BudgetRoute`` pro
   features is trained from N annotated *generated* images (chosen by the seed from the annotation set), then labels
   newly generated images. The N real crops themselves only set N: DatasetGAN's annotators label generated images.
 * :class:`LdmBudgetRoute` (DISC) — a denoiser pretrained without labels (every step through the null condition,
-  :func:`pretrain_unconditional`) learns the mask conditioning from the N crops (their eight dihedral copies), keeps
-  seeing unlabelled tissue through the null slot, then samples pairs for the N masks' dihedral copies.
+  :func:`pretrain_unconditional`, optionally continuing a long label-free run: ``ops.diffusion.label_free``) learns the
+  mask conditioning from the N crops (their eight dihedral copies), keeps seeing unlabelled tissue through the null
+  slot, then samples pairs for the N masks' dihedral copies.
 * :class:`GensegBudgetRoute` (GenSeg) — the mask-to-image generator and its architecture are trained from random
   weights on the N crops (multi-level optimisation against the validation crops, unlabelled tissue for appearance),
   then paint augmented versions of the N masks (``ops.genseg.budget``).
