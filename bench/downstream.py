@@ -17,9 +17,9 @@ retrained on that budget's labels only. ``stylegan2``: the demo's generator (it 
 classifier on N annotated generated images. ``ldm``: the demo's autoencoder (images only) and a denoiser of the demo's
 architecture pretrained on unlabelled training-slide crops through the null condition (continuing the shipped long
 label-free run ``resources/pretrained/ldm_demo_label_free.pt``, or from random weights with ``--ldm-label-free
-none``), then fine-tuned on the N crops. ``genseg``: trained from random weights on the N crops (``ops.genseg.budget``; stage A learns from the validation
-crops). ``--export-pairs`` uses the exported pairs instead (their labels come from every annotated tile: an upper
-bound, not the protocol).
+none``), then fine-tuned on the N crops. ``genseg``: trained from random weights on the N crops
+(``ops.genseg.budget``; stage A learns from the validation crops). ``--export-pairs`` uses the exported pairs instead
+(their labels come from every annotated tile: an upper bound, not the protocol).
 
 Last line: ``fidelity_<route>=<x> judge_<route>=<x> budget_fidelity_<route>=<x> ... gain_at_4=<x> ci_low_at_4=<x>
 best_arm_at_4=<name> gain_at_max=<x>``. fidelity and judge score the export's pairs; budget_fidelity is the
