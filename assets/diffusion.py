@@ -147,6 +147,9 @@ class AutoencoderTrainingConfig(dg.Config):
     kl_weight: float = Field(default=1e-6, ge=0, description="KL weight (LDM: 1e-6).")
     checkpoint_every: int = Field(default=50, ge=1, description="Steps between checkpoints and reconstruction checks.")
     log_every: int = Field(default=10, ge=1, description="Steps between loss logs.")
+    continue_training: bool = Field(
+        default=False, description="Extend the latest run of this config to the new kimg instead of starting anew."
+    )
     eval_images: int = Field(default=32, ge=1, description="Held-out crops the reconstruction metrics use.")
     from_scratch: bool = Field(default=False, description="Ignore the pretrained weights; start from random ones.")
     pretrained: str | None = Field(
@@ -179,8 +182,10 @@ def autoencoder(
         context,
         mlflow_tracking,
         storage.ldm_root / "autoencoder",
-        {"config": config.model_dump(), "tiles": tile_set_hash(tiles)},
+        {"config": config.model_dump(exclude={"kimg", "continue_training"}), "tiles": tile_set_hash(tiles)},
         AUTOENCODER_MODEL_NAME,
+        length={"kimg": config.kimg},
+        continue_training=config.continue_training,
     )
     if run.resuming:
         trainer = AutoencoderTrainer.from_checkpoint(run.checkpoint, device)

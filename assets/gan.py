@@ -52,6 +52,9 @@ class GanTrainingConfig(dg.Config):
     pretrained: str | None = Field(
         default=None, description="Checkpoint to fine-tune from; unset = the shipped one for the preset, if any."
     )
+    continue_training: bool = Field(
+        default=False, description="Extend the latest run of this config to the new kimg instead of starting anew."
+    )
     swd_images: int = Field(default=64, ge=2, description="Images per set for SWD (held-out crops vs samples).")
     inception_weights: str | None = Field(
         default=None, description="Local NVlabs inception-2015-12-05.pt: also compute FID (never downloaded)."
@@ -90,8 +93,10 @@ def gan_model(
         context,
         mlflow_tracking,
         storage.gan_root,
-        {"config": config.model_dump(), "tiles": tile_set_hash(tiles)},
+        {"config": config.model_dump(exclude={"kimg", "continue_training"}), "tiles": tile_set_hash(tiles)},
         GAN_MODEL_NAME,
+        length={"kimg": config.kimg},
+        continue_training=config.continue_training,
     )
     if run.resuming:
         trainer = GanTrainer.from_checkpoint(run.checkpoint, device)

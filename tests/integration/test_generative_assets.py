@@ -1,4 +1,4 @@
-"""GAN assets end to end: split, training with MLflow, kill + resume, sampling into zarr."""
+"""GAN assets end to end: split, training with MLflow, kill + resume, continue_training, sampling into zarr."""
 
 from __future__ import annotations
 
@@ -99,3 +99,11 @@ def test_interrupted_training_resumes_from_checkpoint(tiled_home, tmp_path):
     assert meta["resumed_from_step"].value == step_at_kill
     assert meta["step"].value == 50
     assert meta["mlflow_run_id"].value == state["mlflow_run_id"], "the resumed run continues the same MLflow run"
+
+    longer = {"gan_model": {"config": {**TINY, "kimg": 0.216, "continue_training": True}}, **tiny_gates([gan_model])}
+    result = dg.materialize(
+        **selecting([gan_model]), instance=instance, resources=_resources(home), run_config=dg.RunConfig(ops=longer)
+    )
+    meta = result.asset_materializations_for_node("gan_model")[0].metadata
+    assert result.success and (meta["resumed_from_step"].value, meta["step"].value) == (50, 54)
+    assert meta["mlflow_run_id"].value == state["mlflow_run_id"], "continue_training extends the same MLflow run"
