@@ -70,6 +70,7 @@ TINY_GATES = {
     "gan_model_swd_below_untrained": {"config": {"max_fraction_of_untrained": 1e6}},
     "classifier_eval_dice_above_chance": {"config": {"min_times_chance": 1e-6}},
     "ldm_model_mask_agreement_above_chance": {"config": {"min_mask_agreement": 1e-6}},
+    "genseg_model_genseg_follows_masks": {"config": {"min_mask_agreement": 1e-6}},
 }
 
 
@@ -101,6 +102,22 @@ TINY_LDM = {
     "autoencoder": {"config": {"kimg": 0.032, "batch_size": 8, "checkpoint_every": 2, "eval_images": 8}},
     "ldm_model": {
         "config": {"kimg": 0.032, "batch_size": 8, "checkpoint_every": 2, "preview_steps": 2, "preview_images": 4}
+    },
+}
+
+
+# GenSeg on tiny settings (with TINY_LDM's annotated tiles and mask bank): 8 steps of batch 2 of the half-width
+# architecture. Its images cannot follow their masks after 8 steps: chains take the gate's near-zero threshold.
+TINY_GENSEG_MODEL = {
+    "genseg_model": {
+        "config": {
+            "preset": "small",
+            "kimg": 0.016,
+            "batch_size": 2,
+            "checkpoint_every": 4,
+            "log_every": 1,
+            "preview_images": 4,
+        }
     },
 }
 

@@ -42,7 +42,7 @@ def test_sigterm_during_the_factory_run_names_the_stage_and_exits_130(factory_ho
                 proc.wait()
     text = log.read_text()
     assert code == 130, text[-3000:]
-    assert "interrupted during stage 'GAN + labelling + classifier + LDM'" in text, text[-3000:]
+    assert "interrupted during stage 'GAN + labelling + classifier + LDM + GenSeg'" in text, text[-3000:]
     assert "CheckError" not in text and "Traceback (most recent call last)" not in text, text[-3000:]
     instance = dg.DagsterInstance.from_config(str(factory_home / "dagster"))
     statuses = {run.job_name: run.status for run in instance.get_runs()}

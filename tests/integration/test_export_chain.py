@@ -12,13 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from factory_helpers import TINY_CHAIN, TINY_GATES, TINY_LDM, resources_for, selecting, tile_every_slide
+from factory_helpers import (
+    TINY_CHAIN,
+    TINY_GATES,
+    TINY_GENSEG_MODEL,
+    TINY_LDM,
+    resources_for,
+    selecting,
+    tile_every_slide,
+)
 from PIL import Image
 
 from assets.diffusion import autoencoder, ldm_model, mask_bank
 from assets.evaluation import downstream_eval, label_judge, real_annotations, synthetic_helps
 from assets.export import label_agreement_floor, synthetic_dataset
 from assets.gan import gan_model, generated_samples
+from assets.genseg import genseg_model
 from assets.labelling import annotations, classifier_eval, generated_features, pixel_classifier, tile_annotations
 from assets.slides import training_tiles
 from ops.diffusion.mask_bank import MaskBank
@@ -51,12 +60,14 @@ CHAIN = [
     mask_bank,
     autoencoder,
     ldm_model,
+    genseg_model,
     real_annotations,
     label_judge,
 ]
 CONFIG = {
     **TINY_CHAIN,
     **TINY_LDM,
+    **TINY_GENSEG_MODEL,
     **TINY_GATES,
     "real_annotations": {"config": {"crops_per_tile": 2, "heldout_tiles": 6}},
     "label_judge": {"config": {"steps": 4, "base_channels": 4}},

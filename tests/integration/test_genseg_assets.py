@@ -10,7 +10,15 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from factory_helpers import kill_after_first_checkpoint, read_ref, resources_for, selecting
+from factory_helpers import (
+    TINY_GATES,
+    TINY_GENSEG_MODEL,
+    TINY_LDM,
+    kill_after_first_checkpoint,
+    read_ref,
+    resources_for,
+    selecting,
+)
 
 from assets.diffusion import mask_bank
 from assets.export import synthetic_dataset
@@ -23,22 +31,12 @@ from resources import MlflowTracking, TorchDevice
 
 pytestmark = pytest.mark.integration
 
-# 2 demo-annotated tiles per training slide (one trains S, one gives the validation loss), 8 steps of batch 2 of the
-# half-width architecture. Its images cannot follow their masks after 8 steps: the gate's threshold is near zero.
+# 2 demo-annotated tiles per training slide (one trains S, one gives the validation loss).
 TINY_GENSEG = {
-    "tile_annotations": {"config": {"demo_annotator": True, "demo_tiles_per_slide": 2}},
-    "mask_bank": {"config": {"resolution": 64, "crops": 32}},
-    "genseg_model": {
-        "config": {
-            "preset": "small",
-            "kimg": 0.016,
-            "batch_size": 2,
-            "checkpoint_every": 4,
-            "log_every": 1,
-            "preview_images": 4,
-        }
-    },
-    "genseg_model_genseg_follows_masks": {"config": {"min_mask_agreement": 1e-6}},
+    "tile_annotations": TINY_LDM["tile_annotations"],
+    "mask_bank": TINY_LDM["mask_bank"],
+    **TINY_GENSEG_MODEL,
+    "genseg_model_genseg_follows_masks": TINY_GATES["genseg_model_genseg_follows_masks"],
 }
 
 
