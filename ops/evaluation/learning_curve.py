@@ -380,6 +380,7 @@ class _CurveJob:
                 )
         rows = []
         for arm, route, lam in _plan(cfg, self.routes):
+            started = time.perf_counter()
             result = train_arm(arm, crops, pairs.get(route), cfg, len(class_names), seed, lam)
             val = score(result.model, val_x, val_y, class_names)
             test = score(result.model, test_x, test_y, class_names)
@@ -399,7 +400,10 @@ class _CurveJob:
                 }
             )
             if progress is not None:
-                progress(f"N={budget} seed={seed} {rows[-1]['arm']} λ={lam}: test Dice {test['mean_dice']:.3f}")
+                progress(
+                    f"N={budget} seed={seed} {rows[-1]['arm']} λ={lam}: test Dice {test['mean_dice']:.3f} "
+                    f"({time.perf_counter() - started:.0f} s)"
+                )
         return rows
 
 

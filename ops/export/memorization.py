@@ -173,7 +173,15 @@ def _nearest(
             better = d_min < q_best  # strict: ties keep the lower bank index
             q_best[better] = d_min[better]
             q_idx[better] = d_arg[better] + bs
-    return best.sqrt().numpy(), best_idx.numpy()
+    # The expansion above leaves rounding residue (~1e-6 for an exact copy, BLAS-dependent); the winners' distances are
+    # recomputed directly so that an exact copy reads 0 and the reported distance does not depend on the BLAS build.
+    exact = torch.full((n,), float("inf"), dtype=torch.float64)
+    for qs in range(0, n, chunk):
+        idx = best_idx[qs : qs + chunk]
+        found = torch.nonzero(idx >= 0).squeeze(1)
+        diff = queries[qs + found].to(torch.float64) - bank[idx[found]].to(torch.float64)
+        exact[qs + found] = diff.norm(dim=1)
+    return exact.numpy(), best_idx.numpy()
 
 
 def nearest_neighbour_distances(
