@@ -128,7 +128,8 @@ def main() -> None:
     print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
     start = time.perf_counter()
     # A route retrained per budget needs no export (GenSeg trains from the crops and the tiles alone).
-    routes = args.routes or mask_routes(export) + ([] if args.export_pairs else ["genseg"])
+    # An export made since GenSeg joined the factory already has genseg pairs: each route once.
+    routes = args.routes or list(dict.fromkeys(mask_routes(export) + ([] if args.export_pairs else ["genseg"])))
     retraining = QUICK_RETRAINING if args.quick else RouteRetraining()
     label_free = None if args.ldm_label_free.lower() == "none" else args.ldm_label_free
     if label_free and not Path(label_free).is_file():

@@ -131,7 +131,9 @@ def run_downstream(
     """
     require_same_classes(export_class_names(export_dir), class_names, export_dir)
     budget_routes = dict(budget_routes or {})
-    routes = list(routes) if routes is not None else sorted(set(mask_routes(export_dir)) | set(budget_routes))
+    if routes is None:
+        routes = sorted(set(mask_routes(export_dir)) | set(budget_routes))
+    routes = list(dict.fromkeys(routes))  # each route once, in the caller's order
     synthetic: dict[str, SyntheticSource] = {
         r: budget_routes[r] if r in budget_routes else export_pairs(export_dir, r, cfg.synthetic_max) for r in routes
     }

@@ -57,6 +57,8 @@ def test_run_downstream_gives_the_headline(export) -> None:
     assert result.routes == ["ldm", "stylegan2"] and result.synthetic_pairs == {"ldm": 4, "stylegan2": 4}
     assert headline["fidelity_ldm"] == 0.5 and headline["best_arm_smallest"] in ("mix:ldm", "mix:stylegan2")
     assert headline["ci_low_smallest"] <= headline["gain_smallest"] <= headline["ci_high_smallest"]
+    once = run_downstream(real, CLASSES, export, CurveConfig(**{**cfg.to_dict(), "seeds": (0,)}), ["ldm", "ldm"])
+    assert once.routes == ["ldm"]  # a route named twice (export + per-budget list) is evaluated and reported once
     with pytest.raises(ValueError, match="differ from the real pairs'"):
         run_downstream(real, ["bg", "other"], export, cfg)
 
