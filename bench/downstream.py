@@ -10,8 +10,7 @@ from the export's ``label_scores.json``, where the export wrote them.
 
 Full: budgets N in {4, 8, 16, 32, 64, all}, 5 seeds, every arm (real, real_aug, syn_only, mix with lambda in
 {0.1, 0.3, 0.5} chosen on validation, syn_then_real) per route. ``--quick``: N in {4, 16}, 3 seeds, the same arms,
-shorter route retraining (GenSeg: its `quick` preset), U-Net training forward passes in bf16 autocast where the CPU
-has native bf16 (``--precision fp32`` turns it off; about 2x faster steps, every arm alike).
+shorter route retraining (GenSeg: its `quick` preset).
 
 Equal label budget (``ops.evaluation.budget_routes``): at every budget and seed each route's labelled part is
 retrained on that budget's labels only. ``stylegan2``: the demo's generator (it saw no label) with a new pixel
@@ -56,7 +55,7 @@ from ops.labelling.demo_annotator import demo_labels  # noqa: E402
 from resources.references import read_reference  # noqa: E402
 from resources.storage import FactoryStorage  # noqa: E402
 
-QUICK = {"budgets": (4, 16), "seeds": (0, 1, 2), "precision": "bf16"}
+QUICK = {"budgets": (4, 16), "seeds": (0, 1, 2)}
 
 
 def _ref(home: Path, asset: str):
@@ -92,13 +91,7 @@ def route_files(home: Path) -> RouteFiles:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="N in {4, 16}, 3 seeds, bf16 U-Net training")
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default=None,
-        help="U-Net training precision (default: fp32; quick bf16)",
-    )
+    parser.add_argument("--quick", action="store_true", help="N in {4, 16}, 3 seeds")
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="override the budgets N (0 = all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     parser.add_argument("--ldm-guidance", type=float, default=1.0, help="guidance of the LDM route's samples")
@@ -130,14 +123,9 @@ def main() -> None:
     classes = list(get_class_map(ref.class_map or "demo").classes)
     export = _latest_export(home, args.export)
     cfg = CurveConfig(**QUICK) if args.quick else CurveConfig()
-    overrides = {
-        "budgets": tuple(args.budgets or cfg.budgets),
-        "seeds": tuple(args.seeds or cfg.seeds),
-        "precision": args.precision or cfg.precision,
-    }
+    overrides = {"budgets": tuple(args.budgets or cfg.budgets), "seeds": tuple(args.seeds or cfg.seeds)}
     cfg = CurveConfig(**{**cfg.to_dict(), **overrides})
-    bf16 = "bf16 autocast" if cfg.uses_bf16() else "fp32" + (" (no native bf16)" if cfg.precision == "bf16" else "")
-    print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}; U-Net training in {bf16}", flush=True)
+    print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
     start = time.perf_counter()
     # A route retrained per budget needs no export (GenSeg trains from the crops and the tiles alone).
     # An export made since GenSeg joined the factory already has genseg pairs: each route once.

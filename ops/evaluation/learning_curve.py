@@ -46,7 +46,6 @@ from ops.export.label_scores import Labeller, fidelity
 ARMS = ("real", "real_aug", "syn_only", "mix", "syn_then_real")
 ROUTE_ARMS = ("syn_only", "mix", "syn_then_real")  # one arm per synthetic route
 NORMS = ("group", "batch")
-PRECISIONS = ("fp32", "bf16")
 ALL = 0  # budget value meaning "every labelled training crop"
 
 Progress = Callable[[str], None]
@@ -87,10 +86,6 @@ class CurveConfig(DictConfig):
     loss: str = "ce"  # "ce" | "dice_ce" (MONAI Dice + cross-entropy)
     synthetic_max: int = 200  # synthetic pairs per route used
     n_boot: int = 2000  # bootstrap resamples of the seeds
-    # "bf16": training forward passes under CPU bfloat16 autocast where the CPU has native bf16 (oneDNN), fp32
-    # elsewhere; ~2x faster steps on AVX512-BF16 cores (the quick bench uses it to fit its time budget). Every arm
-    # trains the same way, and BatchNorm, the loss, the optimiser and scoring stay fp32.
-    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.arms) - set(ARMS))
@@ -110,15 +105,9 @@ class CurveConfig(DictConfig):
             raise ValueError(f"CurveConfig.arch: expected one of {ARCHS}, received {self.arch!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"CurveConfig.loss: expected one of {LOSSES}, received {self.loss!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"CurveConfig.precision: expected one of {PRECISIONS}, received {self.precision!r}")
         for name in ("real_passes", "min_steps", "batch_real", "batch_syn", "synthetic_max", "n_boot"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CurveConfig.{name}: expected >= 1, received {getattr(self, name)}")
-
-    def uses_bf16(self) -> bool:
-        """Whether training runs under bf16 autocast: asked for, and the CPU computes bf16 natively."""
-        return self.precision == "bf16" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
     def steps(self, budget: int) -> int:
         """Optimiser steps at budget N: ``real_passes`` passes of ``min(batch_real, N)`` crops, at least min_steps."""
@@ -207,18 +196,17 @@ def train_arm(
     real_s = CyclingSampler(*real, cfg.batch_real, gen)
     syn_s = CyclingSampler(*synthetic, cfg.batch_syn, gen) if synthetic is not None else None
     augment = classical_augment if arm == "real_aug" else None
-    bf16 = cfg.uses_bf16()
     model.train()
     if arm == "syn_then_real":
-        _fit(model, opt, None, syn_s, 1.0, steps, gen, None, cfg.loss, bf16)
+        _fit(model, opt, None, syn_s, 1.0, steps, gen, None, cfg.loss)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)  # fine-tune with fresh moments, as a user would
-        _fit(model, opt, real_s, None, 0.0, steps, gen, None, cfg.loss, bf16)
+        _fit(model, opt, real_s, None, 0.0, steps, gen, None, cfg.loss)
     elif arm == "syn_only":
-        _fit(model, opt, None, syn_s, 1.0, steps, gen, None, cfg.loss, bf16)
+        _fit(model, opt, None, syn_s, 1.0, steps, gen, None, cfg.loss)
     elif arm == "mix":
-        _fit(model, opt, real_s, syn_s, lam, steps, gen, None, cfg.loss, bf16)
+        _fit(model, opt, real_s, syn_s, lam, steps, gen, None, cfg.loss)
     else:
-        _fit(model, opt, real_s, None, 0.0, steps, gen, augment, cfg.loss, bf16)
+        _fit(model, opt, real_s, None, 0.0, steps, gen, augment, cfg.loss)
     if cfg.norm == "batch":
         reestimate_batchnorm(model, real[0])
     return ArmResult(model.eval(), real_s.passes(), steps)
@@ -234,7 +222,6 @@ def _fit(
     gen: torch.Generator,
     augment: Callable | None,
     kind: str,
-    bf16: bool = False,
 ) -> None:
     """``steps`` Adam steps on the mixed loss; with both loaders, one forward pass over the concatenated batch."""
     for _ in range(steps):
@@ -245,9 +232,7 @@ def _fit(
             parts.append(syn.next())
         if augment is not None:
             parts = [augment(x, y, gen) for x, y in parts]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(torch.cat([x for x, _ in parts]).contiguous(memory_format=torch.channels_last))
-        logits = logits.float()
+        logits = model(torch.cat([x for x, _ in parts]).contiguous(memory_format=torch.channels_last))
         n_real = len(parts[0][0]) if real is not None else 0
         loss = mixed_loss(
             logits[:n_real] if real is not None else None,
