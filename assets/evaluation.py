@@ -44,7 +44,7 @@ from resources.references import (
     TrainingTilesRef,
 )
 
-DOWNSTREAM_CODE_VERSION = "downstream-4"  # 4: channels-last U-Net training, precision option
+DOWNSTREAM_CODE_VERSION = "downstream-4"  # 4: channels-last U-Net training
 
 
 class RealAnnotationConfig(dg.Config):
@@ -201,10 +201,6 @@ class DownstreamConfig(dg.Config):
     base_channels: int = Field(default=CurveConfig().base_channels, ge=1, description="Segmenter width.")
     norm: str = Field(default=CurveConfig().norm, description="batch (default; re-estimated on real crops) or group.")
     synthetic_max: int = Field(default=CurveConfig().synthetic_max, ge=1, description="Synthetic pairs per route.")
-    precision: str = Field(
-        default=CurveConfig().precision,
-        description="fp32, or bf16: U-Net training under bf16 autocast where the CPU has native bf16 (~2x faster).",
-    )
     per_budget: bool = Field(
         default=False,
         description="Retrain each route's labelled part on every budget's N labels (the equal-label-budget protocol; "
@@ -258,7 +254,6 @@ class DownstreamConfig(dg.Config):
             base_channels=self.base_channels,
             norm=self.norm,
             synthetic_max=self.synthetic_max,
-            precision=self.precision,
         )
 
 
