@@ -96,7 +96,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N in {4, 16}, 3 seeds, mix at λ 0.5")
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="override the budgets N (0 = all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
-    parser.add_argument("--ldm-guidance", type=float, default=1.0, help="guidance of the LDM route's samples")
+    parser.add_argument(
+        "--ldm-guidance",
+        type=float,
+        default=RouteRetraining().ldm_guidance,
+        help="guidance of the LDM route's samples (default: the export's, 4)",
+    )
     parser.add_argument(
         "--ldm-label-free",
         default=str(FactoryStorage.pretrained("ldm_demo_label_free.pt")),

@@ -385,7 +385,7 @@ class RouteRetraining:
     ldm_pretrain_steps: int = 1500
     ldm_finetune_steps: int = 400
     ldm_batch: int = 32
-    ldm_guidance: float = 1.0  # classifier-free guidance of the route's samples (the demo export samples at 4)
+    ldm_guidance: float = 4.0  # as the demo export samples (bench/ldm_guidance.py: best of 1-8 on validation seeds)
     unlabelled_crops: int = 2048
     genseg: str = "demo"  # ops.genseg.budget.BUDGET_PRESETS
     ldm_label_free: str | None = None
