@@ -14,6 +14,9 @@ Run it (one torch thread, resumable: rerun the same command with a larger ``--ki
 
     python -m ops.diffusion.label_free --tiles data/training/tiles.parquet \
         --autoencoder resources/pretrained/autoencoder_demo.pt --checkpoint runs/label_free.pt --kimg 400
+
+``--init <denoiser file>`` starts a new run from existing weights instead of random ones: a new autoencoder moves the
+latents, and the shipped label-free denoiser carried over to them costs far less than pretraining anew.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ from ops.common.device import pick_device
 from ops.common.provenance import write_provenance
 from ops.common.train_loop import fit_steps
 from ops.diffusion.autoencoder import encode, load_autoencoder
-from ops.diffusion.denoiser import LdmConfig, LdmTrainConfig, LdmTrainer, get_ldm_config, unlabelled_masks
+from ops.diffusion.denoiser import (
+    LdmConfig,
+    LdmTrainConfig,
+    LdmTrainer,
+    get_ldm_config,
+    read_ldm_checkpoint,
+    unlabelled_masks,
+)
 from ops.slides.crops import TileCropSampler
 
 
@@ -48,6 +58,22 @@ def train_tiles(tile_table: str | os.PathLike[str]) -> pd.DataFrame:
     if train.empty:
         raise ValueError(f"{path}: no tile of a training slide (split == 'train'); check the slide split")
     return train
+
+
+def read_label_free(path: str | os.PathLike[str], cfg: LdmConfig) -> dict[str, torch.Tensor]:
+    """The EMA weights of a label-free pretraining (``ops.diffusion.label_free``), checked against ``cfg``.
+
+    Raises:
+        ValueError: the file holds another architecture (names both and the fix).
+    """
+    payload = read_ldm_checkpoint(path)
+    found = LdmConfig.from_dict(payload["config"])
+    if found != cfg:
+        raise ValueError(
+            f"{path}: label-free denoiser for {found}, but the factory's LDM is {cfg}; pretrain one for this "
+            "architecture (python -m ops.diffusion.label_free) or leave ldm_label_free unset"
+        )
+    return {k: v.float() for k, v in payload["ema"].items()}
 
 
 def pretrain_label_free(
@@ -90,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init", default=None, help="denoiser file a new run starts from (model and EMA); ignored when resuming"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -100,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         cfg: LdmConfig = get_ldm_config(args.preset, args.n_classes)
         trainer = LdmTrainer(cfg, LdmTrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed), device)
+        if args.init:
+            weights = read_label_free(args.init, cfg)
+            trainer.model.load_state_dict(weights)
+            trainer.ema.load_state_dict(weights)
+            print(f"new run from the weights of {args.init}")
     started = time.perf_counter()
     pretrain_label_free(
         trainer,
@@ -117,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "command": "python -m ops.diffusion.label_free " + " ".join(argv or sys.argv[1:]),
             "tiles": str(Path(args.tiles).resolve()),
             "autoencoder": str(Path(args.autoencoder).resolve()),
+            "init": str(Path(args.init).resolve()) if args.init else None,
             "images_seen": trainer.images_seen,
             "steps": trainer.step,
             "train_seconds": round(trainer.train_seconds, 1),

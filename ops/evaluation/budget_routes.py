@@ -38,6 +38,7 @@ import zarr
 from ops.common.device import pick_device
 from ops.diffusion.autoencoder import Autoencoder, encode, load_autoencoder
 from ops.diffusion.denoiser import LdmConfig, LdmTrainConfig, LdmTrainer, read_ldm_checkpoint
+from ops.diffusion.label_free import read_label_free
 from ops.diffusion.samplers import sample_latents
 from ops.export.gan_route import ExportParams, synthesize_seeds, uncertain_to_drop
 from ops.export.ldm_route import latents_to_uint8
@@ -181,22 +182,6 @@ def pretrain_unconditional(
         idx = torch.randint(len(latents), (train_cfg.batch_size,), generator=gen)
         trainer.train_step(latents[idx], null)
     return {k: v.detach().clone() for k, v in trainer.sampling_model.state_dict().items()}
-
-
-def read_label_free(path: str | os.PathLike[str], cfg: LdmConfig) -> dict[str, torch.Tensor]:
-    """The EMA weights of a label-free pretraining (``ops.diffusion.label_free``), checked against ``cfg``.
-
-    Raises:
-        ValueError: the file holds another architecture (names both and the fix).
-    """
-    payload = read_ldm_checkpoint(path)
-    found = LdmConfig.from_dict(payload["config"])
-    if found != cfg:
-        raise ValueError(
-            f"{path}: label-free denoiser for {found}, but the factory's LDM is {cfg}; pretrain one for this "
-            "architecture (python -m ops.diffusion.label_free) or leave ldm_label_free unset"
-        )
-    return {k: v.float() for k, v in payload["ema"].items()}
 
 
 @dataclass

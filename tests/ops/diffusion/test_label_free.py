@@ -13,8 +13,7 @@ import torch
 
 from ops.diffusion.autoencoder import AutoencoderConfig, build_autoencoder, save_autoencoder
 from ops.diffusion.denoiser import LdmConfig, LdmTrainConfig, LdmTrainer, get_ldm_config
-from ops.diffusion.label_free import main, pretrain_label_free, train_tiles
-from ops.evaluation.budget_routes import read_label_free
+from ops.diffusion.label_free import main, pretrain_label_free, read_label_free, train_tiles
 from ops.slides.tile_store import create_tile_array
 
 AE = AutoencoderConfig(kind="kl", resolution=32, block_out_channels=(8, 16, 16), norm_num_groups=4)
@@ -88,3 +87,29 @@ def test_the_command_writes_weights_with_provenance_that_the_budget_route_reads(
     assert set(weights) == set(LdmTrainer(demo, LdmTrainConfig()).ema.state_dict())
     with pytest.raises(ValueError, match="pretrain one for this architecture"):
         read_label_free(checkpoint, get_ldm_config("demo", 4))
+
+
+def test_init_starts_a_new_run_from_given_weights_of_the_same_architecture(files, tmp_path) -> None:
+    ae64 = AutoencoderConfig(kind="kl", resolution=64, block_out_channels=(8, 16, 16), norm_num_groups=4)
+    save_autoencoder(tmp_path / "ae64.pt", build_autoencoder(ae64), ae64, 1.0)
+    args = ["--tiles", str(files["tiles"]), "--autoencoder", str(tmp_path / "ae64.pt"), "--batch-size", "2"]
+    first = tmp_path / "first.pt"
+    main([*args, "--checkpoint", str(first), "--kimg", "0.002", "--seed", "1"])
+    demo = get_ldm_config("demo", 6)
+    start = read_label_free(first, demo)
+    seeded = tmp_path / "seeded.pt"
+    main([*args, "--checkpoint", str(seeded), "--kimg", "0.002", "--init", str(first)])
+    record = json.loads(seeded.with_suffix(".json").read_text())
+    assert record["init"] == str(first.resolve()) and (record["images_seen"], record["steps"]) == (2, 1)
+    after = LdmTrainer.from_checkpoint(seeded)
+    assert after.step == 1
+    # One warm-up step moves the weights a little from the init; a new run (seed 0) starts far from it (seed 1).
+    fresh = LdmTrainer(demo, LdmTrainConfig()).ema.state_dict()
+    ema = after.ema.state_dict()
+    near = sum(float((ema[k] - start[k]).square().sum()) for k in start)
+    far = sum(float((fresh[k] - start[k]).square().sum()) for k in start)
+    assert near < 1e-3 * far
+    with pytest.raises(ValueError, match="pretrain one for this architecture"):
+        main(
+            [*args, "--checkpoint", str(tmp_path / "x.pt"), "--kimg", "0.002", "--init", str(first), "--n-classes", "4"]
+        )
