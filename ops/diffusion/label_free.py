@@ -130,7 +130,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg: LdmConfig = get_ldm_config(args.preset, args.n_classes)
         trainer = LdmTrainer(cfg, LdmTrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed), device)
         if args.init:
-            weights = read_label_free(args.init, cfg)
+            try:
+                weights = read_label_free(args.init, cfg)
+            except ValueError as err:
+                raise SystemExit(
+                    f"--init: {err}. Pass the --preset and --n-classes the file was trained with, or drop --init"
+                ) from err
             trainer.model.load_state_dict(weights)
             trainer.ema.load_state_dict(weights)
             print(f"new run from the weights of {args.init}")

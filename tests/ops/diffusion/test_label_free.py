@@ -109,7 +109,7 @@ def test_init_starts_a_new_run_from_given_weights_of_the_same_architecture(files
     near = sum(float((ema[k] - start[k]).square().sum()) for k in start)
     far = sum(float((fresh[k] - start[k]).square().sum()) for k in start)
     assert near < 1e-3 * far
-    with pytest.raises(ValueError, match="pretrain one for this architecture"):
+    with pytest.raises(SystemExit, match="--init: .*first.pt.*drop --init"):
         main(
             [*args, "--checkpoint", str(tmp_path / "x.pt"), "--kimg", "0.002", "--init", str(first), "--n-classes", "4"]
         )
