@@ -19,7 +19,7 @@ guidance decides fidelity here (the shipped LDM with DDIM: 0.11 at 1, 0.36 at 2,
 "Annotated" crops come only from the top-left ``LABELLED`` box of the training area (a few annotated tiles);
 unlabelled crops from the whole training area, so unlabelled tissue is 4x the annotated area.
 
-Fidelity: each generated 64-px image is labelled by the DEMO stand-in annotator (``demo_annotate``) and compared
+Fidelity: each generated 64-px image is labelled by the DEMO stand-in annotator (``demo_labels``) and compared
 with the mask it was generated from (``ops.export.label_scores.fidelity``: Dice, mean over classes present). The
 ceiling in the same run: real held-out crops, whose masks were cut from the labels of the whole image, scored the
 same way (below 1.0: a 64-px crop has less context than the whole image). Seconds per pair: sampling and decoding
@@ -43,7 +43,7 @@ from ops.diffusion.mask_bank import MaskBank
 from ops.diffusion.samplers import sample_latents
 from ops.export.label_scores import fidelity
 from ops.export.ldm_route import latents_to_uint8
-from ops.labelling.demo_annotator import DEMO_CLASS_MAP, demo_annotate
+from ops.labelling.demo_annotator import DEMO_CLASS_MAP, demo_labels
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "resources" / "pretrained"
 N_CLASSES = DEMO_CLASS_MAP.n_classes
@@ -54,12 +54,8 @@ LDM_TRAIN = dict(lr=5e-4, warmup_steps=50, ema_decay=0.995)  # the ldm_model ass
 Crops = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
-def _labeller(images: np.ndarray) -> np.ndarray:
-    return np.stack([demo_annotate(img) for img in images])
-
-
 def _fidelity(images: np.ndarray, masks: np.ndarray) -> float:
-    return float(np.nanmean(fidelity(images, masks, _labeller, N_CLASSES)[0]))
+    return float(np.nanmean(fidelity(images, masks, demo_labels, N_CLASSES)[0]))
 
 
 def _as_input(images: np.ndarray) -> torch.Tensor:

@@ -60,7 +60,8 @@ from resources.storage import FactoryStorage  # noqa: E402
 QUICK = {"budgets": (4, 16), "seeds": (0, 1, 2), "lambdas": (0.5,)}
 
 
-def _ref(home: Path, asset: str):
+def home_ref(home: Path, asset: str):
+    """The reference a finished demo left for ``asset`` (exits with the fix when the demo has not run)."""
     path = home / "refs" / asset / "_.json"
     if not path.exists():
         raise SystemExit(f"{path}: missing; run `HISTOFACTORY_HOME={home} histofactory demo` first")
@@ -79,15 +80,15 @@ def _latest_export(home: Path, version: str | None) -> Path:
 
 def route_files(home: Path) -> RouteFiles:
     """What the demo left for the routes to retrain from."""
-    features = _ref(home, "generated_features")
+    features = home_ref(home, "generated_features")
     return RouteFiles(
-        gan_checkpoint=_ref(home, "gan_model").path,
+        gan_checkpoint=home_ref(home, "gan_model").path,
         features=features.path,
         feature_blocks=features.blocks,
-        annotations=_ref(home, "annotations").path,
-        autoencoder=_ref(home, "autoencoder").path,
-        ldm_checkpoint=_ref(home, "ldm_model").path,
-        training_tiles=_ref(home, "training_tiles").path,
+        annotations=home_ref(home, "annotations").path,
+        autoencoder=home_ref(home, "autoencoder").path,
+        ldm_checkpoint=home_ref(home, "ldm_model").path,
+        training_tiles=home_ref(home, "training_tiles").path,
     )
 
 

@@ -37,28 +37,18 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from downstream import home_ref  # noqa: E402 - bench/ is on sys.path when a script runs
+
 from ops.diffusion.autoencoder import load_autoencoder  # noqa: E402
 from ops.diffusion.denoiser import load_denoiser  # noqa: E402
 from ops.diffusion.mask_bank import MaskBank  # noqa: E402
 from ops.export.label_scores import fidelity  # noqa: E402
 from ops.export.ldm_route import synthesize_ldm_pairs  # noqa: E402
-from ops.labelling.demo_annotator import DEMO_CLASS_MAP, demo_annotate  # noqa: E402
-from resources.references import read_reference  # noqa: E402
+from ops.labelling.demo_annotator import DEMO_CLASS_MAP, demo_labels  # noqa: E402
 
 VALIDATION_SEEDS = 2_000_000_000
 TEST_SEEDS = 3_000_000_000
 PRESET = Path(__file__).resolve().parents[1] / "pipelines" / "presets" / "demo.yaml"
-
-
-def _ref(home: Path, asset: str):
-    path = home / "refs" / asset / "_.json"
-    if not path.exists():
-        raise SystemExit(f"{path}: missing; run `HISTOFACTORY_HOME={home} histofactory demo` first")
-    return read_reference(path)
-
-
-def _labeller(images: np.ndarray) -> np.ndarray:
-    return np.stack([demo_annotate(img) for img in images])
 
 
 def _preset_setting() -> tuple[float, int]:
@@ -76,19 +66,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     home = Path(args.home)
-    ae, _, scale = load_autoencoder(_ref(home, "autoencoder").path)
-    denoiser = load_denoiser(_ref(home, "ldm_model").path)
-    bank = MaskBank.load(_ref(home, "mask_bank").path)
+    ldm_file = home_ref(home, "ldm_model").path
+    ae, _, scale = load_autoencoder(home_ref(home, "autoencoder").path)
+    denoiser = load_denoiser(ldm_file)
+    bank = MaskBank.load(home_ref(home, "mask_bank").path)
     n_classes = DEMO_CLASS_MAP.n_classes
     preset = _preset_setting()
-    print(f"home {home}; LDM {_ref(home, 'ldm_model').path}; demo preset guidance {preset[0]}, {preset[1]} steps")
+    print(f"home {home}; LDM {ldm_file}; demo preset guidance {preset[0]}, {preset[1]} steps")
 
     def score(guidance: float, steps: int, base: int) -> tuple[float, float]:
         seeds = base + np.arange(args.pairs, dtype=np.int64)
         start = time.perf_counter()
         pairs = synthesize_ldm_pairs(denoiser, ae, scale, bank, seeds, steps=steps, guidance=guidance)
         seconds = (time.perf_counter() - start) / args.pairs
-        return float(np.nanmean(fidelity(pairs.images, pairs.masks, _labeller, n_classes)[0])), seconds
+        return float(np.nanmean(fidelity(pairs.images, pairs.masks, demo_labels, n_classes)[0])), seconds
 
     grid = sorted({(g, s) for g in args.guidance for s in args.steps} | {preset}, key=lambda gs: (gs[1], gs[0]))
     val: dict[tuple[float, int], tuple[float, float]] = {}
