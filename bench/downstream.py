@@ -11,6 +11,8 @@ from the export's ``label_scores.json``, where the export wrote them.
 Full: budgets N in {4, 8, 16, 32, 64, all}, 5 seeds, every arm (real, real_aug, syn_only, mix with lambda in
 {0.1, 0.3, 0.5} chosen on validation, syn_then_real) per route. ``--quick``: N in {4, 16}, 3 seeds, the same arms
 with mix at lambda 0.5 only (GenSeg's gamma = 1 weighting), shorter route retraining (GenSeg: its `quick` preset).
+``--budgets``, ``--seeds`` and ``--lambdas`` override either preset (e.g. quick's retraining with 5 seeds and the
+full lambda sweep).
 
 Equal label budget (``ops.evaluation.budget_routes``): at every budget and seed each route's labelled part is
 retrained on that budget's labels only. ``stylegan2``: the demo's generator (it saw no label) with a new pixel
@@ -98,6 +100,9 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="override the budgets N (0 = all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     parser.add_argument(
+        "--lambdas", type=float, nargs="+", default=None, help="override the mix arm's λ set (chosen on validation)"
+    )
+    parser.add_argument(
         "--ldm-guidance",
         type=float,
         default=RouteRetraining().ldm_guidance,
@@ -131,7 +136,11 @@ def main() -> None:
     classes = list(get_class_map(ref.class_map or "demo").classes)
     export = _latest_export(home, args.export)
     cfg = CurveConfig(**QUICK) if args.quick else CurveConfig()
-    overrides = {"budgets": tuple(args.budgets or cfg.budgets), "seeds": tuple(args.seeds or cfg.seeds)}
+    overrides = {
+        "budgets": tuple(args.budgets or cfg.budgets),
+        "seeds": tuple(args.seeds or cfg.seeds),
+        "lambdas": tuple(args.lambdas or cfg.lambdas),
+    }
     cfg = CurveConfig(**{**cfg.to_dict(), **overrides})
     print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
     start = time.perf_counter()
