@@ -18,6 +18,7 @@ from ops.evaluation.learning_curve import (
     paired_bootstrap,
     train_arm,
 )
+from ops.evaluation.segmenter import UNet
 from ops.evaluation.stain_jitter import hed_jitter
 
 
@@ -39,6 +40,27 @@ def test_every_arm_makes_the_same_passes_over_the_real_crops(real) -> None:
     }
     assert passes["syn_only"] == 0
     assert len({v for k, v in passes.items() if k != "syn_only"}) == 1 and passes["real"] > 0
+
+
+def test_the_mix_arm_never_normalises_real_and_synthetic_crops_in_one_batch() -> None:
+    """BatchNorm statistics are re-estimated on real crops for testing, so training must use real-only ones too."""
+    real = (np.zeros((4, 16, 16, 3), np.uint8), np.zeros((4, 16, 16), np.uint8))  # scaled to -1
+    syn = (np.full((6, 16, 16, 3), 255, np.uint8), np.ones((6, 16, 16), np.uint8))  # scaled to +1
+    batches: list[torch.Tensor] = []
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, UNet):
+            batches.append(args[0].detach().mean(dim=(1, 2, 3)))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        train_arm("mix", real, syn, TINY, 2, seed=0, lam=0.5)
+    finally:
+        handle.remove()
+    training = batches[: 2 * TINY.steps(4)]  # then reestimate_batchnorm's passes over the real crops
+    assert len(training) == 2 * TINY.steps(4)
+    assert all(len(torch.sign(b).unique()) == 1 for b in training)
+    assert {float(torch.sign(b[0])) for b in training} == {-1.0, 1.0}
 
 
 def test_curve_pairs_seeds_chooses_lambda_on_validation_and_reports_gains(real) -> None:
