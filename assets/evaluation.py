@@ -45,6 +45,8 @@ from resources.references import (
 )
 
 DOWNSTREAM_CODE_VERSION = "downstream-4"  # 4: channels-last U-Net training
+# The curve alone: 5: the mix arm runs one forward pass per loader (its numbers changed; real pairs and judge did not).
+CURVE_CODE_VERSION = "downstream-5"
 
 
 class RealAnnotationConfig(dg.Config):
@@ -259,7 +261,7 @@ class DownstreamConfig(dg.Config):
 
 @dg.asset(
     group_name="evaluation",
-    code_version=DOWNSTREAM_CODE_VERSION,
+    code_version=CURVE_CODE_VERSION,
     kinds={"pytorch", "mlflow"},
     pool="training",
     description="Learning curve over label budgets: real only, real + classical augmentation, synthetic only, "

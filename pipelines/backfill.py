@@ -89,6 +89,7 @@ def run_stale(
         plan = stale_plan(instance, repository)
     if plan["downstream"]:
         run_job(instance, f"downstream_{preset}", [None], "stale downstream check")
+        plan = stale_plan(instance, repository)  # what is left: the caller's exit status reads it
     return plan
 
 
