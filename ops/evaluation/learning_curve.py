@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import math
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -424,6 +425,13 @@ def _run_name(row: dict) -> str:
 _FORKED_JOB: _CurveJob | None = None  # set in the parent just before forking; read by the workers
 
 
+def _worker_start() -> None:
+    """Pool workers die on the SIGTERM of ``Pool.terminate`` even where the parent ignores SIGTERM (a parent under
+    ``nohup``-style launchers inherits SIG_IGN, and so would the forked workers: the parent then waits forever in
+    ``terminate``'s join after a point fails)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _forked_point(unit: tuple[int, int]) -> list[dict]:
     torch.set_num_threads(1)  # one thread per process degrades best on shared cores (bench/threads.py, README)
     assert _FORKED_JOB is not None, "worker started without a curve job"
@@ -446,7 +454,7 @@ def _map_units(job: _CurveJob, units: list[tuple[int, int]], workers: int) -> li
     _FORKED_JOB = replace(job, progress=None)
     results = []
     try:
-        with mp.get_context("fork").Pool(workers) as pool:
+        with mp.get_context("fork").Pool(workers, initializer=_worker_start) as pool:
             for (budget, seed), rows in zip(units, pool.imap(_forked_point, units), strict=True):
                 results.append(rows)
                 if job.progress is not None:

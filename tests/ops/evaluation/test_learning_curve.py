@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,6 +114,21 @@ def test_a_route_failing_in_a_worker_names_the_route(real) -> None:
 
     with pytest.raises(ValueError, match="route 'short' has 1 pairs"):
         learning_curve(real, {"short": Short()}, ["bg", "square"], TINY, workers=2)
+
+
+def test_workers_die_on_the_pools_sigterm_even_when_the_parent_ignores_it(real) -> None:
+    """Pool.terminate stops idle workers by SIGTERM; inherited SIG_IGN made a failing curve wait forever in CI."""
+
+    class Report(_NoisyFlips):
+        def pairs(self, images, masks, n_pairs, seed):
+            raise ValueError(f"worker SIGTERM handler: {signal.getsignal(signal.SIGTERM)!r}")
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with pytest.raises(ValueError, match="Handlers.SIG_DFL"):
+            learning_curve(real, {"report": Report()}, ["bg", "square"], TINY, workers=2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_bad_settings_fail_naming_the_setting(real) -> None:
