@@ -426,9 +426,9 @@ _FORKED_JOB: _CurveJob | None = None  # set in the parent just before forking; r
 
 
 def _worker_start() -> None:
-    """Pool workers die on the SIGTERM of ``Pool.terminate`` even where the parent ignores SIGTERM (a parent under
-    ``nohup``-style launchers inherits SIG_IGN, and so would the forked workers: the parent then waits forever in
-    ``terminate``'s join after a point fails)."""
+    """Pool workers die on the SIGTERM of ``Pool.terminate`` even where the parent ignores SIGTERM (forked workers
+    inherit SIG_IGN, and the parent then waits forever in ``terminate``'s join after a point fails; seen in two CI
+    runs whose pytest process had SIGTERM ignored, for a reason not pinned down)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
