@@ -11,8 +11,9 @@ from the export's ``label_scores.json``, where the export wrote them.
 Full: budgets N in {4, 8, 16, 32, 64, all}, 5 seeds, every arm (real, real_aug, syn_only, mix with lambda in
 {0.1, 0.3, 0.5} chosen on validation, syn_then_real) per route. ``--quick``: N in {4, 16}, 3 seeds, the same arms
 with mix at lambda 0.5 only (GenSeg's gamma = 1 weighting), shorter route retraining (GenSeg: its `quick` preset).
-``--budgets``, ``--seeds`` and ``--lambdas`` override either preset (e.g. quick's retraining with 5 seeds and the
-full lambda sweep).
+``--budgets``, ``--seeds``, ``--lambdas`` and ``--arms`` override either preset (e.g. quick's retraining with 5 seeds
+and the full lambda sweep; or only the arms that add a route's pairs to the real crops at the largest budget, where
+each arm costs 1200 U-Net steps).
 
 Equal label budget (``ops.evaluation.budget_routes``): at every budget and seed each route's labelled part is
 retrained on that budget's labels only. ``stylegan2``: the demo's generator (it saw no label) with a new pixel
@@ -49,7 +50,7 @@ from ops.evaluation.budget_routes import (  # noqa: E402
     build_budget_routes,
 )
 from ops.evaluation.downstream import run_downstream  # noqa: E402
-from ops.evaluation.learning_curve import CurveConfig  # noqa: E402
+from ops.evaluation.learning_curve import ARMS, CurveConfig  # noqa: E402
 from ops.evaluation.real_split import RealPairs  # noqa: E402
 from ops.export.dataset import mask_routes  # noqa: E402
 from ops.labelling.class_maps import get_class_map  # noqa: E402
@@ -103,6 +104,13 @@ def main() -> None:
         "--lambdas", type=float, nargs="+", default=None, help="override the mix arm's λ set (chosen on validation)"
     )
     parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        default=None,
+        help="override the arms (real is required: every gain is against it)",
+    )
+    parser.add_argument(
         "--ldm-guidance",
         type=float,
         default=RouteRetraining().ldm_guidance,
@@ -140,6 +148,7 @@ def main() -> None:
         "budgets": tuple(args.budgets or cfg.budgets),
         "seeds": tuple(args.seeds or cfg.seeds),
         "lambdas": tuple(args.lambdas or cfg.lambdas),
+        "arms": tuple(args.arms or cfg.arms),
     }
     cfg = CurveConfig(**{**cfg.to_dict(), **overrides})
     print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
