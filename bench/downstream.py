@@ -150,7 +150,10 @@ def main() -> None:
         "lambdas": tuple(args.lambdas or cfg.lambdas),
         "arms": tuple(args.arms or cfg.arms),
     }
-    cfg = CurveConfig(**{**cfg.to_dict(), **overrides})
+    try:
+        cfg = CurveConfig(**{**cfg.to_dict(), **overrides})
+    except ValueError as err:  # e.g. --arms without real: say which setting, no traceback
+        raise SystemExit(f"bench/downstream.py: {err}") from None
     print(f"real crops {real.counts()}; export {export.name}; {cfg.to_dict()}", flush=True)
     start = time.perf_counter()
     # A route retrained per budget needs no export (GenSeg trains from the crops and the tiles alone).
