@@ -24,6 +24,10 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# INFO: a step process announces itself at DEBUG on the console before it reads the run's logger config; the
+# structured events (step starts, materializations) are stored whatever this says.
+python_logs:
+  python_log_level: INFO
 # Heavy training assets (gan_model, pixel_classifier, downstream_eval) share the pool "training": runs launched
 # from the UI, schedules or sensors queue so that two of them never share one CPU/GPU budget.
 concurrency:
@@ -124,6 +128,39 @@ def cmd_slides_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_job(job_name: str):
+    """A job of the code location by name: how each step process of a multiprocess run rebuilds the job."""
+    from pipelines.definitions import defs
+
+    return defs.resolve_job_def(job_name)
+
+
+def _execute(instance, job_name: str, key: str | None, run_config: dict, asset_selection, processes: int):
+    """One run of ``job_name``: in this process, or with independent steps side by side in ``processes`` processes.
+
+    Side by side is what a run launched from the UI does (Dagster's multiprocess executor): on the demo the GAN
+    chain and the LDM/GenSeg chain overlap, each step on one torch thread. The step processes fork from a server
+    that has imported the code location once, so a small step does not pay for importing torch and Dagster again.
+    """
+    import dagster as dg
+
+    if processes <= 1:
+        return resolve_job(job_name).execute_in_process(
+            partition_key=key, instance=instance, raise_on_error=False, run_config=run_config,
+            asset_selection=asset_selection,
+        )  # fmt: skip
+    forkserver = {"forkserver": {"preload_modules": ["pipelines.definitions"]}}
+    execution = {"config": {"multiprocess": {"max_concurrent": processes, "start_method": forkserver}}}
+    return dg.execute_job(
+        dg.build_reconstructable_job("pipelines.cli", "resolve_job", reconstructable_args=(job_name,)),
+        instance,
+        run_config={**run_config, "execution": execution},
+        tags={"dagster/partition": key} if key is not None else None,
+        raise_on_error=False,
+        asset_selection=asset_selection,
+    )
+
+
 def _run_job(
     instance,
     job_name: str,
@@ -131,14 +168,13 @@ def _run_job(
     label: str,
     run_config: dict | None = None,
     asset_selection: list | None = None,
+    processes: int = 1,
 ) -> dict[str | None, bool]:
     """Run a job once per partition key (``None`` = unpartitioned) in the persistent instance, with progress."""
     from tqdm import tqdm
 
-    from pipelines.definitions import defs
     from pipelines.run_outcome import Interrupted, failure_lines, was_interrupted
 
-    job = defs.resolve_job_def(job_name)
     ok: dict[str | None, bool] = {}
     with tqdm(keys, desc=label, unit="run") as bar:
         for key in bar:
@@ -146,13 +182,7 @@ def _run_job(
                 bar.set_postfix_str(key)
             config = {**(run_config or {}), **QUIET_RUN}
             try:
-                result = job.execute_in_process(
-                    partition_key=key,
-                    instance=instance,
-                    raise_on_error=False,
-                    run_config=config,
-                    asset_selection=asset_selection,
-                )
+                result = _execute(instance, job_name, key, config, asset_selection, processes)
             except KeyboardInterrupt:  # a signal outside Dagster's step handling (start-up, shut-down)
                 raise Interrupted(label, key, None, None) from None
             if was_interrupted(result):
@@ -242,7 +272,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     preset = load_preset("demo")
     t = time.perf_counter()
-    chain_ok = _run_job(instance, "factory_demo", [None], "GAN + labelling + classifier + LDM + GenSeg")[None]
+    chain_ok = _run_job(
+        instance, "factory_demo", [None], "GAN + labelling + classifier + LDM + GenSeg", processes=os.cpu_count() or 1
+    )[None]
     stage("GAN, samples, annotations, features, classifier, LDM, GenSeg", t)
     if not chain_ok:
         return _summary(instance, home, stages, start, failed + ["factory_demo"])

@@ -42,14 +42,33 @@ class MlflowTracking(dg.ConfigurableResource):
         return mlflow.MlflowClient(self.uri())
 
     def experiment_id(self) -> str:
-        """The experiment's id, created on first use with a local artifact folder."""
-        client = self.client()
-        found = client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        root = Path(self.artifact_root) if self.artifact_root else default_home() / "mlartifacts"
-        root.mkdir(parents=True, exist_ok=True)
-        return client.create_experiment(self.experiment, artifact_location=root.resolve().as_uri())
+        """The experiment's id, created on first use with a local artifact folder.
+
+        Under a file lock for a sqlite store: steps of one run train side by side (Dagster's multiprocess executor),
+        and two processes that open a new store at once both run MLflow's schema migrations, one of which fails.
+        """
+        with self._new_store_lock():
+            client = self.client()
+            found = client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                return found.experiment_id
+            root = Path(self.artifact_root) if self.artifact_root else default_home() / "mlartifacts"
+            root.mkdir(parents=True, exist_ok=True)
+            return client.create_experiment(self.experiment, artifact_location=root.resolve().as_uri())
+
+    @contextlib.contextmanager
+    def _new_store_lock(self) -> Iterator[None]:
+        """Serialises store creation for a local sqlite store (a server store migrates itself once)."""
+        uri = self.uri()
+        if not uri.startswith("sqlite:///"):
+            yield
+            return
+        from filelock import FileLock
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db}.lock"):
+            yield
 
     @contextlib.contextmanager
     def start_run(self, run_name: str, tags: dict[str, str] | None = None, run_id: str | None = None) -> Iterator[Any]:
