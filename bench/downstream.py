@@ -191,6 +191,12 @@ def main() -> None:
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"lambda chosen on validation: {result.curve.lambdas}; {time.perf_counter() - start:.0f} s")
     print(f"routes retrained per budget: {result.per_budget or 'none (exported pairs: labels beyond the budget)'}")
+    short = summary[summary["route_labels"] < summary["budget"]]
+    for arm, budget, labels in short[["arm", "budget", "route_labels"]].itertuples(index=False):
+        print(
+            f"note: {arm} at N = {budget} used {labels:.0f} labels, fewer than the budget (the GAN route stops at "
+            "the annotated generated images: annotate more, `annotations.demo_count` on the demo)"
+        )
     v, n = result.verdict, result.verdict["smallest_budget"]
     scores = []
     headline = result.headline()
