@@ -7,6 +7,7 @@ UI), with a progress bar.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import dagster as dg
@@ -78,6 +79,7 @@ def run_stale(
             [None],
             f"stale: {', '.join(plan['factory'])}",
             asset_selection=[dg.AssetKey(a) for a in plan["factory"]],
+            processes=os.cpu_count() or 1,  # independent steps side by side, as in the demo
         )
         plan = stale_plan(instance, repository)
     if plan["export"]:
