@@ -111,6 +111,12 @@ def main() -> None:
         help="override the arms (real is required: every gain is against it)",
     )
     parser.add_argument(
+        "--gan-psi",
+        type=float,
+        default=RouteRetraining().gan_psi,
+        help="truncation psi of the GAN route's samples (default: the export's, 0.7)",
+    )
+    parser.add_argument(
         "--ldm-guidance",
         type=float,
         default=RouteRetraining().ldm_guidance,
@@ -163,7 +169,9 @@ def main() -> None:
     label_free = None if args.ldm_label_free.lower() == "none" else args.ldm_label_free
     if label_free and not Path(label_free).is_file():
         raise SystemExit(f"--ldm-label-free {label_free}: no such file; pass another or 'none' (random weights)")
-    retraining = dataclasses.replace(retraining, ldm_guidance=args.ldm_guidance, ldm_label_free=label_free)
+    retraining = dataclasses.replace(
+        retraining, gan_psi=args.gan_psi, ldm_guidance=args.ldm_guidance, ldm_label_free=label_free
+    )
     per_budget = {}
     if not args.export_pairs:
         val_x, val_y, _ = real.part("val")
@@ -189,6 +197,9 @@ def main() -> None:
     cols = ["budget", "arm", "lambda", "mean_dice", "mean_dice_sd", "gain_mean_dice", "ci_low_mean_dice",
             "ci_high_mean_dice", "mean_jaccard", "real_passes", "route_labels", "route_fidelity"]  # fmt: skip
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    per_class = [c for c in summary.columns if c.startswith("dice/")]
+    print("test Dice per class:")
+    print(summary[["budget", "arm", *per_class]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"lambda chosen on validation: {result.curve.lambdas}; {time.perf_counter() - start:.0f} s")
     print(f"routes retrained per budget: {result.per_budget or 'none (exported pairs: labels beyond the budget)'}")
     short = summary[summary["route_labels"] < summary["budget"]]
