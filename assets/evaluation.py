@@ -46,7 +46,8 @@ from resources.references import (
 
 DOWNSTREAM_CODE_VERSION = "downstream-4"  # 4: channels-last U-Net training
 # The curve alone: 5: the mix arm runs one forward pass per loader (its numbers changed; real pairs and judge did not).
-CURVE_CODE_VERSION = "downstream-5"
+# 6: per_budget's GAN route synthesises untruncated (psi 1.0, was the export's 0.7).
+CURVE_CODE_VERSION = "downstream-6"
 
 
 class RealAnnotationConfig(dg.Config):
@@ -209,6 +210,12 @@ class DownstreamConfig(dg.Config):
         "slower). Off: the exported pairs, whose labels come from every annotated tile (an upper bound at small N).",
     )
     gan_epochs: int = Field(default=RouteRetraining().gan_epochs, ge=1, description="per_budget: classifier epochs.")
+    gan_psi: float = Field(
+        default=RouteRetraining().gan_psi,
+        gt=0,
+        le=1,
+        description="per_budget: truncation psi of the GAN route's samples (1 = none; bench/gan_psi.py chooses it).",
+    )
     ldm_pretrain_steps: int = Field(
         default=RouteRetraining().ldm_pretrain_steps, ge=1, description="per_budget: label-free denoiser pretraining."
     )
@@ -237,6 +244,7 @@ class DownstreamConfig(dg.Config):
     def retraining(self) -> RouteRetraining:
         return RouteRetraining(
             gan_epochs=self.gan_epochs,
+            gan_psi=self.gan_psi,
             ldm_pretrain_steps=self.ldm_pretrain_steps,
             ldm_finetune_steps=self.ldm_finetune_steps,
             ldm_batch=self.ldm_batch,

@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from assets.diffusion import AutoencoderTrainingConfig, LdmTrainingConfig
+from assets.evaluation import DownstreamConfig
 from assets.export import ExportConfig
 from assets.federated import TileCheckConfig
 from assets.gan import GanTrainingConfig
@@ -24,6 +25,7 @@ from assets.slides import TileFilterConfig, TileGridConfig, TissueMaskConfig
 from ops.diffusion.autoencoder import AE_PRESETS
 from ops.diffusion.denoiser import CONDITIONINGS, LDM_PRESETS, LdmConfig, LdmTrainConfig
 from ops.diffusion.samplers import SAMPLERS
+from ops.evaluation.budget_routes import RouteRetraining
 from ops.export.gan_route import ExportParams
 from ops.federated.downstream import CheckSettings
 from ops.gan.loop import LoopConfig
@@ -54,6 +56,7 @@ PAIRS: list[tuple[type[BaseModel], type, dict[str, str]]] = [
     (GenSegTrainingConfig, GenSegTrainConfig, {}),
     (GenSegTrainingConfig, MaskAugmentConfig, {}),
     (TileCheckConfig, CheckSettings, {}),
+    (DownstreamConfig, RouteRetraining, {}),
 ]
 
 
@@ -111,3 +114,14 @@ def test_config_defaults_equal_ops_defaults(config: type[BaseModel], ops_class: 
 )
 def test_config_choices_are_the_ops_registries(config: type[BaseModel], field: str, known: Any) -> None:
     assert set(get_args(config.model_fields[field].annotation)) == set(known)
+
+
+def test_downstream_config_hands_every_retraining_field_it_offers_to_the_routes() -> None:
+    """A launchpad setting of the per-budget routes must reach them, not only show in the form."""
+    offered = [f for f in dataclasses.fields(RouteRetraining) if f.name in DownstreamConfig.model_fields]
+    assert {f.name for f in offered} >= {"gan_epochs", "gan_psi", "ldm_guidance"}
+    changed = {"gan_epochs": 3, "gan_psi": 0.55, "ldm_pretrain_steps": 7, "ldm_finetune_steps": 5, "ldm_batch": 2,
+               "ldm_guidance": 2.5, "unlabelled_crops": 9, "ldm_label_free": "weights.pt"}  # fmt: skip
+    assert set(changed) == {f.name for f in offered}, "a new shared field: give it a non-default value here"
+    retraining = DownstreamConfig(**changed).retraining()
+    assert {name: getattr(retraining, name) for name in changed} == changed

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import zarr
 from curve_helpers import TINY, squares
 
 from ops.diffusion.autoencoder import AutoencoderConfig, build_autoencoder
@@ -14,6 +18,7 @@ from ops.evaluation.budget_routes import (
     GanBudgetRoute,
     LdmBudgetRoute,
     RouteFiles,
+    annotation_set,
     build_budget_routes,
     dihedral,
     encode_uint8,
@@ -23,7 +28,7 @@ from ops.evaluation.learning_curve import learning_curve
 from ops.evaluation.real_split import budget_indices
 from ops.export.gan_route import ExportParams
 from ops.gan.networks import GanConfig
-from ops.gan.trainer import GanTrainer
+from ops.gan.trainer import GanTrainer, load_generator
 from ops.gan.trainer import TrainConfig as GanTrainConfig
 from ops.labelling.feature_sampler import FeatureSampler
 from ops.labelling.feature_store import write_features
@@ -129,25 +134,53 @@ def test_unconditional_pretraining_moves_the_weights_and_refuses_nothing_to_lear
 
 # ---- the GAN route -------------------------------------------------------------------------------------------
 
+CLASSES = ["bg", "nucleus", "stroma"]
 GAN = GanConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=128, channel_max=16)
 
 
 @pytest.fixture(scope="module")
-def gan_route(tmp_path_factory) -> GanBudgetRoute:
-    """A tiny generator, the features of 4 of its images in a store, and stand-in labels for them."""
-    G = GanTrainer(GAN, GanTrainConfig(batch_size=2)).G_ema.eval()
+def gan_files(tmp_path_factory) -> RouteFiles:
+    """What a factory leaves for the GAN route: a tiny generator's checkpoint, the features of 4 of its images in a
+    store, and an annotation set of stand-in labels for them."""
+    root = tmp_path_factory.mktemp("gan_route")
+    trainer = GanTrainer(GAN, GanTrainConfig(batch_size=2))
+    G = trainer.G_ema.eval()
     blocks = []
     with torch.no_grad():
         for seed in range(4):
             z = torch.randn(GAN.z_dim, generator=torch.Generator().manual_seed(seed))[None]
             _, feats = G.synthesis(G.mapping(z), noise_mode="const", return_features=True)
             blocks.append([f[0].numpy() for f in feats[-2:]])
-    store = write_features(tmp_path_factory.mktemp("features") / "store.zarr", blocks, (16, 16))
-    labels = np.random.default_rng(0).integers(0, 3, (4, 16, 16)).astype(np.uint8)
+    store = write_features(root / "store.zarr", blocks, (16, 16))
+    labels = zarr.open_group(str(root / "annotations" / "labels.zarr"), mode="w")
+    labels.create_array("labels", data=np.random.default_rng(0).integers(0, 3, (4, 16, 16)).astype(np.uint8))
+    labels.attrs["classes"] = CLASSES
+    pd.DataFrame({"row": np.arange(4)}).to_parquet(root / "annotations" / "index.parquet")
+    return RouteFiles(
+        gan_checkpoint=str(trainer.save_checkpoint(root / "checkpoint.pt")),
+        features=str(store),
+        feature_blocks=2,
+        annotations=str(root / "annotations"),
+    )
+
+
+@pytest.fixture(scope="module")
+def gan_route(gan_files) -> GanBudgetRoute:
+    _, labels, _ = annotation_set(gan_files.annotations)
     return GanBudgetRoute(
-        G, FeatureSampler(store), labels, np.arange(4), 3, ExportParams(blocks=2, drop_uncertain=0.2),
-        members=2, hidden=(8,), batch_size=64, batches_per_epoch=2, epochs=1,
+        load_generator(gan_files.gan_checkpoint), FeatureSampler(gan_files.features), labels, np.arange(4), 3,
+        ExportParams(blocks=2, drop_uncertain=0.2), members=2, hidden=(8,), batch_size=64, batches_per_epoch=2,
+        epochs=1,
     )  # fmt: skip
+
+
+def test_the_gan_route_synthesises_at_the_retraining_psi_from_the_factorys_files(gan_files) -> None:
+    for psi in (0.5, 1.0):
+        retraining = dataclasses.replace(QUICK_RETRAINING, gan_psi=psi)
+        route = build_budget_routes(["stylegan2"], CLASSES, gan_files, retraining)["stylegan2"]
+        assert route.export.psi == psi and route.export.blocks == 2 and route.n_classes == 3
+    with pytest.raises(ValueError, match="annotate both with one class map"):
+        build_budget_routes(["stylegan2"], ["bg", "other", "third"], gan_files, QUICK_RETRAINING)
 
 
 def test_gan_route_labels_new_images_from_at_most_the_budgets_annotations(gan_route) -> None:
