@@ -46,8 +46,7 @@ from resources.references import (
 
 DOWNSTREAM_CODE_VERSION = "downstream-4"  # 4: channels-last U-Net training
 # The curve alone: 5: the mix arm runs one forward pass per loader (its numbers changed; real pairs and judge did not).
-# 6: per_budget's GAN route synthesises untruncated (psi 1.0, was the export's 0.7).
-CURVE_CODE_VERSION = "downstream-6"
+CURVE_CODE_VERSION = "downstream-5"
 
 
 class RealAnnotationConfig(dg.Config):
@@ -214,7 +213,7 @@ class DownstreamConfig(dg.Config):
         default=RouteRetraining().gan_psi,
         gt=0,
         le=1,
-        description="per_budget: truncation psi of the GAN route's samples (1 = none; bench/gan_psi.py chooses it).",
+        description="per_budget: truncation psi of the GAN route's samples (1 = none; default: the export's).",
     )
     ldm_pretrain_steps: int = Field(
         default=RouteRetraining().ldm_pretrain_steps, ge=1, description="per_budget: label-free denoiser pretraining."

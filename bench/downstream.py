@@ -114,7 +114,7 @@ def main() -> None:
         "--gan-psi",
         type=float,
         default=RouteRetraining().gan_psi,
-        help="truncation psi of the GAN route's samples (default 1.0: bench/gan_psi.py's label-free choice)",
+        help="truncation psi of the GAN route's samples (default: the export's, 0.7)",
     )
     parser.add_argument(
         "--ldm-guidance",

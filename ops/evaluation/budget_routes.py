@@ -356,11 +356,10 @@ class RouteRetraining:
 
     Attributes:
         gan_epochs: Pixel-classifier epochs.
-        gan_psi: Truncation psi the GAN route synthesises with. 1.0 (none), not the export's 0.7 (HDGAN
-            truncates the images its pathologist annotates): ``bench/gan_psi.py`` chose it without labels, by the
-            samples' SWD to held-out crops (mean of 5 draws: 4.86 at 1.0, 5.79 at 0.7, 7.02 at 0.5), before the
-            learning curve was measured at it. Truncation pulls samples towards the average tile: at 0.7 the
-            demo GAN's images hold 0.2 % background pixels, at 1.0 3.4 %, held-out crops 6.5 % (stand-in labels).
+        gan_psi: Truncation psi the GAN route synthesises with: the export's (HDGAN's 0.7), so the curve measures
+            the route the export runs. ``bench/gan_psi.py`` prefers 1.0 without labels (SWD to held-out crops), but
+            on the demo's N = 4 / 16 / 96 curve 1.0 gave lower label fidelity at every budget and lower gains at 5
+            of 6 (arm, budget) points (README, "Truncation").
         ldm_pretrain_steps: Label-free pretraining steps of the denoiser (once per run, shared by every budget).
         ldm_finetune_steps: Mask-conditioning steps per budget and seed.
         ldm_batch: Latents per denoiser step (pretraining and fine-tuning).
@@ -373,7 +372,7 @@ class RouteRetraining:
     """
 
     gan_epochs: int = 10
-    gan_psi: float = 1.0
+    gan_psi: float = ExportParams.psi
     ldm_pretrain_steps: int = 1500
     ldm_finetune_steps: int = 400
     ldm_batch: int = 32
