@@ -32,20 +32,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from downstream import home_ref  # noqa: E402 - bench/ is on sys.path when a script runs
+
 from ops.gan.metrics import swd_against  # noqa: E402
 from ops.gan.sampling import generate  # noqa: E402
 from ops.gan.trainer import load_generator  # noqa: E402
 from ops.labelling.class_maps import get_class_map  # noqa: E402
 from ops.labelling.demo_annotator import class_shares, demo_labels  # noqa: E402
 from ops.slides.crops import TileCropSampler  # noqa: E402
-from resources.references import read_reference  # noqa: E402
-
-
-def _ref(home: Path, asset: str):
-    path = home / "refs" / asset / "_.json"
-    if not path.exists():
-        raise SystemExit(f"{path}: missing; run `HISTOFACTORY_HOME={home} histofactory demo` first")
-    return read_reference(path)
 
 
 def main() -> None:
@@ -60,8 +54,8 @@ def main() -> None:
     if any(not 0 < p <= 1 for p in args.psi):
         raise SystemExit(f"--psi {args.psi}: every value must lie in (0, 1] (1 = no truncation)")
     start = time.perf_counter()
-    gan = _ref(args.home, "gan_model")
-    tiles = pd.read_parquet(_ref(args.home, "training_tiles").path)
+    gan = home_ref(args.home, "gan_model")
+    tiles = pd.read_parquet(home_ref(args.home, "training_tiles").path)
     holdout = tiles[tiles["split"] == "holdout"]
     if holdout.empty:
         raise SystemExit(f"{args.home}: the training tiles have no held-out part to compare samples with")
