@@ -215,6 +215,12 @@ class DownstreamConfig(dg.Config):
         le=1,
         description="per_budget: truncation psi of the GAN route's samples (1 = none; default: the export's).",
     )
+    gan_match_pool: int = Field(
+        default=RouteRetraining().gan_match_pool,
+        ge=0,
+        description="per_budget: 0 keeps the GAN route's first samples; k >= 1 generates k times as many and keeps "
+        "those whose colours match unlabelled training-slide crops.",
+    )
     ldm_pretrain_steps: int = Field(
         default=RouteRetraining().ldm_pretrain_steps, ge=1, description="per_budget: label-free denoiser pretraining."
     )
@@ -244,6 +250,7 @@ class DownstreamConfig(dg.Config):
         return RouteRetraining(
             gan_epochs=self.gan_epochs,
             gan_psi=self.gan_psi,
+            gan_match_pool=self.gan_match_pool,
             ldm_pretrain_steps=self.ldm_pretrain_steps,
             ldm_finetune_steps=self.ldm_finetune_steps,
             ldm_batch=self.ldm_batch,

@@ -117,6 +117,12 @@ def main() -> None:
         help="truncation psi of the GAN route's samples (default: the export's, 0.7)",
     )
     parser.add_argument(
+        "--gan-match-pool",
+        type=int,
+        default=RouteRetraining().gan_match_pool,
+        help="GAN route: 0 keeps its first samples; k >= 1 keeps colour matches to training crops from k times more",
+    )
+    parser.add_argument(
         "--ldm-guidance",
         type=float,
         default=RouteRetraining().ldm_guidance,
@@ -170,7 +176,11 @@ def main() -> None:
     if label_free and not Path(label_free).is_file():
         raise SystemExit(f"--ldm-label-free {label_free}: no such file; pass another or 'none' (random weights)")
     retraining = dataclasses.replace(
-        retraining, gan_psi=args.gan_psi, ldm_guidance=args.ldm_guidance, ldm_label_free=label_free
+        retraining,
+        gan_psi=args.gan_psi,
+        gan_match_pool=args.gan_match_pool,
+        ldm_guidance=args.ldm_guidance,
+        ldm_label_free=label_free,
     )
     per_budget = {}
     if not args.export_pairs:

@@ -27,7 +27,9 @@ from ops.evaluation.budget_routes import (
 from ops.evaluation.learning_curve import learning_curve
 from ops.evaluation.real_split import budget_indices
 from ops.export.gan_route import ExportParams
+from ops.gan.appearance_match import colour_histograms
 from ops.gan.networks import GanConfig
+from ops.gan.sampling import generate
 from ops.gan.trainer import GanTrainer, load_generator
 from ops.gan.trainer import TrainConfig as GanTrainConfig
 from ops.labelling.feature_sampler import FeatureSampler
@@ -176,11 +178,12 @@ def gan_route(gan_files) -> GanBudgetRoute:
 
 def test_the_gan_route_synthesises_at_the_retraining_psi_from_the_factorys_files(gan_files) -> None:
     for psi in (0.5, 1.0):
-        retraining = dataclasses.replace(QUICK_RETRAINING, gan_psi=psi)
+        retraining = dataclasses.replace(QUICK_RETRAINING, gan_psi=psi, gan_match_pool=0)
         route = build_budget_routes(["stylegan2"], CLASSES, gan_files, retraining)["stylegan2"]
         assert route.export.psi == psi and route.export.blocks == 2 and route.n_classes == 3
+        assert route.match_reference is None  # no matching: the first seeds, no tiles needed
     with pytest.raises(ValueError, match="annotate both with one class map"):
-        build_budget_routes(["stylegan2"], ["bg", "other", "third"], gan_files, QUICK_RETRAINING)
+        build_budget_routes(["stylegan2"], ["bg", "other", "third"], gan_files, retraining)
 
 
 def test_gan_route_labels_new_images_from_at_most_the_budgets_annotations(gan_route) -> None:
@@ -202,3 +205,26 @@ def test_a_route_without_its_files_cannot_retrain_and_says_what_to_materialize()
     with pytest.raises(ValueError, match="route 'genseg' cannot retrain per budget: training_tiles"):
         build_budget_routes(["genseg"], ["bg", "square"], RouteFiles(), QUICK_RETRAINING)
     assert build_budget_routes(["cgan_federated"], ["bg", "square"], RouteFiles(), QUICK_RETRAINING) == {}
+
+
+def test_a_matching_gan_route_keeps_the_pool_images_whose_colours_the_crops_have(gan_route) -> None:
+    pool_seeds = gan_route.seeds(12, seed=0)  # unmatched: the first 12 of budget seed 0's range
+    hist = colour_histograms(generate(gan_route.generator, pool_seeds, gan_route.export.psi, batch=32)[2])
+    wanted = [1, 6, 11]
+    matching = dataclasses.replace(gan_route, match_reference=hist[wanted], match_pool=4)
+    seeds = matching.seeds(3, seed=0)
+    assert np.all(np.diff(seeds) > 0) and set(seeds) <= set(pool_seeds)
+    kept = colour_histograms(generate(gan_route.generator, seeds, gan_route.export.psi, batch=32)[2])
+    assert np.allclose(np.sort(kept, axis=0), np.sort(hist[wanted], axis=0))  # each crop's colours, ties aside
+    assert np.array_equal(dataclasses.replace(matching, match_pool=1).seeds(3, 0), pool_seeds[:3])
+    x, y, used = matching.pairs(*squares(2, 0), 3, seed=0)
+    assert x.shape == (3, 16, 16, 3) and y.shape == (3, 16, 16) and used == 2
+    with pytest.raises(ValueError, match="match_pool: expected >= 1"):
+        dataclasses.replace(gan_route, match_pool=0)
+
+
+def test_a_matching_gan_route_needs_the_training_tiles_it_matches(gan_files) -> None:
+    retraining = QUICK_RETRAINING  # matching by default
+    assert retraining.gan_match_pool == 4
+    with pytest.raises(ValueError, match="route 'stylegan2' cannot retrain per budget: training_tiles"):
+        build_budget_routes(["stylegan2"], CLASSES, gan_files, retraining)
