@@ -32,8 +32,8 @@ from ops.export.gan_route import (
     SyntheticBatch,
     assemble_manifest,
     sample_id,
-    synthesize_batch,
     synthesize_on_dask,
+    synthesize_seeds,
     uncertain_to_drop,
     write_batch,
 )
@@ -48,6 +48,7 @@ from ops.export.label_scores import (
 from ops.export.ldm_route import synthesize_ldm_pairs
 from ops.export.memorization import check_memorization
 from ops.federated.training import load_global_generator
+from ops.gan.appearance_match import reference_histograms
 from ops.gan.trainer import load_generator
 from ops.genseg.augment import MaskAugmentConfig
 from ops.genseg.networks import generator_meta
@@ -68,7 +69,8 @@ from resources.references import (
     TrainingTilesRef,
 )
 
-EXPORT_CODE_VERSION = "export-4"  # 3: the genseg route; 4: the cgan_federated route (tiles with a class, no mask)
+# 3: the genseg route; 4: the cgan_federated route (tiles with a class, no mask); 5: colour-matched GAN batches
+EXPORT_CODE_VERSION = "export-5"
 GENERATORS = ("stylegan2", "ldm", "genseg", CGAN_ROUTE)
 MAX_BATCHES = 50
 export_batches = dg.StaticPartitionsDefinition([f"{i:03d}" for i in range(MAX_BATCHES)])
@@ -79,6 +81,13 @@ class ExportConfig(dg.Config):
 
     batch_size: int = Field(default=100, ge=1, description="Samples per batch; N = batches materialized x batch_size.")
     psi: float = Field(default=0.7, ge=0, description="Truncation psi.")
+    match_pool: int = Field(
+        default=4,
+        ge=0,
+        description="stylegan2: generate this many times batch_size candidates and keep those whose colours are "
+        "nearest crops of the training slides (the GAN under-generates some tissue, e.g. background); 0 keeps every "
+        "seed (DatasetGAN).",
+    )
     mode: Literal["mean", "vote"] = Field(
         default="mean", description="Ensemble decision: mean probability or majority vote."
     )
@@ -309,6 +318,7 @@ def synthetic_dataset(
         mode=config.mode,
         drop_uncertain=config.drop_uncertain,
         top_frac=config.top_frac,
+        match_pool=config.match_pool,
     )
     version = export_version({k: v for k, v in lineage.items() if k not in _PATHS}, params, config)
     export_dir = storage.export_root / version
@@ -317,7 +327,7 @@ def synthetic_dataset(
     start = time.perf_counter()
     routes: list[_Route] = []
     if "stylegan2" in lineage["generators"]:
-        result = _gan_batch(context, lineage, batch, params, device, dask)
+        result = _gan_batch(context, lineage, batch, params, device, dask, tiles)
         routes.append(
             _Route(
                 "stylegan2",
@@ -471,14 +481,18 @@ def _gan_batch(
     params: ExportParams,
     device: torch.device,
     dask: DaskResource,
+    tiles: pd.DataFrame,
 ) -> SyntheticBatch:
-    """The DatasetGAN route: generate, then label with the pixel-classifier ensemble (on dask when configured)."""
+    """The DatasetGAN route: choose the seeds (colour-matched to training crops when ``match_pool``), generate,
+    then label with the pixel-classifier ensemble (on dask when configured)."""
+    G = load_generator(lineage["gan_checkpoint"], device)
+    reference = reference_histograms(tiles, G.cfg.resolution) if params.match_pool else None
+    seeds = params.batch_seeds(G, batch, reference)
     cluster = dask.spec().address
     if cluster:  # scale out: workers regenerate their share of the batch's seeds from the checkpoint files
         context.log.info(f"generating batch {batch} on the dask cluster at {cluster}")
-        return synthesize_on_dask(lineage["gan_checkpoint"], lineage["classifier"], batch, params, address=cluster)
-    G = load_generator(lineage["gan_checkpoint"], device)
-    return synthesize_batch(G, PixelEnsemble.load(lineage["classifier"]), batch, params, device)
+        return synthesize_on_dask(lineage["gan_checkpoint"], lineage["classifier"], seeds, params, address=cluster)
+    return synthesize_seeds(G, PixelEnsemble.load(lineage["classifier"]), seeds, params, device)
 
 
 def _memorization(
@@ -560,6 +574,15 @@ def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd
     return rows
 
 
+def _matching_line(params: ExportParams) -> str:
+    if not params.match_pool:
+        return "Every seed of a batch is used (no colour matching)."
+    return (
+        f"Each batch keeps the {params.batch_size} of {params.match_pool * params.batch_size} candidate seeds whose "
+        "colour histograms are nearest crops of the training slides (greedy nearest-neighbour matching)."
+    )
+
+
 def _route_lines(lineage: dict, params: ExportParams, config: ExportConfig) -> str:
     """How each generator made its pairs, for the dataset card."""
     lines = []
@@ -569,6 +592,7 @@ def _route_lines(lineage: dict, params: ExportParams, config: ExportConfig) -> s
   images (annotation set `{lineage["annotation_version"]}`). Truncation psi {params.psi}; features: last
   {params.blocks} synthesis blocks; ensemble decision: {params.mode}. The {params.drop_uncertain:.0%} most uncertain
   images of each batch (JS divergence across members, mean of the top {params.top_frac:.0%} pixels) are dropped.
+  {_matching_line(params)}
   GAN: MLflow run `{lineage["gan_mlflow_run"]}`, model version `{lineage["gan_model_version"]}`; classifier: MLflow run
   `{lineage["classifier_mlflow_run"]}`. Latents: `batches/<b>/latents.npz` (`seeds`, `z`, `w`).""")
     if "ldm" in lineage["generators"]:
@@ -619,7 +643,8 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
 {_route_lines(lineage, params, config)}
 
 - samples: {len(manifest)} ({", ".join(f"{g}: {n}" for g, n in sorted(counts.items()))}; batches of
-  {params.batch_size} per generator; seeds `{params.seed_base} + batch * {params.batch_size} + i`)
+  {params.batch_size} per generator; seeds `{params.seed_base} + batch * {params.batch_size} + i`; colour-matched
+  stylegan2 candidates `{params.seed_base} + batch * {params.batch_size * max(1, params.match_pool)} + i`)
 - near-copies of training tiles (pixel space, and the GAN discriminator's feature space when a GAN is in the
   lineage) are dropped from every route
 

@@ -66,7 +66,8 @@ def child(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     device = pick_device(spec["device"])
     G, origin = _generator(spec["preset"], device, spec["generator"])
-    params = ExportParams(batch_size=spec["batch_size"])
+    # No colour matching: it needs a factory's training tiles; this bench times generation and labelling.
+    params = ExportParams(batch_size=spec["batch_size"], match_pool=0)
     n_features = sum(G.block_channels[-params.blocks :])
     ensemble = PixelEnsemble(EnsembleConfig(MLPConfig(n_features, DEMO_CLASS_MAP.n_classes), 10)).to(device).eval()
     palette = DEMO_CLASS_MAP.palette()

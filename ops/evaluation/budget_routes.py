@@ -42,9 +42,8 @@ from ops.diffusion.label_free import read_label_free
 from ops.diffusion.samplers import sample_latents
 from ops.export.gan_route import ExportParams, synthesize_seeds, uncertain_to_drop
 from ops.export.ldm_route import latents_to_uint8
-from ops.gan.appearance_match import colour_histograms, match_to_reference
+from ops.gan.appearance_match import REFERENCE_CROPS, matched_seeds, reference_histograms
 from ops.gan.networks import Generator
-from ops.gan.sampling import generate
 from ops.gan.trainer import load_generator
 from ops.genseg.budget import BudgetConfig, budget_pairs
 from ops.labelling.feature_sampler import BatchStream, FeatureSampler, PixelSource
@@ -87,12 +86,13 @@ class GanBudgetRoute:
         labels: ``labels[j]`` is the class-id mask of store row ``rows[j]`` (the annotation set).
         rows: Store rows of ``labels``.
         n_classes: K.
-        export: How pairs are synthesised and filtered (blocks, psi, decision, uncertainty drop) — as the export.
+        export: How pairs are synthesised and filtered (blocks, psi, decision, uncertainty drop, colour matching) —
+            as the export.
         members, hidden, dropout: The ensemble (the ``pixel_classifier`` asset's defaults).
         batch_size, batches_per_epoch, epochs, class_balance: The pixel stream and training length.
-        match_reference: Colour histograms (``ops.gan.appearance_match``) of unlabelled training-slide crops; when
-            given, ``match_pool`` times the needed images are generated and those nearest the crops are kept.
-        match_pool: Pool size as a multiple of the images needed (with ``match_reference``).
+        match_reference: Colour histograms (``ops.gan.appearance_match.reference_histograms``) of unlabelled
+            training-slide crops, which ``export.match_pool`` times the needed images are matched to (required
+            unless ``export.match_pool`` is 0).
     """
 
     generator: Generator
@@ -109,16 +109,18 @@ class GanBudgetRoute:
     epochs: int = 10
     class_balance: float = 0.5
     match_reference: np.ndarray | None = None
-    match_pool: int = 4
 
     def __post_init__(self) -> None:
-        if self.match_pool < 1:
-            raise ValueError(f"GanBudgetRoute.match_pool: expected >= 1, received {self.match_pool}")
         n_labels = self.labels.shape[0] if hasattr(self.labels, "shape") else len(self.labels)  # zarr or a list
         if n_labels != len(self.rows) or not len(self.rows):
             raise ValueError(
                 f"GanBudgetRoute: expected one annotation per store row and at least one, received "
                 f"{n_labels} annotations for {len(self.rows)} rows"
+            )
+        if self.export.match_pool and self.match_reference is None:
+            raise ValueError(
+                "GanBudgetRoute: export.match_pool is set but no match_reference (training crops' colour histograms) "
+                "was given; pass one or set export.match_pool = 0"
             )
 
     def pairs(
@@ -153,13 +155,12 @@ class GanBudgetRoute:
 
     def seeds(self, count: int, seed: int) -> np.ndarray:
         """The ``count`` seeds synthesised for budget seed ``seed``: the first ``count`` of its range, or, with
-        ``match_reference``, those of a ``match_pool`` times larger range whose images match the crops' colours
-        (ascending, so a pool of one is the unmatched choice)."""
-        if self.match_reference is None:
+        ``export.match_pool`` k, those of a k times larger range whose images match the crops' colours (ascending,
+        so a pool of one is the unmatched choice)."""
+        if not self.export.match_pool:
             return BUDGET_SEED_BASE + seed * 100_000 + np.arange(count, dtype=np.int64)
-        pool = BUDGET_SEED_BASE + seed * 100_000 + np.arange(count * self.match_pool, dtype=np.int64)
-        images = generate(self.generator, pool, self.export.psi, batch=32)[2]
-        return np.sort(pool[match_to_reference(colour_histograms(images), self.match_reference, count, seed)])
+        pool = BUDGET_SEED_BASE + seed * 100_000 + np.arange(count * self.export.match_pool, dtype=np.int64)
+        return matched_seeds(self.generator, pool, self.export.psi, self.match_reference, count, seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -327,22 +328,32 @@ def gan_budget_route(
     blocks: int,
     class_names: Sequence[str],
     psi: float = ExportParams.psi,
+    match_pool: int = 0,
+    tiles: pd.DataFrame | None = None,
+    reference_crops: int = REFERENCE_CROPS,
     **settings: Any,
 ) -> GanBudgetRoute:
-    """The GAN route from its generator checkpoint, feature store and annotation set (``settings``: the route's)."""
+    """The GAN route from its generator checkpoint, feature store and annotation set (``settings``: the route's);
+    with ``match_pool`` it keeps the samples whose colours match ``reference_crops`` crops of the training ``tiles``
+    (a tile table), as the export does."""
     _, labels, classes = annotation_set(annotations)
     if list(classes) != list(class_names):
         raise ValueError(
             f"{annotations}: the generated images are annotated with classes {classes}, the real pairs with "
             f"{list(class_names)}; annotate both with one class map"
         )
+    G = load_generator(checkpoint)
+    if match_pool and tiles is None:
+        raise ValueError("gan_budget_route: colour matching (match_pool) needs the training tile table (tiles)")
+    reference = reference_histograms(tiles, G.cfg.resolution, reference_crops) if match_pool else None
     return GanBudgetRoute(
-        load_generator(checkpoint),
+        G,
         FeatureSampler(features),
         labels,
         np.arange(labels.shape[0]),
         len(classes),
-        ExportParams(blocks=blocks, psi=psi),
+        ExportParams(blocks=blocks, psi=psi, match_pool=match_pool),
+        match_reference=reference,
         **settings,
     )
 
@@ -380,9 +391,8 @@ class RouteRetraining:
             on the demo's N = 4 / 16 / 96 curve 1.0 gave lower label fidelity at every budget and lower gains at 5
             of 6 (arm, budget) points (README, "Truncation").
         gan_match_pool: 0: the GAN route keeps its first seeds; k >= 1: it generates k times the images it needs and
-            keeps those whose colours match unlabelled training-slide crops (``ops.gan.appearance_match``). 4 since
-            2026-12-07, chosen without labels: SWD / floor to held-out-slide crops 4.04 vs 6.09 unmatched
-            (``bench/gan_psi.py --psi 0.7 --match-pool 4``, 5 draws of 256; README, "Colour-matched sampling").
+            keeps those whose colours match unlabelled training-slide crops, as the export does (default: the
+            export's, ``ExportParams.match_pool``).
         ldm_pretrain_steps: Label-free pretraining steps of the denoiser (once per run, shared by every budget).
         ldm_finetune_steps: Mask-conditioning steps per budget and seed.
         ldm_batch: Latents per denoiser step (pretraining and fine-tuning).
@@ -396,7 +406,7 @@ class RouteRetraining:
 
     gan_epochs: int = 10
     gan_psi: float = ExportParams.psi
-    gan_match_pool: int = 4
+    gan_match_pool: int = ExportParams.match_pool
     ldm_pretrain_steps: int = 1500
     ldm_finetune_steps: int = 400
     ldm_batch: int = 32
@@ -445,14 +455,12 @@ def build_budget_routes(
         if retraining.gan_match_pool:
             need["training_tiles"] = files.training_tiles
         _require(need | {"annotations": files.annotations}, "stylegan2")
-        route = gan_budget_route(
+        out["stylegan2"] = gan_budget_route(
             files.gan_checkpoint, files.features, files.annotations, files.feature_blocks or 5, class_names,
-            psi=retraining.gan_psi, epochs=retraining.gan_epochs,
+            psi=retraining.gan_psi, match_pool=retraining.gan_match_pool,
+            tiles=pd.read_parquet(files.training_tiles) if retraining.gan_match_pool else None,
+            reference_crops=retraining.unlabelled_crops, epochs=retraining.gan_epochs,
         )  # fmt: skip
-        if retraining.gan_match_pool:
-            crops = _unlabelled_crops(files.training_tiles, route.generator.cfg.resolution, retraining.unlabelled_crops)
-            route.match_reference, route.match_pool = colour_histograms(crops), retraining.gan_match_pool
-        out["stylegan2"] = route
     if "genseg" in routes:
         _require({"training_tiles": files.training_tiles}, "genseg")
         if validation is None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ops.gan.appearance_match import matched_seeds
 from ops.gan.networks import Generator, images_to_uint8
 from ops.labelling.pixel_classifier import PixelEnsemble, image_uncertainty, js_divergence, predict_from_proba
 
@@ -37,6 +38,11 @@ class ExportParams:
         mode: Ensemble decision, ``mean`` probability or majority ``vote``.
         drop_uncertain: Fraction of each batch with the highest uncertainty dropped (DatasetGAN: 10%).
         top_frac: Share of an image's most uncertain pixels averaged into its score (DatasetGAN: 10%).
+        match_pool: 0 (DatasetGAN): a batch is its ``batch_size`` seeds. k >= 1: ``k * batch_size`` candidates are
+            generated and the ``batch_size`` whose colours are nearest training-slide crops are kept
+            (``ops.gan.appearance_match``; the GAN under-generates some tissue and truncation makes it worse).
+            4 by default since 2026-12-07, chosen without labels (``bench/gan_psi.py --match-pool 4``: SWD / floor
+            to held-out-slide crops 4.04 vs 6.09 unmatched).
     """
 
     batch_size: int = 100
@@ -46,9 +52,25 @@ class ExportParams:
     mode: str = "mean"
     drop_uncertain: float = 0.1
     top_frac: float = 0.1
+    match_pool: int = 4
 
     def seeds(self, batch: int) -> np.ndarray:
         return self.seed_base + batch * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+
+    def candidate_seeds(self, batch: int) -> np.ndarray:
+        """The seeds a colour-matched batch chooses from: ``match_pool * batch_size`` of its own, disjoint from
+        every other batch's."""
+        size = self.batch_size * max(1, self.match_pool)
+        return self.seed_base + batch * size + np.arange(size, dtype=np.int64)
+
+    def batch_seeds(self, G: Generator, batch: int, reference: np.ndarray | None) -> np.ndarray:
+        """The seeds batch ``batch`` synthesises: its own range, or (``match_pool``) the candidates whose colours
+        match ``reference`` (``ops.gan.appearance_match.reference_histograms``), matched in a batch-seeded order."""
+        if not self.match_pool:
+            return self.seeds(batch)
+        if reference is None:
+            raise ValueError("ExportParams.match_pool is set but no reference histograms were given to match")
+        return matched_seeds(G, self.candidate_seeds(batch), self.psi, reference, self.batch_size, batch)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,10 +105,16 @@ def pixel_features(feats: list[torch.Tensor], size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def synthesize_batch(
-    G: Generator, ensemble: PixelEnsemble, batch: int, params: ExportParams, device: torch.device | str = "cpu"
+    G: Generator,
+    ensemble: PixelEnsemble,
+    batch: int,
+    params: ExportParams,
+    device: torch.device | str = "cpu",
+    reference: np.ndarray | None = None,
 ) -> SyntheticBatch:
-    """Generate one batch, label every pixel with the ensemble and score each image's uncertainty."""
-    return synthesize_seeds(G, ensemble, params.seeds(batch), params, device)
+    """Generate one batch, label every pixel with the ensemble and score each image's uncertainty
+    (``reference``: the colour histograms a ``match_pool`` batch matches)."""
+    return synthesize_seeds(G, ensemble, params.batch_seeds(G, batch, reference), params, device)
 
 
 @torch.no_grad()
@@ -123,19 +151,19 @@ def _synthesize_from_files(
 def synthesize_on_dask(
     checkpoint: str | os.PathLike[str],
     ensemble_path: str | os.PathLike[str],
-    batch: int,
+    seeds: np.ndarray,
     params: ExportParams,
     address: str | None = None,
     workers: int = 2,
     scheduler: str = "processes",
 ) -> SyntheticBatch:
-    """``synthesize_batch`` split over dask workers: a distributed cluster at ``address``, else a local scheduler.
+    """``synthesize_seeds`` split over dask workers: a distributed cluster at ``address``, else a local scheduler.
 
     Each task regenerates its seeds from the checkpoint, so the result equals the single-process one bit for bit.
     """
     import dask
 
-    parts = [p for p in np.array_split(params.seeds(batch), max(1, workers * 2)) if len(p)]
+    parts = [p for p in np.array_split(seeds, max(1, workers * 2)) if len(p)]
     tasks = [dask.delayed(_synthesize_from_files)(str(checkpoint), str(ensemble_path), p, params) for p in parts]
     if address:
         from distributed import Client

@@ -12,8 +12,15 @@ training slides only, so the held-out slide stays a fair judge (``bench/gan_psi.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+
+from ops.gan.networks import Generator
+from ops.gan.sampling import generate
+from ops.slides.crops import TileCropSampler
 
 HIST_BINS = 4  # per RGB channel: 64 joint bins, coarse enough that 64 x 64 px fill them meaningfully
+REFERENCE_CROPS = 2048  # training-slide crops matched to (the budget routes' ``unlabelled_crops`` default)
+REFERENCE_SEED = 777  # their crop positions: the same crops the budget routes learn appearance from
 
 
 def colour_histograms(images: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
@@ -58,3 +65,24 @@ def match_to_reference(pool: np.ndarray, reference: np.ndarray, count: int, seed
         j = int(np.argmin(np.where(free, dist[r], np.inf)))
         chosen[i], free[j] = j, False
     return chosen
+
+
+def reference_histograms(tiles: pd.DataFrame, resolution: int, count: int = REFERENCE_CROPS) -> np.ndarray:
+    """Colour histograms of ``count`` seeded crops of the *training* slides' kept tiles (rows with ``split ==
+    "train"``): what generated images are matched to. The budget route's unlabelled crops use the same seed."""
+    train = tiles[tiles["split"] == "train"] if "split" in tiles else tiles.iloc[:0]
+    if train.empty:
+        raise ValueError("colour matching needs training tiles (split == 'train') to match; the tile table has none")
+    return colour_histograms(TileCropSampler(train, resolution, seed=REFERENCE_SEED).batch_uint8(count))
+
+
+def matched_seeds(
+    G: Generator, candidates: np.ndarray, psi: float, reference: np.ndarray, count: int, seed: int
+) -> np.ndarray:
+    """The ``count`` candidate seeds whose images' colours match ``reference`` (ascending seeds).
+
+    The candidates are generated in batches (throughput; the kept seeds are regenerated one by one downstream, so a
+    batched rounding difference can only change which seed is chosen, never a kept image).
+    """
+    images = generate(G, candidates, psi, batch=32)[2]
+    return np.sort(candidates[match_to_reference(colour_histograms(images), reference, count, seed)])

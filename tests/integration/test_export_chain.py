@@ -151,10 +151,11 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     assert (gan.groupby("batch").size() <= 9).all(), "the most uncertain 10% of each GAN batch is dropped"
     dropped = pd.concat([pd.read_parquet(p) for p in export.glob("batches/*/dropped.parquet")])
     assert len(dropped) + len(manifest) == 40, "each generator makes batch_size samples per batch"
-    for name, rows in (("stylegan2", gan), ("ldm", ldm)):
-        assert set(rows["seed"]) == set(range(1_000_000, 1_000_020)) - set(
-            dropped[dropped["generator"] == name]["seed"]
-        )
+    made = pd.concat([manifest, dropped])
+    assert set(ldm["seed"]) == set(range(1_000_000, 1_000_020)) - set(dropped[dropped["generator"] == "ldm"]["seed"])
+    for batch, rows in made[made["generator"] == "stylegan2"].groupby("batch"):  # 10 colour-matched of 40 candidates
+        candidates = set(range(1_000_000 + 40 * batch, 1_000_000 + 40 * (batch + 1)))
+        assert rows["seed"].nunique() == len(rows) == 10 and set(rows["seed"]) <= candidates
     for row in manifest.itertuples():
         image, mask = Image.open(export / row.image), Image.open(export / row.mask)
         assert image.size == mask.size == (64, 64) and image.mode == "RGB" and mask.mode == "P"

@@ -171,8 +171,8 @@ def gan_route(gan_files) -> GanBudgetRoute:
     _, labels, _ = annotation_set(gan_files.annotations)
     return GanBudgetRoute(
         load_generator(gan_files.gan_checkpoint), FeatureSampler(gan_files.features), labels, np.arange(4), 3,
-        ExportParams(blocks=2, drop_uncertain=0.2), members=2, hidden=(8,), batch_size=64, batches_per_epoch=2,
-        epochs=1,
+        ExportParams(blocks=2, drop_uncertain=0.2, match_pool=0), members=2, hidden=(8,), batch_size=64,
+        batches_per_epoch=2, epochs=1,
     )  # fmt: skip
 
 
@@ -211,20 +211,22 @@ def test_a_matching_gan_route_keeps_the_pool_images_whose_colours_the_crops_have
     pool_seeds = gan_route.seeds(12, seed=0)  # unmatched: the first 12 of budget seed 0's range
     hist = colour_histograms(generate(gan_route.generator, pool_seeds, gan_route.export.psi, batch=32)[2])
     wanted = [1, 6, 11]
-    matching = dataclasses.replace(gan_route, match_reference=hist[wanted], match_pool=4)
+    export = dataclasses.replace(gan_route.export, match_pool=4)
+    matching = dataclasses.replace(gan_route, export=export, match_reference=hist[wanted])
     seeds = matching.seeds(3, seed=0)
     assert np.all(np.diff(seeds) > 0) and set(seeds) <= set(pool_seeds)
     kept = colour_histograms(generate(gan_route.generator, seeds, gan_route.export.psi, batch=32)[2])
     assert np.allclose(np.sort(kept, axis=0), np.sort(hist[wanted], axis=0))  # each crop's colours, ties aside
-    assert np.array_equal(dataclasses.replace(matching, match_pool=1).seeds(3, 0), pool_seeds[:3])
+    pool_of_one = dataclasses.replace(export, match_pool=1)
+    assert np.array_equal(dataclasses.replace(matching, export=pool_of_one).seeds(3, 0), pool_seeds[:3])
     x, y, used = matching.pairs(*squares(2, 0), 3, seed=0)
     assert x.shape == (3, 16, 16, 3) and y.shape == (3, 16, 16) and used == 2
-    with pytest.raises(ValueError, match="match_pool: expected >= 1"):
-        dataclasses.replace(gan_route, match_pool=0)
+    with pytest.raises(ValueError, match="no match_reference"):
+        dataclasses.replace(gan_route, export=export)
 
 
 def test_a_matching_gan_route_needs_the_training_tiles_it_matches(gan_files) -> None:
-    retraining = QUICK_RETRAINING  # matching by default
-    assert retraining.gan_match_pool == 4
+    retraining = QUICK_RETRAINING  # matching by default, as the export
+    assert retraining.gan_match_pool == ExportParams.match_pool == 4
     with pytest.raises(ValueError, match="route 'stylegan2' cannot retrain per budget: training_tiles"):
         build_budget_routes(["stylegan2"], CLASSES, gan_files, retraining)

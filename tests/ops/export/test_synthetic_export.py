@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,12 +17,14 @@ from ops.export.gan_route import (
     uncertain_to_drop,
     write_batch,
 )
+from ops.gan.appearance_match import colour_histograms
 from ops.gan.networks import GanConfig
+from ops.gan.sampling import generate
 from ops.gan.trainer import GanTrainer, TrainConfig
 from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble
 
 CFG = GanConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=128, channel_max=16)
-PARAMS = ExportParams(batch_size=6, seed_base=500, blocks=2)
+PARAMS = ExportParams(batch_size=6, seed_base=500, blocks=2, match_pool=0)  # colour matching: its own test
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +84,27 @@ def test_dask_local_cluster_matches_single_process(models):
     checkpoint, ensemble_path, G, ensemble = models
     local = synthesize_batch(G, ensemble, 1, PARAMS)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        remote = synthesize_on_dask(checkpoint, ensemble_path, 1, PARAMS, address=cluster.scheduler_address)
+        remote = synthesize_on_dask(
+            checkpoint, ensemble_path, PARAMS.seeds(1), PARAMS, address=cluster.scheduler_address
+        )
     np.testing.assert_array_equal(remote.seeds, local.seeds)
     np.testing.assert_array_equal(remote.images, local.images)
     np.testing.assert_array_equal(remote.masks, local.masks)
     torch.testing.assert_close(torch.from_numpy(remote.uncertainty), torch.from_numpy(local.uncertainty))
+
+
+def test_a_colour_matched_batch_keeps_the_candidates_nearest_the_reference(models):
+    _, _, G, ensemble = models
+    matched = dataclasses.replace(PARAMS, match_pool=3)
+    candidates = matched.candidate_seeds(1)
+    assert list(candidates) == list(range(518, 536))  # seed_base + batch * 3 * batch_size + i
+    assert not set(candidates) & set(matched.candidate_seeds(0)) | set(candidates) & set(matched.candidate_seeds(2))
+    hist = colour_histograms(generate(G, candidates, matched.psi, batch=32)[2])
+    wanted = [0, 4, 7, 9, 13, 17]
+    batch = synthesize_batch(G, ensemble, 1, matched, reference=hist[wanted])
+    assert len(batch.seeds) == 6 and set(batch.seeds) <= set(candidates) and np.all(np.diff(batch.seeds) > 0)
+    kept = colour_histograms(batch.images)
+    assert np.allclose(np.sort(kept, axis=0), np.sort(hist[wanted], axis=0))  # the reference's colours, ties aside
+    with pytest.raises(ValueError, match="no reference histograms"):
+        synthesize_batch(G, ensemble, 1, matched)
+    assert list(PARAMS.candidate_seeds(2)) == list(PARAMS.seeds(2))  # no matching: the batch's own seeds
