@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from downstream import home_ref  # noqa: E402 - bench/ is on sys.path when a script runs
 
-from ops.gan.appearance_match import colour_histograms, match_to_reference  # noqa: E402
+from ops.gan.appearance_match import colour_histograms, match_to_reference, reference_histograms  # noqa: E402
 from ops.gan.metrics import swd_against  # noqa: E402
 from ops.gan.sampling import generate  # noqa: E402
 from ops.gan.trainer import load_generator  # noqa: E402
@@ -73,9 +73,8 @@ def main() -> None:
     variants = [(psi, False) for psi in args.psi] + [(psi, True) for psi in args.psi if args.match_pool]
     ratios: dict[tuple[float, bool], list[float]] = {v: [] for v in variants}
     shares: dict[tuple[float, bool], np.ndarray] = {}
-    if args.match_pool:  # the crops the GAN budget route matches: training slides, not the held-out one
-        train_crops = TileCropSampler(tiles[tiles["split"] == "train"], G.cfg.resolution, seed=777).batch_uint8(2048)
-        reference = colour_histograms(train_crops)
+    if args.match_pool:  # the crops the export and the GAN budget route match: training slides, not the held-out one
+        reference = reference_histograms(tiles, G.cfg.resolution)
     pool = max(1, args.match_pool)
     for repeat in range(args.repeats):
         # Every repeat draws new reference, floor and sample sets: one draw's max-over-levels ratio is noisy.
