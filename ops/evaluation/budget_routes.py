@@ -53,6 +53,7 @@ from ops.slides.crops import TileCropSampler
 UNLABELLED = 255  # mask value of a pixel without a label: the denoiser sees the null condition there
 
 BUDGET_SEED_BASE = 50_000_000  # seeds of budget-route samples, apart from the export's and the previews'
+SEEDS_PER_BUDGET_SEED = 100_000  # each curve seed's own range, so two seeds never share a sample
 
 
 def dihedral(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,9 +158,16 @@ class GanBudgetRoute:
         """The ``count`` seeds synthesised for budget seed ``seed``: the first ``count`` of its range, or, with
         ``export.match_pool`` k, those of a k times larger range whose images match the crops' colours (ascending,
         so a pool of one is the unmatched choice)."""
+        size = count * max(1, self.export.match_pool)
+        if size > SEEDS_PER_BUDGET_SEED:
+            raise ValueError(
+                f"GanBudgetRoute: {size} candidate seeds per budget seed ({count} pairs x match_pool "
+                f"{self.export.match_pool}) exceed the {SEEDS_PER_BUDGET_SEED} each seed owns; lower synthetic_max or "
+                f"match_pool"
+            )
+        pool = BUDGET_SEED_BASE + seed * SEEDS_PER_BUDGET_SEED + np.arange(size, dtype=np.int64)
         if not self.export.match_pool:
-            return BUDGET_SEED_BASE + seed * 100_000 + np.arange(count, dtype=np.int64)
-        pool = BUDGET_SEED_BASE + seed * 100_000 + np.arange(count * self.export.match_pool, dtype=np.int64)
+            return pool
         return matched_seeds(self.generator, pool, self.export.psi, self.match_reference, count, seed)
 
 
@@ -267,7 +275,7 @@ class LdmBudgetRoute:
         _, variants = dihedral(images, masks)
         rng = np.random.default_rng(seed)
         out_masks = variants[rng.permutation(np.resize(np.arange(len(variants)), n_pairs))]
-        seeds = BUDGET_SEED_BASE + seed * 100_000 + np.arange(n_pairs, dtype=np.int64)
+        seeds = BUDGET_SEED_BASE + seed * SEEDS_PER_BUDGET_SEED + np.arange(n_pairs, dtype=np.int64)
         z = sample_latents(
             trainer.sampling_model,
             torch.from_numpy(out_masks).long(),

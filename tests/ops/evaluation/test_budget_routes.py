@@ -223,6 +223,8 @@ def test_a_matching_gan_route_keeps_the_pool_images_whose_colours_the_crops_have
     assert x.shape == (3, 16, 16, 3) and y.shape == (3, 16, 16) and used == 2
     with pytest.raises(ValueError, match="no match_reference"):
         dataclasses.replace(gan_route, export=export)
+    with pytest.raises(ValueError, match="exceed the 100000 each seed owns"):
+        matching.seeds(25_001, seed=0)  # 4 x 25 001 candidates would reach into seed 1's range
 
 
 def test_a_matching_gan_route_needs_the_training_tiles_it_matches(gan_files) -> None:
