@@ -48,7 +48,7 @@ from ops.gan.trainer import load_generator
 from ops.genseg.budget import BudgetConfig, budget_pairs
 from ops.labelling.feature_sampler import BatchStream, FeatureSampler, PixelSource
 from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble, TrainConfig
-from ops.slides.crops import TileCropSampler
+from ops.slides.crops import training_crops
 
 UNLABELLED = 255  # mask value of a pixel without a label: the denoiser sees the null condition there
 
@@ -350,9 +350,9 @@ def gan_budget_route(
             f"{annotations}: the generated images are annotated with classes {classes}, the real pairs with "
             f"{list(class_names)}; annotate both with one class map"
         )
-    G = load_generator(checkpoint)
     if match_pool and tiles is None:
         raise ValueError("gan_budget_route: colour matching (match_pool) needs the training tile table (tiles)")
+    G = load_generator(checkpoint)
     reference = reference_histograms(tiles, G.cfg.resolution, reference_crops) if match_pool else None
     return GanBudgetRoute(
         G,
@@ -502,8 +502,7 @@ def build_budget_routes(
 
 def _unlabelled_crops(tile_table: str | os.PathLike[str], resolution: int, count: int) -> np.ndarray:
     """``count`` seeded crops of the training slides' kept tiles (no label): what the routes learn appearance from."""
-    tiles = pd.read_parquet(tile_table)
-    return TileCropSampler(tiles[tiles["split"] == "train"], resolution, seed=777).batch_uint8(count)
+    return training_crops(pd.read_parquet(tile_table), resolution, count)
 
 
 def _require(files: dict[str, str | None], route: str) -> None:

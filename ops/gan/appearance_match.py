@@ -16,11 +16,10 @@ import pandas as pd
 
 from ops.gan.networks import Generator
 from ops.gan.sampling import generate
-from ops.slides.crops import TileCropSampler
+from ops.slides.crops import training_crops
 
 HIST_BINS = 4  # per RGB channel: 64 joint bins, coarse enough that 64 x 64 px fill them meaningfully
 REFERENCE_CROPS = 2048  # training-slide crops matched to (the budget routes' ``unlabelled_crops`` default)
-REFERENCE_SEED = 777  # their crop positions: the same crops the budget routes learn appearance from
 
 
 def colour_histograms(images: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
@@ -68,12 +67,9 @@ def match_to_reference(pool: np.ndarray, reference: np.ndarray, count: int, seed
 
 
 def reference_histograms(tiles: pd.DataFrame, resolution: int, count: int = REFERENCE_CROPS) -> np.ndarray:
-    """Colour histograms of ``count`` seeded crops of the *training* slides' kept tiles (rows with ``split ==
-    "train"``): what generated images are matched to. The budget route's unlabelled crops use the same seed."""
-    train = tiles[tiles["split"] == "train"] if "split" in tiles else tiles.iloc[:0]
-    if train.empty:
-        raise ValueError("colour matching needs training tiles (split == 'train') to match; the tile table has none")
-    return colour_histograms(TileCropSampler(train, resolution, seed=REFERENCE_SEED).batch_uint8(count))
+    """Colour histograms of ``count`` seeded crops of the *training* slides' kept tiles (``training_crops``, the same
+    crops the budget routes learn appearance from): what generated images are matched to."""
+    return colour_histograms(training_crops(tiles, resolution, count))
 
 
 def matched_seeds(

@@ -165,6 +165,19 @@ class TileCropSampler:
         return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+TRAINING_CROP_SEED = 777  # crop positions of the unlabelled training crops every route and matcher shares
+
+
+def training_crops(tiles: pd.DataFrame, resolution: int, count: int) -> np.ndarray:
+    """``count`` seeded uint8 crops ``[count, R, R, 3]`` of the training slides' kept tiles (``split == "train"``):
+    the unlabelled crops the budget routes learn appearance from and the GAN's samples are colour-matched to, one
+    seed so that both see the same crops."""
+    train = tiles[tiles["split"] == "train"] if "split" in tiles else tiles.iloc[:0]
+    if train.empty:
+        raise ValueError("the tile table has no training tiles (split == 'train') to crop; materialize training_tiles")
+    return TileCropSampler(train, resolution, seed=TRAINING_CROP_SEED).batch_uint8(count)
+
+
 class PairCropSampler:
     """Random aligned crops of (tile image, tile mask) for segmentation: the same window cut from both.
 
