@@ -145,6 +145,9 @@ def main() -> None:
     parser.add_argument(
         "--export-pairs", action="store_true", help="use the exported pairs (labels beyond the budget: upper bound)"
     )
+    parser.add_argument(
+        "--runs-csv", default=None, help="also write every (budget, arm, seed, λ) run's validation and test scores here"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     home = Path(args.home)
@@ -211,6 +214,13 @@ def main() -> None:
     print("test Dice per class:")
     print(summary[["budget", "arm", *per_class]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"lambda chosen on validation: {result.curve.lambdas}; {time.perf_counter() - start:.0f} s")
+    # Validation Dice is what a choice between two settings of a route may look at (the test split may not).
+    val = result.curve.runs.groupby(["budget", "arm", "lambda"], as_index=False)["val_mean_dice"].mean()
+    print("validation mean Dice (mean over seeds):")
+    print(val.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.runs_csv:
+        result.curve.runs.to_csv(args.runs_csv, index=False)
+        print(f"runs written to {args.runs_csv}")
     print(f"routes retrained per budget: {result.per_budget or 'none (exported pairs: labels beyond the budget)'}")
     short = summary[summary["route_labels"] < summary["budget"]]
     for arm, budget, labels in short[["arm", "budget", "route_labels"]].itertuples(index=False):
