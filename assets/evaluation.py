@@ -221,6 +221,13 @@ class DownstreamConfig(dg.Config):
         description="per_budget: 0 keeps the GAN route's first samples; k >= 1 generates k times as many and keeps "
         "those whose colours match unlabelled training-slide crops.",
     )
+    gan_ignore_uncertain: float = Field(
+        default=RouteRetraining().gan_ignore_uncertain,
+        ge=0,
+        lt=1,
+        description="per_budget: share of each GAN mask's pixels, those the classifier ensemble disagrees on most, "
+        "left unlabelled (the U-Net loss skips them).",
+    )
     ldm_pretrain_steps: int = Field(
         default=RouteRetraining().ldm_pretrain_steps, ge=1, description="per_budget: label-free denoiser pretraining."
     )
@@ -251,6 +258,7 @@ class DownstreamConfig(dg.Config):
             gan_epochs=self.gan_epochs,
             gan_psi=self.gan_psi,
             gan_match_pool=self.gan_match_pool,
+            gan_ignore_uncertain=self.gan_ignore_uncertain,
             ldm_pretrain_steps=self.ldm_pretrain_steps,
             ldm_finetune_steps=self.ldm_finetune_steps,
             ldm_batch=self.ldm_batch,

@@ -53,7 +53,7 @@ from ops.gan.trainer import load_generator
 from ops.genseg.augment import MaskAugmentConfig
 from ops.genseg.networks import generator_meta
 from ops.genseg.networks import load_generator as load_genseg_generator
-from ops.labelling.class_maps import get_class_map
+from ops.labelling.class_maps import IGNORE_INDEX, get_class_map
 from ops.labelling.demo_annotator import demo_annotate
 from ops.labelling.pixel_classifier import PixelEnsemble
 from ops.slides.crops import TileCropSampler
@@ -92,6 +92,13 @@ class ExportConfig(dg.Config):
         default="mean", description="Ensemble decision: mean probability or majority vote."
     )
     drop_uncertain: float = Field(default=0.1, ge=0, lt=1, description="Most uncertain fraction of each batch dropped.")
+    ignore_uncertain: float = Field(
+        default=ExportParams.ignore_uncertain,
+        ge=0,
+        lt=1,
+        description="stylegan2: share of each mask's pixels, those the classifier ensemble disagrees on most, written "
+        "as unlabelled (255); 0 labels every pixel (DatasetGAN).",
+    )
     top_frac: float = Field(
         default=0.1, gt=0, le=1, description="Top fraction of pixels averaged into an image's score."
     )
@@ -319,6 +326,7 @@ def synthetic_dataset(
         drop_uncertain=config.drop_uncertain,
         top_frac=config.top_frac,
         match_pool=config.match_pool,
+        ignore_uncertain=config.ignore_uncertain,
     )
     version = export_version({k: v for k, v in lineage.items() if k not in _PATHS}, params, config)
     export_dir = storage.export_root / version
@@ -576,11 +584,18 @@ def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd
 
 def _matching_line(params: ExportParams) -> str:
     if not params.match_pool:
-        return "Every seed of a batch is used (no colour matching)."
-    return (
-        f"Each batch keeps the {params.batch_size} of {params.match_pool * params.batch_size} candidate seeds whose "
-        "colour histograms are nearest crops of the training slides (greedy nearest-neighbour matching)."
-    )
+        line = "Every seed of a batch is used (no colour matching)."
+    else:
+        line = (
+            f"Each batch keeps the {params.batch_size} of {params.match_pool * params.batch_size} candidate seeds "
+            "whose colour histograms are nearest crops of the training slides (greedy nearest-neighbour matching)."
+        )
+    if params.ignore_uncertain:
+        line += (
+            f" In each mask the {params.ignore_uncertain:.0%} of pixels with the highest JS divergence are unlabelled "
+            f"(value {IGNORE_INDEX}, grey): train with them ignored."
+        )
+    return line
 
 
 def _route_lines(lineage: dict, params: ExportParams, config: ExportConfig) -> str:

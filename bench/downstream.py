@@ -123,6 +123,12 @@ def main() -> None:
         help="GAN route: 0 keeps its first samples; k >= 1 keeps colour matches to training crops from k times more",
     )
     parser.add_argument(
+        "--gan-ignore-uncertain",
+        type=float,
+        default=RouteRetraining().gan_ignore_uncertain,
+        help="GAN route: share of each mask's most uncertain pixels (ensemble JS divergence) left unlabelled",
+    )
+    parser.add_argument(
         "--ldm-guidance",
         type=float,
         default=RouteRetraining().ldm_guidance,
@@ -182,6 +188,7 @@ def main() -> None:
         retraining,
         gan_psi=args.gan_psi,
         gan_match_pool=args.gan_match_pool,
+        gan_ignore_uncertain=args.gan_ignore_uncertain,
         ldm_guidance=args.ldm_guidance,
         ldm_label_free=label_free,
     )

@@ -337,13 +337,15 @@ def gan_budget_route(
     class_names: Sequence[str],
     psi: float = ExportParams.psi,
     match_pool: int = 0,
+    ignore_uncertain: float = 0.0,
     tiles: pd.DataFrame | None = None,
     reference_crops: int = REFERENCE_CROPS,
     **settings: Any,
 ) -> GanBudgetRoute:
     """The GAN route from its generator checkpoint, feature store and annotation set (``settings``: the route's);
     with ``match_pool`` it keeps the samples whose colours match ``reference_crops`` crops of the training ``tiles``
-    (a tile table), as the export does."""
+    (a tile table), and with ``ignore_uncertain`` leaves each mask's most uncertain pixels unlabelled, as the export
+    does."""
     _, labels, classes = annotation_set(annotations)
     if list(classes) != list(class_names):
         raise ValueError(
@@ -360,7 +362,7 @@ def gan_budget_route(
         labels,
         np.arange(labels.shape[0]),
         len(classes),
-        ExportParams(blocks=blocks, psi=psi, match_pool=match_pool),
+        ExportParams(blocks=blocks, psi=psi, match_pool=match_pool, ignore_uncertain=ignore_uncertain),
         match_reference=reference,
         **settings,
     )
@@ -401,6 +403,8 @@ class RouteRetraining:
         gan_match_pool: 0: the GAN route keeps its first seeds; k >= 1: it generates k times the images it needs and
             keeps those whose colours match unlabelled training-slide crops, as the export does (default: the
             export's, ``ExportParams.match_pool``).
+        gan_ignore_uncertain: Share of each GAN mask's most uncertain pixels left unlabelled (the export's,
+            ``ExportParams.ignore_uncertain``).
         ldm_pretrain_steps: Label-free pretraining steps of the denoiser (once per run, shared by every budget).
         ldm_finetune_steps: Mask-conditioning steps per budget and seed.
         ldm_batch: Latents per denoiser step (pretraining and fine-tuning).
@@ -415,6 +419,7 @@ class RouteRetraining:
     gan_epochs: int = 10
     gan_psi: float = ExportParams.psi
     gan_match_pool: int = ExportParams.match_pool
+    gan_ignore_uncertain: float = ExportParams.ignore_uncertain
     ldm_pretrain_steps: int = 1500
     ldm_finetune_steps: int = 400
     ldm_batch: int = 32
@@ -466,6 +471,7 @@ def build_budget_routes(
         out["stylegan2"] = gan_budget_route(
             files.gan_checkpoint, files.features, files.annotations, files.feature_blocks or 5, class_names,
             psi=retraining.gan_psi, match_pool=retraining.gan_match_pool,
+            ignore_uncertain=retraining.gan_ignore_uncertain,
             tiles=pd.read_parquet(files.training_tiles) if retraining.gan_match_pool else None,
             reference_crops=retraining.unlabelled_crops, epochs=retraining.gan_epochs,
         )  # fmt: skip

@@ -3,8 +3,11 @@
 DatasetGAN's recipe, made streaming: each image's generator features are computed, upsampled to the image size,
 classified and discarded, so memory is flat in the number of samples. Per-pixel uncertainty is the Jensen-Shannon
 divergence across ensemble members; an image's score is the mean of its top 10% pixels; the most uncertain
-fraction of each batch is dropped. Seeds are ``seed_base + batch * batch_size + i``, so any batch can be
-(re)generated on its own and any sample regenerated from its seed.
+fraction of each batch is dropped. Optionally each kept mask also leaves its own most uncertain pixels unlabelled
+(``ignore_uncertain``): the pixels the members disagree on are the likeliest to be wrong, and every consumer of a
+mask (the U-Net loss, the label scores) already skips unlabelled pixels, as it does in expert masks. Seeds are
+``seed_base + batch * batch_size + i``, so any batch can be (re)generated on its own and any sample regenerated from
+its seed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from PIL import Image
 
 from ops.gan.appearance_match import matched_seeds
 from ops.gan.networks import Generator, images_to_uint8
+from ops.labelling.class_maps import IGNORE_INDEX
 from ops.labelling.pixel_classifier import PixelEnsemble, image_uncertainty, js_divergence, predict_from_proba
 
 
@@ -43,6 +47,9 @@ class ExportParams:
             (``ops.gan.appearance_match``; the GAN under-generates some tissue and truncation makes it worse).
             4 by default since 2026-12-07, chosen without labels (``bench/gan_psi.py --match-pool 4``: SWD / floor
             to held-out-slide crops 4.04 vs 6.09 unmatched).
+        ignore_uncertain: Share of each mask's pixels, those with the highest JS divergence across members, set to
+            ``IGNORE_INDEX`` (unlabelled). Per image, so a seed's mask does not depend on its batch. 0: every pixel
+            labelled (DatasetGAN).
     """
 
     batch_size: int = 100
@@ -53,6 +60,13 @@ class ExportParams:
     drop_uncertain: float = 0.1
     top_frac: float = 0.1
     match_pool: int = 4
+    ignore_uncertain: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ignore_uncertain < 1.0:
+            raise ValueError(
+                f"ExportParams.ignore_uncertain: expected a share of pixels in [0, 1), received {self.ignore_uncertain}"
+            )
 
     def seeds(self, batch: int) -> np.ndarray:
         return self.seed_base + batch * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
@@ -129,14 +143,27 @@ def synthesize_seeds(
         w = G.mapping(z, psi=params.psi)
         img, feats = G.synthesis(w, noise_mode="const", return_features=True)
         probs = ensemble.predict_proba(pixel_features(feats[-params.blocks :], res))  # [M, R*R, K]
-        masks.append(predict_from_proba(probs, params.mode).reshape(res, res).astype(np.uint8))
-        scores.append(image_uncertainty(js_divergence(probs).reshape(res, res), params.top_frac))
+        js = js_divergence(probs)
+        mask = predict_from_proba(probs, params.mode).astype(np.uint8)
+        masks.append(leave_uncertain_unlabelled(mask, js, params.ignore_uncertain).reshape(res, res))
+        scores.append(image_uncertainty(js.reshape(res, res), params.top_frac))
         images.append(images_to_uint8(img)[0])
         zs.append(z[0].cpu().numpy())
         ws.append(w[0].cpu().numpy())
     return SyntheticBatch(
         seeds, np.stack(zs), np.stack(ws), np.stack(images), np.stack(masks), np.asarray(scores, np.float32)
     )
+
+
+def leave_uncertain_unlabelled(mask: np.ndarray, uncertainty: np.ndarray, share: float) -> np.ndarray:
+    """``mask`` with its ``share`` of pixels of highest ``uncertainty`` set to ``IGNORE_INDEX`` (ties: the first
+    pixels in raster order); a copy, same shape."""
+    out = np.array(mask, dtype=np.uint8, copy=True)
+    n_ignore = int(round(out.size * share))
+    if n_ignore:
+        order = np.argsort(-np.asarray(uncertainty).ravel(), kind="stable")
+        out.reshape(-1)[order[:n_ignore]] = IGNORE_INDEX
+    return out
 
 
 def _synthesize_from_files(

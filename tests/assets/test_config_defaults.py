@@ -120,7 +120,8 @@ def test_downstream_config_hands_every_retraining_field_it_offers_to_the_routes(
     """A launchpad setting of the per-budget routes must reach them, not only show in the form."""
     offered = [f for f in dataclasses.fields(RouteRetraining) if f.name in DownstreamConfig.model_fields]
     assert {f.name for f in offered} >= {"gan_epochs", "gan_psi", "ldm_guidance"}
-    changed = {"gan_epochs": 3, "gan_psi": 0.55, "gan_match_pool": 3, "ldm_pretrain_steps": 7,
+    changed = {"gan_epochs": 3, "gan_psi": 0.55, "gan_match_pool": 3, "gan_ignore_uncertain": 0.2,
+               "ldm_pretrain_steps": 7,
                "ldm_finetune_steps": 5, "ldm_batch": 2, "ldm_guidance": 2.5, "unlabelled_crops": 9,
                "ldm_label_free": "weights.pt"}  # fmt: skip
     assert set(changed) == {f.name for f in offered}, "a new shared field: give it a non-default value here"

@@ -32,6 +32,7 @@ from ops.gan.networks import GanConfig
 from ops.gan.sampling import generate
 from ops.gan.trainer import GanTrainer, load_generator
 from ops.gan.trainer import TrainConfig as GanTrainConfig
+from ops.labelling.class_maps import IGNORE_INDEX
 from ops.labelling.feature_sampler import FeatureSampler
 from ops.labelling.feature_store import write_features
 
@@ -192,6 +193,16 @@ def test_gan_route_labels_new_images_from_at_most_the_budgets_annotations(gan_ro
     assert x.shape == (5, 16, 16, 3) and y.shape == (5, 16, 16) and y.max() < 3 and used == 2
     _, _, used_all = gan_route.pairs(*squares(9, 0), 3, seed=0)
     assert used_all == 4  # fewer annotated images than the budget: all of them, never more
+
+
+def test_a_gan_route_can_leave_its_masks_most_uncertain_pixels_unlabelled(gan_files) -> None:
+    retraining = dataclasses.replace(QUICK_RETRAINING, gan_match_pool=0, gan_ignore_uncertain=0.25)
+    route = build_budget_routes(["stylegan2"], CLASSES, gan_files, retraining)["stylegan2"]
+    assert route.export.ignore_uncertain == 0.25
+    route = dataclasses.replace(route, members=2, hidden=(8,), batch_size=64, batches_per_epoch=2, epochs=1)
+    _, y, _ = route.pairs(*squares(2, 0), 3, seed=0)
+    assert ((y == IGNORE_INDEX).reshape(3, -1).sum(axis=1) == 64).all()  # a quarter of each 16 x 16 mask
+    assert y[y != IGNORE_INDEX].max() < 3
 
 
 def test_gan_route_needs_one_annotation_per_row(gan_route) -> None:

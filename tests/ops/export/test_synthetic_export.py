@@ -12,6 +12,8 @@ from PIL import Image
 
 from ops.export.gan_route import (
     ExportParams,
+    leave_uncertain_unlabelled,
+    pixel_features,
     synthesize_batch,
     synthesize_on_dask,
     uncertain_to_drop,
@@ -21,7 +23,8 @@ from ops.gan.appearance_match import colour_histograms
 from ops.gan.networks import GanConfig
 from ops.gan.sampling import generate
 from ops.gan.trainer import GanTrainer, TrainConfig
-from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble
+from ops.labelling.class_maps import IGNORE_INDEX
+from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble, js_divergence
 
 CFG = GanConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=128, channel_max=16)
 PARAMS = ExportParams(batch_size=6, seed_base=500, blocks=2, match_pool=0)  # colour matching: its own test
@@ -54,6 +57,36 @@ def test_uncertain_to_drop_takes_the_top_fraction():
     assert list(np.flatnonzero(uncertain_to_drop(scores, 0.2))) == [1, 3]
     assert uncertain_to_drop(scores, 0.0).sum() == 0
     assert uncertain_to_drop(scores[:3], 0.1).sum() == 1  # at least one when the fraction is > 0
+
+
+def test_leave_uncertain_unlabelled_blanks_the_most_uncertain_share_of_pixels():
+    mask = np.arange(8, dtype=np.uint8).reshape(2, 4) % 3
+    uncertainty = np.array([[0.1, 0.9, 0.3, 0.8], [0.2, 0.0, 0.8, 0.4]])
+    out = leave_uncertain_unlabelled(mask, uncertainty, 0.25)  # 2 of 8 pixels: 0.9, then the first 0.8
+    expected = mask.copy()
+    expected[0, 1] = expected[0, 3] = IGNORE_INDEX
+    np.testing.assert_array_equal(out, expected)
+    assert mask[0, 1] == 1  # a copy: the input is untouched
+    np.testing.assert_array_equal(leave_uncertain_unlabelled(mask, uncertainty, 0.0), mask)
+
+
+def test_a_batch_can_leave_each_masks_most_uncertain_pixels_unlabelled(models):
+    _, _, G, ensemble = models
+    full = synthesize_batch(G, ensemble, 1, PARAMS)
+    blanked = synthesize_batch(G, ensemble, 1, dataclasses.replace(PARAMS, ignore_uncertain=0.25))
+    np.testing.assert_array_equal(blanked.images, full.images)
+    np.testing.assert_array_equal(blanked.uncertainty, full.uncertainty)  # the image scores are unchanged
+    ignored = blanked.masks == IGNORE_INDEX
+    assert (ignored.reshape(6, -1).sum(axis=1) == 64).all()  # a quarter of every 16 x 16 mask
+    np.testing.assert_array_equal(blanked.masks[~ignored], full.masks[~ignored])
+    # The blanked pixels are those the members disagree on most: none left labelled is more uncertain.
+    seed = int(full.seeds[0])
+    z = torch.randn(CFG.z_dim, generator=torch.Generator().manual_seed(seed))[None]
+    _, feats = G.synthesis(G.mapping(z, psi=PARAMS.psi), noise_mode="const", return_features=True)
+    js = js_divergence(ensemble.predict_proba(pixel_features(feats[-PARAMS.blocks :], 16))).reshape(16, 16)
+    assert js[ignored[0]].min() >= js[~ignored[0]].max()
+    with pytest.raises(ValueError, match="share of pixels in"):
+        ExportParams(ignore_uncertain=1.0)
 
 
 def test_write_batch_files(models, tmp_path):
