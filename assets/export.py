@@ -70,7 +70,7 @@ from resources.references import (
 )
 
 # 3: the genseg route; 4: the cgan_federated route (tiles with a class, no mask); 5: colour-matched GAN batches
-EXPORT_CODE_VERSION = "export-5"
+EXPORT_CODE_VERSION = "export-6"
 GENERATORS = ("stylegan2", "ldm", "genseg", CGAN_ROUTE)
 MAX_BATCHES = 50
 export_batches = dg.StaticPartitionsDefinition([f"{i:03d}" for i in range(MAX_BATCHES)])
@@ -97,7 +97,8 @@ class ExportConfig(dg.Config):
         ge=0,
         lt=1,
         description="stylegan2: share of each mask's pixels, those the classifier ensemble disagrees on most, written "
-        "as unlabelled (255); 0 labels every pixel (DatasetGAN).",
+        "as unlabelled (255); 0 labels every pixel (DatasetGAN). 0.25 was chosen on the downstream curve's "
+        "validation crops.",
     )
     top_frac: float = Field(
         default=0.1, gt=0, le=1, description="Top fraction of pixels averaged into an image's score."
@@ -579,7 +580,16 @@ def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd
     )
     for k, name in enumerate(class_map.classes):
         rows[f"frac_{name.replace(' ', '_')}"] = fractions[:, k].astype(np.float32)
+    # Pixels left unlabelled (ignore_uncertain): the shares of a row still add up to one.
+    rows["frac_unlabelled"] = np.asarray([(m == IGNORE_INDEX).mean() for m in masks], np.float32)
     return rows
+
+
+def _unlabelled_line(manifest: pd.DataFrame) -> str:
+    share = float(manifest["frac_unlabelled"].mean()) if "frac_unlabelled" in manifest and len(manifest) else 0.0
+    if not share:
+        return ""
+    return f"\n- {IGNORE_INDEX}: unlabelled (grey) {share:.2%}: leave these pixels out of the loss"
 
 
 def _matching_line(params: ExportParams) -> str:
@@ -676,13 +686,14 @@ Made by histofactory {package_version("histofactory")} from tissue tiles of {len
             )
             or "None: no route of this export makes masks (its tiles carry `tile_class`)."
         )
+        + _unlabelled_line(manifest)
         + """
 
 ## Files
 
 - `manifest.parquet` / `manifest.csv`: one row per sample (paths relative to this folder, generator, seed,
-  latents, uncertainty (GAN route), nearest-neighbour distances to training tiles, class pixel fractions, mpp,
-  lineage)
+  latents, uncertainty (GAN route), nearest-neighbour distances to training tiles, class pixel fractions
+  (`frac_unlabelled`: pixels left unlabelled), mpp, lineage)
 - `batches/<b>/images/<id>.png` RGB image; `batches/<b>/masks/<id>.png` indexed mask (palette = class colours)
 - `batches/<b>/latents.npz` / `ldm_latents.npz` / `genseg_latents.npz`: what regenerates every sample of the batch
 - `batches/<b>/dropped.parquet`: samples dropped and why (uncertainty, near_copy, low_agreement)

@@ -5,7 +5,8 @@
     loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2)
 
 ``SyntheticSegmentationDataset`` yields ``(image float32 [3, H, W] in [0, 1], mask int64 [H, W])`` for the rows
-that have a mask (routes ``stylegan2``, ``ldm``). ``SyntheticTileClassDataset`` yields ``(image, tile_class int64)``
+that have a mask (routes ``stylegan2``, ``ldm``); GAN masks leave their most uncertain pixels at 255 (unlabelled:
+``torch.nn.CrossEntropyLoss(ignore_index=255)``). ``SyntheticTileClassDataset`` yields ``(image, tile_class int64)``
 for the rows that carry a tile class instead (route ``cgan_federated``: tiles generated for a class, no mask).
 Both hold only the manifest (paths), so they pickle cheaply into worker processes.
 """

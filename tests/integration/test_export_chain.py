@@ -161,6 +161,11 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
         assert image.size == mask.size == (64, 64) and image.mode == "RGB" and mask.mode == "P"
     fractions = manifest.filter(like="frac_").to_numpy()
     np.testing.assert_allclose(fractions.sum(axis=1), 1.0, atol=1e-5)
+    # GAN masks leave the quarter of their pixels the ensemble disagrees on most unlabelled; LDM masks label all.
+    np.testing.assert_allclose(gan["frac_unlabelled"], 0.25, atol=1 / 4096)
+    assert (ldm["frac_unlabelled"] == 0).all()
+    gan_mask = np.asarray(Image.open(export / gan["mask"].iloc[0]))
+    assert (gan_mask == 255).sum() == 1024 and gan_mask[gan_mask != 255].max() < 6
     assert {
         "uncertainty",
         "nn_pixel_distance",

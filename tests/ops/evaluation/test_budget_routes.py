@@ -172,8 +172,8 @@ def gan_route(gan_files) -> GanBudgetRoute:
     _, labels, _ = annotation_set(gan_files.annotations)
     return GanBudgetRoute(
         load_generator(gan_files.gan_checkpoint), FeatureSampler(gan_files.features), labels, np.arange(4), 3,
-        ExportParams(blocks=2, drop_uncertain=0.2, match_pool=0), members=2, hidden=(8,), batch_size=64,
-        batches_per_epoch=2, epochs=1,
+        ExportParams(blocks=2, drop_uncertain=0.2, match_pool=0, ignore_uncertain=0.0), members=2, hidden=(8,),
+        batch_size=64, batches_per_epoch=2, epochs=1,
     )  # fmt: skip
 
 
@@ -196,6 +196,7 @@ def test_gan_route_labels_new_images_from_at_most_the_budgets_annotations(gan_ro
 
 
 def test_a_gan_route_can_leave_its_masks_most_uncertain_pixels_unlabelled(gan_files) -> None:
+    assert QUICK_RETRAINING.gan_ignore_uncertain == ExportParams.ignore_uncertain == 0.25  # the export's, by default
     retraining = dataclasses.replace(QUICK_RETRAINING, gan_match_pool=0, gan_ignore_uncertain=0.25)
     route = build_budget_routes(["stylegan2"], CLASSES, gan_files, retraining)["stylegan2"]
     assert route.export.ignore_uncertain == 0.25

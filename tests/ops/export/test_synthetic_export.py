@@ -27,7 +27,7 @@ from ops.labelling.class_maps import IGNORE_INDEX
 from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble, js_divergence
 
 CFG = GanConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=1, channel_base=128, channel_max=16)
-PARAMS = ExportParams(batch_size=6, seed_base=500, blocks=2, match_pool=0)  # colour matching: its own test
+PARAMS = ExportParams(batch_size=6, seed_base=500, blocks=2, match_pool=0, ignore_uncertain=0.0)  # each its own test
 
 
 @pytest.fixture(scope="module")
