@@ -69,7 +69,8 @@ from resources.references import (
     TrainingTilesRef,
 )
 
-# 3: the genseg route; 4: the cgan_federated route (tiles with a class, no mask); 5: colour-matched GAN batches
+# 3: the genseg route; 4: the cgan_federated route (tiles with a class, no mask); 5: colour-matched GAN batches;
+# 6: GAN masks leave their most uncertain pixels unlabelled
 EXPORT_CODE_VERSION = "export-6"
 GENERATORS = ("stylegan2", "ldm", "genseg", CGAN_ROUTE)
 MAX_BATCHES = 50
