@@ -548,8 +548,8 @@ def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd
     Lineage columns of the other route stay empty, so one table serves both generators.
     """
     generator, ids, masks = route.generator, route.ids, route.masks
-    n_classes = class_map.n_classes
-    fractions = np.stack([np.bincount(m.ravel(), minlength=n_classes)[:n_classes] / m.size for m in masks])
+    # One count per mask: the classes' shares and the unlabelled share (ignore_uncertain) add up to one.
+    shares = np.stack([np.bincount(m.ravel(), minlength=IGNORE_INDEX + 1) / m.size for m in masks])
     gan, ldm, genseg = generator == "stylegan2", generator == "ldm", generator == "genseg"
     annotation_version = lineage[
         "annotation_version" if gan else "ldm_annotation_version" if ldm else "genseg_annotation_version"
@@ -580,9 +580,8 @@ def _manifest_rows(route: _Route, batch: int, lineage: dict, class_map, mpps: pd
         }
     )
     for k, name in enumerate(class_map.classes):
-        rows[f"frac_{name.replace(' ', '_')}"] = fractions[:, k].astype(np.float32)
-    # Pixels left unlabelled (ignore_uncertain): the shares of a row still add up to one.
-    rows["frac_unlabelled"] = np.asarray([(m == IGNORE_INDEX).mean() for m in masks], np.float32)
+        rows[f"frac_{name.replace(' ', '_')}"] = shares[:, k].astype(np.float32)
+    rows["frac_unlabelled"] = shares[:, IGNORE_INDEX].astype(np.float32)
     return rows
 
 
@@ -595,18 +594,20 @@ def _unlabelled_line(manifest: pd.DataFrame) -> str:
 
 def _matching_line(params: ExportParams) -> str:
     if not params.match_pool:
-        line = "Every seed of a batch is used (no colour matching)."
-    else:
-        line = (
-            f"Each batch keeps the {params.batch_size} of {params.match_pool * params.batch_size} candidate seeds "
-            "whose colour histograms are nearest crops of the training slides (greedy nearest-neighbour matching)."
-        )
-    if params.ignore_uncertain:
-        line += (
-            f" In each mask the {params.ignore_uncertain:.0%} of pixels with the highest JS divergence are unlabelled "
-            f"(value {IGNORE_INDEX}, grey): train with them ignored."
-        )
-    return line
+        return "Every seed of a batch is used (no colour matching)."
+    return (
+        f"Each batch keeps the {params.batch_size} of {params.match_pool * params.batch_size} candidate seeds whose "
+        "colour histograms are nearest crops of the training slides (greedy nearest-neighbour matching)."
+    )
+
+
+def _ignore_line(params: ExportParams) -> str:
+    if not params.ignore_uncertain:
+        return ""
+    return (
+        f" In each mask the {params.ignore_uncertain:.0%} of pixels with the highest JS divergence are unlabelled "
+        f"(value {IGNORE_INDEX}, grey): train with them ignored."
+    )
 
 
 def _route_lines(lineage: dict, params: ExportParams, config: ExportConfig) -> str:
@@ -618,7 +619,7 @@ def _route_lines(lineage: dict, params: ExportParams, config: ExportConfig) -> s
   images (annotation set `{lineage["annotation_version"]}`). Truncation psi {params.psi}; features: last
   {params.blocks} synthesis blocks; ensemble decision: {params.mode}. The {params.drop_uncertain:.0%} most uncertain
   images of each batch (JS divergence across members, mean of the top {params.top_frac:.0%} pixels) are dropped.
-  {_matching_line(params)}
+  {_matching_line(params)}{_ignore_line(params)}
   GAN: MLflow run `{lineage["gan_mlflow_run"]}`, model version `{lineage["gan_model_version"]}`; classifier: MLflow run
   `{lineage["classifier_mlflow_run"]}`. Latents: `batches/<b>/latents.npz` (`seeds`, `z`, `w`).""")
     if "ldm" in lineage["generators"]:
