@@ -19,6 +19,7 @@ from assets.gates import gate, latest_metadata, number
 from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash
 from assets.training_run import TrainingRun
 from ops.common.images import image_grid_png
+from ops.gan.appearance_match import matched_seeds, reference_histograms
 from ops.gan.loop import LoopConfig, fit
 from ops.gan.metrics import FidScorer, swd_against
 from ops.gan.networks import Generator, get_gan_config
@@ -209,7 +210,16 @@ class SamplesConfig(dg.Config):
 
     n: int = Field(default=500, ge=1, description="Images to generate (HDGAN: 500).")
     psi: float = Field(default=0.7, ge=0, description="Truncation psi (1 = off).")
-    seed_offset: int = Field(default=0, ge=0, description="Image i uses seed seed_offset + i.")
+    seed_offset: int = Field(
+        default=0, ge=0, description="Candidate i has seed seed_offset + i (with match_pool 0: image i)."
+    )
+    match_pool: int = Field(
+        default=0,
+        ge=0,
+        description="0: the first n seeds (DatasetGAN). k >= 1: generate k * n candidates and keep the n whose colours "
+        "match unlabelled training-slide crops, as the export draws its images, so that the images annotators label "
+        "show the mix of tissue the export will label.",
+    )
     export_for_annotation: list[int] = Field(
         default=[], description="Indices of images to export as PNGs for annotators (QuPath opens them)."
     )
@@ -225,13 +235,17 @@ def generated_samples(
     context: dg.AssetExecutionContext,
     config: SamplesConfig,
     gan_model: GanModelRef,
+    training_tiles: TrainingTilesRef,
     storage: FactoryStorage,
     torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
     device = torch_device.device()
     G = load_generator(gan_model.path, device)
-    seeds = np.arange(config.n, dtype=np.int64) + config.seed_offset
     start = time.perf_counter()
+    seeds = np.arange(config.n * max(1, config.match_pool), dtype=np.int64) + config.seed_offset
+    if config.match_pool:
+        reference = reference_histograms(pd.read_parquet(training_tiles.path), G.cfg.resolution)
+        seeds = matched_seeds(G, seeds, config.psi, reference, config.n, seed=config.seed_offset)
     z, w, images = generate(G, seeds, config.psi, device)  # one at a time: bit-for-bit regenerable
     tmp = temp_dir_beside(storage.samples_dir)
     group = zarr.open_group(str(tmp / "samples.zarr"), mode="w", zarr_format=3)
@@ -243,6 +257,7 @@ def generated_samples(
     group.attrs.update(
         {
             "psi": config.psi,
+            "match_pool": config.match_pool,
             "noise_mode": "const",
             "checkpoint": gan_model.path,
             "mlflow_run_id": gan_model.mlflow_run_id,
@@ -263,6 +278,7 @@ def generated_samples(
         metadata={
             "n": config.n,
             "psi": config.psi,
+            "match_pool": config.match_pool,
             "resolution": r,
             "contact_sheet": png_markdown(sheet, "generated samples (index labels)"),
             "gan_model_version": gan_model.model_version,

@@ -39,7 +39,7 @@ from ops.common.device import pick_device
 from ops.diffusion.autoencoder import Autoencoder, encode, load_autoencoder
 from ops.diffusion.denoiser import LdmConfig, LdmTrainConfig, LdmTrainer, read_ldm_checkpoint
 from ops.diffusion.label_free import read_label_free
-from ops.diffusion.samplers import sample_latents
+from ops.diffusion.samplers import NULL_LABEL, sample_latents
 from ops.export.gan_route import ExportParams, synthesize_seeds, uncertain_to_drop
 from ops.export.ldm_route import latents_to_uint8
 from ops.gan.appearance_match import REFERENCE_CROPS, matched_seeds, reference_histograms
@@ -49,8 +49,6 @@ from ops.genseg.budget import BudgetConfig, budget_pairs
 from ops.labelling.feature_sampler import BatchStream, FeatureSampler, PixelSource
 from ops.labelling.pixel_classifier import EnsembleConfig, MLPConfig, PixelEnsemble, TrainConfig
 from ops.slides.crops import training_crops
-
-UNLABELLED = 255  # mask value of a pixel without a label: the denoiser sees the null condition there
 
 BUDGET_SEED_BASE = 50_000_000  # seeds of budget-route samples, apart from the export's and the previews'
 SEEDS_PER_BUDGET_SEED = 100_000  # each curve seed's own range, so two seeds never share a sample
@@ -205,7 +203,7 @@ def pretrain_unconditional(
         trainer.model.load_state_dict(init)
         trainer.ema.load_state_dict(init)
     gen = torch.Generator().manual_seed(train_cfg.seed)
-    null = torch.full((train_cfg.batch_size, cfg.resolution, cfg.resolution), UNLABELLED, dtype=torch.long)
+    null = torch.full((train_cfg.batch_size, cfg.resolution, cfg.resolution), NULL_LABEL, dtype=torch.long)
     for _ in range(steps):
         idx = torch.randint(len(latents), (train_cfg.batch_size,), generator=gen)
         trainer.train_step(latents[idx], null)
@@ -257,7 +255,7 @@ class LdmBudgetRoute:
         b = self.train_cfg.batch_size
         b_un = int(round(b * self.unlabelled_share)) if len(self.unlabelled) else 0
         gen = torch.Generator().manual_seed(seed)
-        null = torch.full((b_un, self.cfg.resolution, self.cfg.resolution), UNLABELLED, dtype=torch.long)
+        null = torch.full((b_un, self.cfg.resolution, self.cfg.resolution), NULL_LABEL, dtype=torch.long)
         for _ in range(self.steps):
             idx = torch.randint(len(z), (b - b_un,), generator=gen)
             z_batch, m_batch = z[idx], y[idx]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from ops.labelling.class_maps import IGNORE_INDEX  # one unlabelled value for masks, losses and scores
 
 
 def confusion_matrix(

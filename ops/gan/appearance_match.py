@@ -77,8 +77,9 @@ def matched_seeds(
 ) -> np.ndarray:
     """The ``count`` candidate seeds whose images' colours match ``reference`` (ascending seeds).
 
-    The candidates are generated in batches (throughput; the kept seeds are regenerated one by one downstream, so a
-    batched rounding difference can only change which seed is chosen, never a kept image).
+    The candidates are generated in batches on the generator's device (throughput; the kept seeds are regenerated
+    one by one downstream, so a batched rounding difference can only change which seed is chosen, never a kept
+    image).
     """
-    images = generate(G, candidates, psi, batch=32)[2]
+    images = generate(G, candidates, psi, next(G.parameters()).device, batch=32)[2]
     return np.sort(candidates[match_to_reference(colour_histograms(images), reference, count, seed)])

@@ -16,6 +16,7 @@ from factory_helpers import resources_for as _resources
 
 from assets.gan import gan_model, generated_samples
 from assets.slides import training_tiles
+from ops.gan.appearance_match import matched_seeds, reference_histograms
 from ops.gan.sampling import generate
 from ops.gan.trainer import load_generator, read_checkpoint
 
@@ -77,6 +78,24 @@ def test_split_train_sample_and_lineage(tiled_home):
         "sample_00001.png",
         "sample_00005.png",
     ]
+
+    # Colour-matched draw: k * n candidates, the n matching training crops kept, as the export draws its images.
+    matched = dg.materialize(
+        **selecting([generated_samples]),
+        instance=instance,
+        resources=_resources(home),
+        run_config=dg.RunConfig(ops={"generated_samples": {"config": {"n": 8, "match_pool": 3}}}),
+    )
+    assert matched.success
+    samples = zarr.open_group(str(home / "samples" / "samples.zarr"), mode="r")
+    seeds, images = samples["seeds"][:], samples["images"][:]
+    reference = reference_histograms(split, 64)
+    np.testing.assert_array_equal(seeds, matched_seeds(G, np.arange(24), 0.7, reference, 8, seed=0))
+    assert len(set(seeds.tolist())) == 8 and seeds.max() >= 8, "kept from 24 candidates, not the first 8"
+    assert samples.attrs["match_pool"] == 3 and images.shape == (8, 64, 64, 3)
+    np.testing.assert_array_equal(generate(G, seeds[[5]], psi=0.7)[2][0], images[5])
+    meta = matched.asset_materializations_for_node("generated_samples")[0].metadata
+    assert meta["match_pool"].value == 3
 
 
 def test_interrupted_training_resumes_from_checkpoint(tiled_home, tmp_path):
