@@ -19,7 +19,7 @@ from assets.gates import gate, latest_metadata, number
 from assets.lineage import content_hash, package_versions, png_array, png_markdown, tile_set_hash
 from assets.training_run import TrainingRun
 from ops.common.images import image_grid_png
-from ops.gan.appearance_match import matched_seeds, reference_histograms
+from ops.gan.appearance_match import draw_seeds, reference_histograms
 from ops.gan.loop import LoopConfig, fit
 from ops.gan.metrics import FidScorer, swd_against
 from ops.gan.networks import Generator, get_gan_config
@@ -242,10 +242,11 @@ def generated_samples(
     device = torch_device.device()
     G = load_generator(gan_model.path, device)
     start = time.perf_counter()
-    seeds = np.arange(config.n * max(1, config.match_pool), dtype=np.int64) + config.seed_offset
-    if config.match_pool:
-        reference = reference_histograms(pd.read_parquet(training_tiles.path), G.cfg.resolution)
-        seeds = matched_seeds(G, seeds, config.psi, reference, config.n, seed=config.seed_offset)
+    candidates = np.arange(config.n * max(1, config.match_pool), dtype=np.int64) + config.seed_offset
+    reference = (
+        reference_histograms(pd.read_parquet(training_tiles.path), G.cfg.resolution) if config.match_pool else None
+    )
+    seeds = draw_seeds(G, candidates, config.n, config.match_pool, config.psi, reference, config.seed_offset)
     z, w, images = generate(G, seeds, config.psi, device)  # one at a time: bit-for-bit regenerable
     tmp = temp_dir_beside(storage.samples_dir)
     group = zarr.open_group(str(tmp / "samples.zarr"), mode="w", zarr_format=3)

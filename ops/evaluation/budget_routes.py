@@ -42,7 +42,7 @@ from ops.diffusion.label_free import read_label_free
 from ops.diffusion.samplers import NULL_LABEL, sample_latents
 from ops.export.gan_route import ExportParams, synthesize_seeds, uncertain_to_drop
 from ops.export.ldm_route import latents_to_uint8
-from ops.gan.appearance_match import REFERENCE_CROPS, matched_seeds, reference_histograms
+from ops.gan.appearance_match import REFERENCE_CROPS, draw_seeds, reference_histograms
 from ops.gan.networks import Generator
 from ops.gan.trainer import load_generator
 from ops.genseg.budget import BudgetConfig, budget_pairs
@@ -164,9 +164,8 @@ class GanBudgetRoute:
                 f"match_pool"
             )
         pool = BUDGET_SEED_BASE + seed * SEEDS_PER_BUDGET_SEED + np.arange(size, dtype=np.int64)
-        if not self.export.match_pool:
-            return pool
-        return matched_seeds(self.generator, pool, self.export.psi, self.match_reference, count, seed)
+        export = self.export
+        return draw_seeds(self.generator, pool, count, export.match_pool, export.psi, self.match_reference, seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ops.gan.appearance_match import matched_seeds
+from ops.gan.appearance_match import draw_seeds
 from ops.gan.networks import Generator, images_to_uint8
 from ops.labelling.class_maps import IGNORE_INDEX
 from ops.labelling.pixel_classifier import PixelEnsemble, image_uncertainty, js_divergence, predict_from_proba
@@ -82,11 +82,7 @@ class ExportParams:
     def batch_seeds(self, G: Generator, batch: int, reference: np.ndarray | None) -> np.ndarray:
         """The seeds batch ``batch`` synthesises: its own range, or (``match_pool``) the candidates whose colours
         match ``reference`` (``ops.gan.appearance_match.reference_histograms``), matched in a batch-seeded order."""
-        if not self.match_pool:
-            return self.seeds(batch)
-        if reference is None:
-            raise ValueError("ExportParams.match_pool is set but no reference histograms were given to match")
-        return matched_seeds(G, self.candidate_seeds(batch), self.psi, reference, self.batch_size, batch)
+        return draw_seeds(G, self.candidate_seeds(batch), self.batch_size, self.match_pool, self.psi, reference, batch)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -83,3 +83,28 @@ def matched_seeds(
     """
     images = generate(G, candidates, psi, next(G.parameters()).device, batch=32)[2]
     return np.sort(candidates[match_to_reference(colour_histograms(images), reference, count, seed)])
+
+
+def draw_seeds(
+    G: Generator,
+    candidates: np.ndarray,
+    count: int,
+    match_pool: int,
+    psi: float,
+    reference: np.ndarray | None,
+    seed: int,
+) -> np.ndarray:
+    """The ``count`` seeds a draw synthesises from its ``candidates`` (``match_pool`` x ``count`` of them): the first
+    ``count`` when ``match_pool`` is 0 (DatasetGAN), else those whose colours match ``reference`` (ascending).
+
+    The one rule behind the export's batches, the equal-budget route's samples and the images drawn for annotation,
+    so that the three draw alike.
+    """
+    if not match_pool:
+        return candidates[:count]
+    if reference is None:
+        raise ValueError(
+            "match_pool is set but no reference histograms were given to match; pass reference_histograms of the "
+            "training tiles or set match_pool to 0"
+        )
+    return matched_seeds(G, candidates, psi, reference, count, seed)
