@@ -46,7 +46,7 @@ from resources.references import (
 
 DOWNSTREAM_CODE_VERSION = "downstream-4"  # 4: channels-last U-Net training
 # The curve alone: 5: the mix arm runs one forward pass per loader (its numbers changed; real pairs and judge did not).
-CURVE_CODE_VERSION = "downstream-5"
+CURVE_CODE_VERSION = "downstream-6"
 
 
 class RealAnnotationConfig(dg.Config):
@@ -195,6 +195,11 @@ class DownstreamConfig(dg.Config):
     lambdas: list[float] = Field(
         default=list(CurveConfig().lambdas), description="Synthetic loss weights tried; one chosen per N on validation."
     )
+    pretrain_shares: list[float] = Field(
+        default=list(CurveConfig().pretrain_shares),
+        description="syn_then_real: pre-training steps as shares of its fine-tune steps; one chosen per N on "
+        "validation.",
+    )
     arms: list[str] = Field(
         default=list(CurveConfig().arms), description="Arms: real, real_aug, syn_only, mix, syn_then_real."
     )
@@ -272,6 +277,7 @@ class DownstreamConfig(dg.Config):
             budgets=tuple(self.budgets),
             seeds=tuple(self.seeds),
             lambdas=tuple(self.lambdas),
+            pretrain_shares=tuple(self.pretrain_shares),
             arms=tuple(self.arms),
             real_passes=self.real_passes,
             min_steps=self.min_steps,
@@ -339,6 +345,7 @@ def downstream_eval(
     payload = {
         "summary": summary.to_dict(orient="records"),
         "lambdas": result.curve.lambdas,
+        "pretrain_shares": result.curve.pretrain_shares,
         "verdict": result.verdict,
         "headline": headline,
         "synthetic_pairs": result.synthetic_pairs,
@@ -360,6 +367,7 @@ def downstream_eval(
             "curve": png_markdown(picture, "test mean Dice vs label budget"),
             "table": dg.MetadataValue.md(_table_markdown(summary)),
             "lambda_chosen": dg.MetadataValue.json(result.curve.lambdas),
+            "pretrain_share_chosen": dg.MetadataValue.json(result.curve.pretrain_shares),
             "verdict": dg.MetadataValue.json(json.loads(json.dumps(result.verdict), parse_constant=lambda _: None)),
             "real_crops": dg.MetadataValue.json(real.counts()),
             "synthetic_pairs": dg.MetadataValue.json(result.synthetic_pairs),
@@ -379,8 +387,8 @@ def _first_images(export_dir, route: str) -> np.ndarray:
 
 
 def _table_markdown(summary: pd.DataFrame) -> str:
-    cols = ["budget", "arm", "lambda", "mean_dice", "mean_dice_sd", "gain_mean_dice", "ci_low_mean_dice",
-            "ci_high_mean_dice", "mean_jaccard", "real_passes", "route_labels"]  # fmt: skip
+    cols = ["budget", "arm", "lambda", "pretrain_share", "mean_dice", "mean_dice_sd", "gain_mean_dice",
+            "ci_low_mean_dice", "ci_high_mean_dice", "mean_jaccard", "real_passes", "route_labels"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in summary[cols].iterrows():
         lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")

@@ -11,9 +11,9 @@ from the export's ``label_scores.json``, where the export wrote them.
 Full: budgets N in {4, 8, 16, 32, 64, all}, 5 seeds, every arm (real, real_aug, syn_only, mix with lambda in
 {0.1, 0.3, 0.5} chosen on validation, syn_then_real) per route. ``--quick``: N in {4, 16}, 3 seeds, the same arms
 with mix at lambda 0.5 only (GenSeg's gamma = 1 weighting), shorter route retraining (GenSeg: its `quick` preset).
-``--budgets``, ``--seeds``, ``--lambdas`` and ``--arms`` override either preset (e.g. quick's retraining with 5 seeds
-and the full lambda sweep; or only the arms that add a route's pairs to the real crops at the largest budget, where
-each arm costs 1200 U-Net steps).
+``--budgets``, ``--seeds``, ``--lambdas``, ``--pretrain-shares`` and ``--arms`` override either preset (e.g. quick's
+retraining with 5 seeds and the full lambda sweep; or only the arms that add a route's pairs to the real crops at
+the largest budget, where each arm costs 1200 U-Net steps).
 
 Equal label budget (``ops.evaluation.budget_routes``): at every budget and seed each route's labelled part is
 retrained on that budget's labels only. ``stylegan2``: the demo's generator (it saw no label) with a new pixel
@@ -104,6 +104,13 @@ def main() -> None:
         "--lambdas", type=float, nargs="+", default=None, help="override the mix arm's λ set (chosen on validation)"
     )
     parser.add_argument(
+        "--pretrain-shares",
+        type=float,
+        nargs="+",
+        default=None,
+        help="override syn_then_real's pre-training lengths, as shares of its fine-tune steps (chosen on validation)",
+    )
+    parser.add_argument(
         "--arms",
         nargs="+",
         choices=ARMS,
@@ -152,7 +159,9 @@ def main() -> None:
         "--export-pairs", action="store_true", help="use the exported pairs (labels beyond the budget: upper bound)"
     )
     parser.add_argument(
-        "--runs-csv", default=None, help="also write every (budget, arm, seed, λ) run's validation and test scores here"
+        "--runs-csv",
+        default=None,
+        help="also write every (budget, arm, seed, λ, share) run's validation and test scores here",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -169,6 +178,7 @@ def main() -> None:
         "budgets": tuple(args.budgets or cfg.budgets),
         "seeds": tuple(args.seeds or cfg.seeds),
         "lambdas": tuple(args.lambdas or cfg.lambdas),
+        "pretrain_shares": tuple(args.pretrain_shares or cfg.pretrain_shares),
         "arms": tuple(args.arms or cfg.arms),
     }
     try:
@@ -214,15 +224,20 @@ def main() -> None:
         workers=args.workers,
     )
     summary = result.curve.summary
-    cols = ["budget", "arm", "lambda", "mean_dice", "mean_dice_sd", "gain_mean_dice", "ci_low_mean_dice",
-            "ci_high_mean_dice", "mean_jaccard", "real_passes", "route_labels", "route_fidelity"]  # fmt: skip
+    cols = ["budget", "arm", "lambda", "pretrain_share", "mean_dice", "mean_dice_sd", "gain_mean_dice",
+            "ci_low_mean_dice", "ci_high_mean_dice", "mean_jaccard", "real_passes", "route_labels",
+            "route_fidelity"]  # fmt: skip
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     per_class = [c for c in summary.columns if c.startswith("dice/")]
     print("test Dice per class:")
     print(summary[["budget", "arm", *per_class]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"lambda chosen on validation: {result.curve.lambdas}; {time.perf_counter() - start:.0f} s")
+    print(
+        f"chosen on validation: lambda {result.curve.lambdas}, pre-training share {result.curve.pretrain_shares}; "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     # Validation Dice is what a choice between two settings of a route may look at (the test split may not).
-    val = result.curve.runs.groupby(["budget", "arm", "lambda"], as_index=False)["val_mean_dice"].mean()
+    settings = ["budget", "arm", "lambda", "pretrain_share"]
+    val = result.curve.runs.groupby(settings, as_index=False, dropna=False)["val_mean_dice"].mean()
     print("validation mean Dice (mean over seeds):")
     print(val.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.runs_csv:

@@ -8,7 +8,8 @@ Protocol (fixed by the papers and the validation set, never tuned on test):
   baseline GenSeg beats); per synthetic route ``syn_only:<route>``; ``mix:<route>`` — two loaders, a real batch and a
   synthetic batch per step, loss ``(1 − λ)·L_real + λ·L_syn`` (DISC Eq. 4; GenSeg's ``L_real + γ·L_fake`` is the
   same family), λ from a set and chosen per N on the validation crops; ``syn_then_real:<route>`` — pre-train on the
-  synthetic pairs, then fine-tune on the real crops.
+  synthetic pairs, then fine-tune on the real crops; the pre-training length (a share of the fine-tune's steps) from
+  a set and chosen per N on the validation crops, as λ is.
 * **Equal real passes.** Every arm that sees real crops draws them from the same cycling sampler with the same batch
   and step count, so each real crop is seen equally often (``real_passes`` in the table proves it); synthetic-only
   sees none. Pre-training adds steps on synthetic pairs only.
@@ -21,6 +22,7 @@ Protocol (fixed by the papers and the validation set, never tuned on test):
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import multiprocessing as mp
@@ -48,6 +50,7 @@ ARMS = ("real", "real_aug", "syn_only", "mix", "syn_then_real")
 ROUTE_ARMS = ("syn_only", "mix", "syn_then_real")  # one arm per synthetic route
 NORMS = ("group", "batch")
 ALL = 0  # budget value meaning "every labelled training crop"
+NO_PRETRAINING = float("nan")  # the pre-training share of arms that do not pre-train
 
 Progress = Callable[[str], None]
 
@@ -72,6 +75,9 @@ class CurveConfig(DictConfig):
     budgets: tuple[int, ...] = (4, 8, 16, 32, 64, ALL)  # label budgets N in crops; 0 = all labelled training crops
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds per point; pair the arms
     lambdas: tuple[float, ...] = (0.1, 0.3, 0.5)  # synthetic loss weights tried; one chosen per N on validation
+    # syn_then_real's pre-training steps as a share of its fine-tune steps; one chosen per N on validation. The
+    # shares are snapshots of one pre-training run, so a set costs one pre-training plus one fine-tune per share.
+    pretrain_shares: tuple[float, ...] = (1.0,)
     arms: tuple[str, ...] = ARMS  # which arms run
     real_passes: int = 100  # passes over the N real crops, the same for every arm that sees real crops
     min_steps: int = 200  # floor on optimiser steps (at N = 4, 100 passes would be 50 steps)
@@ -100,6 +106,8 @@ class CurveConfig(DictConfig):
             raise ValueError(f"CurveConfig.budgets: expected crop counts >= 1 (or 0 = all), received {self.budgets}")
         if not self.lambdas or any(not 0 < lam < 1 for lam in self.lambdas):
             raise ValueError(f"CurveConfig.lambdas: expected weights in (0, 1), received {self.lambdas}")
+        if not self.pretrain_shares or any(not share > 0 for share in self.pretrain_shares):
+            raise ValueError(f"CurveConfig.pretrain_shares: expected shares > 0, received {self.pretrain_shares}")
         if self.norm not in NORMS:
             raise ValueError(f"CurveConfig.norm: expected one of {NORMS}, received {self.norm!r}")
         if self.arch not in ARCHS:
@@ -180,38 +188,81 @@ def train_arm(
     n_classes: int,
     seed: int,
     lam: float = 0.0,  # synthetic loss weight of the mix arm
+    pretrain_share: float = 1.0,  # syn_then_real: pre-training steps as a share of the fine-tune's
 ) -> ArmResult:
     """Train a fresh segmenter for one arm, budget and seed (same seed = same initial weights in every arm)."""
     if arm not in ARMS:
         raise ValueError(f"train_arm: unknown arm {arm!r}; expected one of {ARMS}")
     if arm in ROUTE_ARMS and synthetic is None:
         raise ValueError(f"train_arm: arm {arm!r} needs synthetic pairs")
+    if arm == "syn_then_real":
+        return train_syn_then_real(real, synthetic, cfg, n_classes, seed, (pretrain_share,))[pretrain_share]
     steps = cfg.steps(len(real[0]))
+    model, gen = _start(cfg, n_classes, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    real_s = CyclingSampler(*real, cfg.batch_real, gen)
+    syn_s = CyclingSampler(*synthetic, cfg.batch_syn, gen) if synthetic is not None else None
+    augment = classical_augment if arm == "real_aug" else None
+    if arm == "syn_only":
+        _fit(model, opt, None, syn_s, 1.0, steps, gen, None, cfg.loss)
+    elif arm == "mix":
+        _fit(model, opt, real_s, syn_s, lam, steps, gen, None, cfg.loss)
+    else:
+        _fit(model, opt, real_s, None, 0.0, steps, gen, augment, cfg.loss)
+    return ArmResult(_finish(model, cfg, real[0]), real_s.passes(), steps)
+
+
+def train_syn_then_real(
+    real: tuple[np.ndarray, np.ndarray],
+    synthetic: tuple[np.ndarray, np.ndarray],
+    cfg: CurveConfig,
+    n_classes: int,
+    seed: int,
+    shares: Sequence[float],
+) -> dict[float, ArmResult]:
+    """Pre-train on the synthetic pairs, snapshot at each share of the fine-tune's steps, fine-tune every snapshot.
+
+    The fine-tune is the ``real`` arm's (its steps and real passes) with fresh Adam moments, as a user would start
+    one. Snapshots of one pre-training make the shares differ only in length (same weights and draws up to the
+    shorter one) and cost one pre-training instead of one per share; a share trained alone gives the same model.
+    """
+    if not shares or any(not share > 0 for share in shares):
+        raise ValueError(f"train_syn_then_real: expected pre-training shares > 0, received {shares}")
+    steps = cfg.steps(len(real[0]))
+    model, gen = _start(cfg, n_classes, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    syn_s = CyclingSampler(*synthetic, cfg.batch_syn, gen)
+    results, done = {}, 0
+    for share in sorted(set(shares)):
+        target = max(1, round(share * steps))
+        _fit(model, opt, None, syn_s, 1.0, target - done, gen, None, cfg.loss)
+        done = target
+        tuned, tune_gen = copy.deepcopy(model), torch.Generator()
+        tune_gen.set_state(gen.get_state())
+        real_s = CyclingSampler(*real, cfg.batch_real, tune_gen)
+        tune_opt = torch.optim.Adam(tuned.parameters(), lr=cfg.lr)
+        _fit(tuned, tune_opt, real_s, None, 0.0, steps, tune_gen, None, cfg.loss)
+        results[share] = ArmResult(_finish(tuned, cfg, real[0]), real_s.passes(), steps)
+    return results
+
+
+def _start(cfg: CurveConfig, n_classes: int, seed: int) -> tuple[nn.Module, torch.Generator]:
+    """The seed's initial segmenter (in training mode) and its sampling generator: the same in every arm."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_segmenter(n_classes, cfg.base_channels, cfg.norm, cfg.arch)
     # channels-last lets oneDNN skip its layout reorders: ~15 % faster training steps on CPU (same operations; only
     # the summation order may differ, so single runs differ in the last bits).
     model = model.to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    real_s = CyclingSampler(*real, cfg.batch_real, gen)
-    syn_s = CyclingSampler(*synthetic, cfg.batch_syn, gen) if synthetic is not None else None
-    augment = classical_augment if arm == "real_aug" else None
     model.train()
-    if arm == "syn_then_real":
-        _fit(model, opt, None, syn_s, 1.0, steps, gen, None, cfg.loss)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)  # fine-tune with fresh moments, as a user would
-        _fit(model, opt, real_s, None, 0.0, steps, gen, None, cfg.loss)
-    elif arm == "syn_only":
-        _fit(model, opt, None, syn_s, 1.0, steps, gen, None, cfg.loss)
-    elif arm == "mix":
-        _fit(model, opt, real_s, syn_s, lam, steps, gen, None, cfg.loss)
-    else:
-        _fit(model, opt, real_s, None, 0.0, steps, gen, augment, cfg.loss)
+    return model, torch.Generator().manual_seed(seed)
+
+
+def _finish(model: nn.Module, cfg: CurveConfig, real_images: np.ndarray) -> nn.Module:
+    """The trained model for evaluation, BatchNorm statistics re-estimated on the real crops where it has them."""
     if cfg.norm == "batch":
-        reestimate_batchnorm(model, real[0])
-    return ArmResult(model.eval(), real_s.passes(), steps)
+        reestimate_batchnorm(model, real_images)
+    return model.eval()
 
 
 def _fit(
@@ -308,9 +359,10 @@ def paired_bootstrap(diffs: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tu
 class CurveResult:
     """Per-run rows, per-point summary, chosen λ per budget and route, and the check verdict."""
 
-    runs: pd.DataFrame  # one row per (budget, arm, seed, λ): val and test metrics, real_passes, steps
+    runs: pd.DataFrame  # one row per (budget, arm, seed, λ, pre-training share): val and test metrics, passes, steps
     summary: pd.DataFrame  # one row per (budget, arm): means, sd, gain vs real with CI
     lambdas: dict[str, dict[str, float]] = field(default_factory=dict)  # budget -> route -> chosen λ
+    pretrain_shares: dict[str, dict[str, float]] = field(default_factory=dict)  # budget -> route -> chosen share
 
 
 def learning_curve(
@@ -352,7 +404,8 @@ def learning_curve(
     rows = [row for unit_rows in _map_units(job, units, workers) for row in unit_rows]
     runs = pd.DataFrame(rows)
     chosen, lambdas = choose_lambda(runs)
-    return CurveResult(runs, summarise_curve(chosen, cfg.n_boot), lambdas)
+    chosen, shares = choose_pretrain_share(chosen)
+    return CurveResult(runs, summarise_curve(chosen, cfg.n_boot), lambdas, shares)
 
 
 @dataclass
@@ -392,34 +445,43 @@ class _CurveJob:
         rows = []
         for arm, route, lam in _plan(cfg, self.routes):
             started = time.perf_counter()
-            result = train_arm(arm, crops, pairs.get(route), cfg, len(class_names), seed, lam)
-            val = score(result.model, val_x, val_y, class_names)
-            test = score(result.model, test_x, test_y, class_names)
-            rows.append(
-                {
-                    "budget": budget,
-                    "arm": f"{arm}:{route}" if route else arm,
-                    "route": route or "",
-                    "route_labels": labels_used.get(route, float("nan")),
-                    "route_fidelity": route_fidelity.get(route, float("nan")),
-                    "lambda": lam,
-                    "seed": seed,
-                    "steps": result.steps,
-                    "real_passes": result.real_passes,
-                    "val_mean_dice": val["mean_dice"],
-                    **test,
-                }
-            )
-            if progress is not None:
-                progress(
-                    f"N={budget} seed={seed} {rows[-1]['arm']} λ={lam}: test Dice {test['mean_dice']:.3f} "
-                    f"({time.perf_counter() - started:.0f} s)"
+            if arm == "syn_then_real":
+                trained = train_syn_then_real(crops, pairs[route], cfg, len(class_names), seed, cfg.pretrain_shares)
+            else:
+                trained = {NO_PRETRAINING: train_arm(arm, crops, pairs.get(route), cfg, len(class_names), seed, lam)}
+            for share, result in trained.items():
+                val = score(result.model, val_x, val_y, class_names)
+                test = score(result.model, test_x, test_y, class_names)
+                rows.append(
+                    {
+                        "budget": budget,
+                        "arm": f"{arm}:{route}" if route else arm,
+                        "route": route or "",
+                        "route_labels": labels_used.get(route, float("nan")),
+                        "route_fidelity": route_fidelity.get(route, float("nan")),
+                        "lambda": lam,
+                        "pretrain_share": share,
+                        "seed": seed,
+                        "steps": result.steps,
+                        "real_passes": result.real_passes,
+                        "val_mean_dice": val["mean_dice"],
+                        **test,
+                    }
                 )
+                if progress is not None:
+                    progress(
+                        f"N={budget} seed={seed} {_run_name(rows[-1])}: test Dice {test['mean_dice']:.3f} "
+                        f"({time.perf_counter() - started:.0f} s)"
+                    )
         return rows
 
 
 def _run_name(row: dict) -> str:
-    return f"{row['arm']} λ={row['lambda']}" if row["arm"].startswith("mix:") else row["arm"]
+    if row["arm"].startswith("mix:"):
+        return f"{row['arm']} λ={row['lambda']}"
+    if row["arm"].startswith("syn_then_real:"):
+        return f"{row['arm']} pre-training {row['pretrain_share']:g}"
+    return row["arm"]
 
 
 _FORKED_JOB: _CurveJob | None = None  # set in the parent just before forking; read by the workers
@@ -490,14 +552,27 @@ def _plan(cfg: CurveConfig, routes: Mapping[str, object]) -> list[tuple[str, str
 
 def choose_lambda(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Keep, per budget and mix arm, the λ with the best mean validation Dice over seeds (never test)."""
-    is_mix = runs["arm"].str.startswith("mix:")
-    keep = [runs[~is_mix]]
-    lambdas: dict[str, dict[str, float]] = {}
-    for (budget, arm), group in runs[is_mix].groupby(["budget", "arm"]):
-        best = group.groupby("lambda")["val_mean_dice"].mean().idxmax()
-        keep.append(group[group["lambda"] == best])
-        lambdas.setdefault(str(budget), {})[arm.split(":", 1)[1]] = float(best)
-    return pd.concat(keep, ignore_index=True), lambdas
+    return _choose_on_validation(runs, "mix", "lambda")
+
+
+def choose_pretrain_share(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Keep, per budget and syn_then_real arm, the pre-training share with the best mean validation Dice."""
+    return _choose_on_validation(runs, "syn_then_real", "pretrain_share")
+
+
+def _choose_on_validation(
+    runs: pd.DataFrame, arm_kind: str, column: str
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Keep, per budget and ``arm_kind`` arm, the ``column`` value with the best mean validation Dice over seeds;
+    return the kept runs and the choice as budget -> route -> value."""
+    mine = runs["arm"].str.startswith(f"{arm_kind}:")
+    keep = [runs[~mine]]
+    chosen: dict[str, dict[str, float]] = {}
+    for (budget, arm), group in runs[mine].groupby(["budget", "arm"]):
+        best = group.groupby(column)["val_mean_dice"].mean().idxmax()
+        keep.append(group[group[column] == best])
+        chosen.setdefault(str(budget), {})[arm.split(":", 1)[1]] = float(best)
+    return pd.concat(keep, ignore_index=True), chosen
 
 
 def summarise_curve(runs: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
@@ -511,6 +586,7 @@ def summarise_curve(runs: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
             "budget": int(budget),
             "arm": arm,
             "lambda": float(group["lambda"].iloc[0]),
+            "pretrain_share": float(group["pretrain_share"].iloc[0]) if "pretrain_share" in group else float("nan"),
             "seeds": len(group),
             "real_passes": float(group["real_passes"].mean()),
             "route_labels": _nanmean(group["route_labels"]) if "route_labels" in group else float("nan"),

@@ -1,4 +1,5 @@
-"""The learning curve: λ-weighted loss, equal real passes, λ chosen on validation, bootstrap, verdict, bad settings."""
+"""The learning curve: λ-weighted loss, equal real passes, λ and pre-training length chosen on validation, bootstrap,
+verdict, bad settings."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ops.evaluation.learning_curve import (
     mixed_loss,
     paired_bootstrap,
     train_arm,
+    train_syn_then_real,
 )
 from ops.evaluation.segmenter import UNet
 from ops.evaluation.stain_jitter import hed_jitter
@@ -63,6 +65,56 @@ def test_the_mix_arm_never_normalises_real_and_synthetic_crops_in_one_batch() ->
     assert len(training) == 2 * TINY.steps(4)
     assert all(len(torch.sign(b).unique()) == 1 for b in training)
     assert {float(torch.sign(b[0])) for b in training} == {-1.0, 1.0}
+
+
+def _batch_signs(run) -> list[float]:
+    """The sign of every U-Net input batch while ``run`` trains (real crops are all -1 below, synthetic +1)."""
+    signs: list[float] = []
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, UNet) and module.training:
+            signs.append(float(torch.sign(args[0].detach().mean())))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return signs
+
+
+def test_pretraining_shares_are_snapshots_of_one_pretraining_each_fine_tuned_like_real() -> None:
+    real = (np.zeros((4, 16, 16, 3), np.uint8), np.zeros((4, 16, 16), np.uint8))  # scaled to -1
+    syn = (np.full((6, 16, 16, 3), 255, np.uint8), np.ones((6, 16, 16), np.uint8))  # scaled to +1
+    cfg = CurveConfig(**{**TINY.to_dict(), "real_passes": 4})
+    steps = cfg.steps(4)  # 8: shares 0.25 / 0.5 / 1 pre-train 2 / 4 / 8 steps
+    results: dict = {}
+    signs = _batch_signs(lambda: results.update(train_syn_then_real(real, syn, cfg, 2, 0, (1.0, 0.25, 0.5))))
+    # one pre-training of 8 synthetic batches, interrupted at 2 and 4 by a fine-tune of 8 real batches (and the
+    # real-only BatchNorm re-estimation, which runs in training mode too: one batch of the 4 crops)
+    fine_tune = [-1.0] * (steps + 1)
+    assert signs == [1.0] * 2 + fine_tune + [1.0] * 2 + fine_tune + [1.0] * 4 + fine_tune
+    assert sorted(results) == [0.25, 0.5, 1.0]
+    assert {r.real_passes for r in results.values()} == {steps * 2 / 4} and {r.steps for r in results.values()} == {8}
+    # a share trained alone is the same model as its snapshot of the shared pre-training
+    alone = train_arm("syn_then_real", real, syn, cfg, 2, seed=0, pretrain_share=0.5).model.state_dict()
+    shared = results[0.5].model.state_dict()
+    assert all(torch.equal(alone[k], shared[k]) for k in alone)
+    longer = results[1.0].model.state_dict()
+    assert not all(torch.equal(longer[k], shared[k]) for k in alone)
+
+
+def test_curve_chooses_the_pretraining_share_on_validation(real) -> None:
+    cfg = CurveConfig(**{**TINY.to_dict(), "arms": ("real", "syn_then_real"), "pretrain_shares": (0.5, 2.0)})
+    result = learning_curve(real, {"gan": squares(8, 5)}, ["bg", "square"], cfg)
+    runs = result.runs
+    pre = runs[runs["arm"] == "syn_then_real:gan"]
+    assert set(pre["pretrain_share"]) == {0.5, 2.0} and runs.loc[runs["arm"] == "real", "pretrain_share"].isna().all()
+    for budget in (2, 4):
+        best = pre[pre["budget"] == budget].groupby("pretrain_share")["val_mean_dice"].mean().idxmax()
+        assert result.pretrain_shares[str(budget)]["gan"] == best
+        row = result.summary[(result.summary["arm"] == "syn_then_real:gan") & (result.summary["budget"] == budget)]
+        assert row["pretrain_share"].item() == best and row["seeds"].item() == len(TINY.seeds)
 
 
 def test_curve_pairs_seeds_chooses_lambda_on_validation_and_reports_gains(real) -> None:
@@ -138,6 +190,8 @@ def test_bad_settings_fail_naming_the_setting(real) -> None:
         learning_curve(real, {"gan": squares(3, 1)}, ["bg", "square"], TINY)
     with pytest.raises(ValueError, match="CurveConfig.lambdas"):
         CurveConfig(lambdas=(1.5,))
+    with pytest.raises(ValueError, match="CurveConfig.pretrain_shares"):
+        CurveConfig(pretrain_shares=(0.0,))
     with pytest.raises(ValueError, match="'real' is the reference"):
         CurveConfig(arms=("mix",))
 
