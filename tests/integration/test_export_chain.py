@@ -281,6 +281,10 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
     routed = runs[runs["route"] != ""]
     assert len(routed) and (routed["route_labels"] <= routed["budget"]).all(), "no route saw more labels than N"
     assert set(results["lambdas"]["2"]) == {"ldm", "stylegan2"} and results["lambdas"]["2"]["ldm"] in (0.3, 0.5)
+    pre = runs[runs["arm"] == "syn_then_real:ldm"]
+    assert sorted(pre["pretrain_share"].unique()) == [0.25, 0.5, 1.0], "the default pre-training lengths all ran"
+    assert results["pretrain_shares"]["2"]["ldm"] in (0.25, 0.5, 1.0)
+    assert dmeta["pretrain_share_chosen"].value == results["pretrain_shares"]
     for row in results["summary"]:
         assert 0 <= row["mean_dice"] <= 1 and row["seeds"] == 2
         if not row["arm"].startswith("syn_only"):

@@ -153,7 +153,8 @@ def test_workers_give_the_same_curve_as_one_process(real) -> None:
     syn = {"ldm": squares(8, 5), "flips": _NoisyFlips()}
     one = learning_curve(real, syn, ["bg", "square"], TINY, workers=1).runs
     two = learning_curve(real, syn, ["bg", "square"], TINY, workers=2).runs
-    assert len(one) == len(TINY.budgets) * len(TINY.seeds) * (2 + 2 * (2 + len(TINY.lambdas)))
+    per_route = 1 + len(TINY.lambdas) + len(TINY.pretrain_shares)  # syn_only, mix per λ, syn_then_real per share
+    assert len(one) == len(TINY.budgets) * len(TINY.seeds) * (2 + 2 * per_route)
     assert (one["route_labels"][one["route"] == "flips"] == one["budget"][one["route"] == "flips"]).all()
     pd.testing.assert_frame_equal(one, two)
 
