@@ -41,8 +41,8 @@ from ops.export.genseg_route import synthesize_genseg_pairs
 from ops.export.label_scores import (
     agreement_correlation,
     below_agreement,
-    fidelity,
     judge_agreement,
+    pair_dice,
     route_summary,
 )
 from ops.export.ldm_route import synthesize_ldm_pairs
@@ -724,12 +724,20 @@ def _label_scores(
     masks: np.ndarray,
     class_map,
 ) -> pd.DataFrame:
-    """Per-pair ``fidelity`` and ``judge_agreement`` (NaN where not measured) and their per-class Dice columns."""
+    """Per-pair ``fidelity`` (on the labelled pixels) and ``fidelity_all_pixels`` (unlabelled pixels counted as
+    misses: what a mask that labels less cannot inflate), ``judge_agreement`` (NaN where not measured) and their
+    per-class Dice columns."""
     k, out = class_map.n_classes, pd.DataFrame(index=range(len(images)))
     if config.stand_in_fidelity:
         context.log.warning("DEMO: fidelity is measured against the rule-based stand-in annotator")
-        mean, per_class = fidelity(images, masks, _stand_in, k)
-        out = out.assign(fidelity=mean.astype(np.float32), **_class_columns("fidelity", per_class, class_map))
+        labels = _stand_in(images)
+        mean, per_class = pair_dice(labels, masks, k)
+        whole, _ = pair_dice(labels, masks, k, unlabelled_as_miss=True)
+        out = out.assign(
+            fidelity=mean.astype(np.float32),
+            fidelity_all_pixels=whole.astype(np.float32),
+            **_class_columns("fidelity", per_class, class_map),
+        )
     judge = storage.label_judge_path
     if judge.exists():
         model = load_segmenter(judge)
@@ -773,6 +781,9 @@ def _write_label_scores(export_dir, manifest: pd.DataFrame, class_map, config: E
         per_class = manifest[[f"{prefix}_{n.replace(' ', '_')}" for n in class_map.classes]].to_numpy()
         for route, stats in route_summary(manifest, per_class, class_map.classes, column).items():
             summary["routes"].setdefault(route, {}).update(stats)
+    if "fidelity_all_pixels" in manifest and manifest["fidelity_all_pixels"].notna().any():
+        for route, whole in manifest.groupby("generator")["fidelity_all_pixels"].mean().items():
+            summary["routes"].setdefault(route, {})["fidelity_all_pixels"] = float(whole)
     report = storage.label_judge_path.with_suffix(".json")
     if report.exists():
         summary["judge_dice_held_out"] = json.loads(report.read_text())["held_out"]["mean_dice"]
@@ -790,7 +801,7 @@ def _label_metadata(summary: dict) -> dict:
     finite = json.loads(json.dumps(summary, default=float), parse_constant=lambda _: None)  # NaN -> null
     out: dict = {"label_scores": dg.MetadataValue.json(finite)}
     for route, stats in summary["routes"].items():
-        for key in ("fidelity", "judge_agreement"):
+        for key in ("fidelity", "fidelity_all_pixels", "judge_agreement"):
             if key in stats and np.isfinite(stats[key]):
                 out[f"{key}_{route}"] = float(stats[key])
     if "judge_dice_held_out" in summary:
@@ -819,7 +830,9 @@ def _label_score_lines(export_dir) -> str:
                 per_class = ", ".join(
                     f"{k.split('/', 1)[1]} {v:.2f}" for k, v in stats.items() if k.startswith(f"{key}/") and v == v
                 )
-                lines.append(f"- {route}: mean {key} {stats[key]:.3f} ({per_class})")
+                whole = stats.get("fidelity_all_pixels", float("nan")) if key == "fidelity" else float("nan")
+                unlabelled = f"; {whole:.3f} with unlabelled pixels counted as misses" if whole < stats[key] else ""
+                lines.append(f"- {route}: mean {key} {stats[key]:.3f} ({per_class}){unlabelled}")
     if "judge_fidelity_correlation" in summary:
         lines.append(f"- correlation of judge agreement with fidelity: {summary['judge_fidelity_correlation']:.2f}")
     return "\n".join(lines)

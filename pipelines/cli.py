@@ -304,6 +304,7 @@ def _summary(instance, home: Path, stages: list[tuple[str, float]], start: float
         ("export version", "synthetic_dataset", "export_version"),
         ("export samples", "synthetic_dataset", "export_samples_total"),
         ("label fidelity, GAN pairs (stand-in Dice on labelled pixels)", "synthetic_dataset", "fidelity_stylegan2"),
+        ("  the same on every pixel (unlabelled = miss)", "synthetic_dataset", "fidelity_all_pixels_stylegan2"),
         ("label fidelity, LDM pairs (stand-in Dice)", "synthetic_dataset", "fidelity_ldm"),
         ("label fidelity, GenSeg pairs (stand-in Dice)", "synthetic_dataset", "fidelity_genseg"),
         ("judge agreement, GAN pairs", "synthetic_dataset", "judge_agreement_stylegan2"),

@@ -27,7 +27,11 @@ Labeller = Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, 3] images -> ui
 
 
 def pair_dice(
-    truth: np.ndarray, pred: np.ndarray, n_classes: int, ignore_index: int = IGNORE_INDEX
+    truth: np.ndarray,
+    pred: np.ndarray,
+    n_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+    unlabelled_as_miss: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dice per pair and class, and its mean over the classes present, from one ``np.bincount``.
 
@@ -36,6 +40,9 @@ def pair_dice(
         pred: ``[N, H, W]`` class ids (the exported masks).
         n_classes: K.
         ignore_index: Value in ``truth`` or ``pred`` left out of the counts.
+        unlabelled_as_miss: Count ``pred``'s ``ignore_index`` pixels (a mask's unlabelled pixels) as misses of the
+            truth's class instead of leaving them out: the score of the whole mask, not only of what it labels, so
+            a mask cannot score higher by labelling less.
 
     Returns:
         ``mean`` float64 ``[N]`` (NaN when a pair has no counted pixel) and ``per_class`` float64 ``[N, K]`` (NaN
@@ -55,11 +62,15 @@ def pair_dice(
     for name, v in (("truth", t[keep]), ("pred", p[keep])):
         if v.size and (v.min() < 0 or v.max() >= n_classes):
             raise ValueError(f"pair_dice: {name} has class ids outside 0..{n_classes - 1} ({v.min()}..{v.max()})")
+    if unlabelled_as_miss:  # an extra predicted "class" K: a miss of the truth's class, never a hit
+        keep = t != ignore_index
+        p = np.where(p == ignore_index, n_classes, p)
+    cols = n_classes + int(unlabelled_as_miss)
     pair = np.broadcast_to(np.arange(n)[:, None], t.shape)
-    index = (pair[keep] * n_classes + t[keep]) * n_classes + p[keep]
-    cm = np.bincount(index, minlength=n * n_classes * n_classes).reshape(n, n_classes, n_classes).astype(np.float64)
+    index = (pair[keep] * n_classes + t[keep]) * cols + p[keep]
+    cm = np.bincount(index, minlength=n * n_classes * cols).reshape(n, n_classes, cols).astype(np.float64)
     tp = np.diagonal(cm, axis1=1, axis2=2)
-    denom = cm.sum(axis=1) + cm.sum(axis=2)  # 2 TP + FP + FN per class
+    denom = cm.sum(axis=2) + cm.sum(axis=1)[:, :n_classes]  # 2 TP + FP + FN per class
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(denom > 0, 2 * tp / denom, np.nan)
         present = np.isfinite(per_class)

@@ -187,6 +187,16 @@ def test_whole_chain_export_lineage_privacy_and_value(patient_home):
         assert {"fidelity", "judge_agreement", "fidelity/stroma"} <= set(scores["routes"][route])
         assert meta[f"fidelity_{route}"].value == pytest.approx(scores["routes"][route]["fidelity"])
     assert "judge_fidelity_correlation" in scores and "## Label scores" in (export / "dataset_card.md").read_text()
+    # fidelity on every pixel: the GAN masks' unlabelled pixels count as misses, the LDM masks have none
+    gan, ldm = (manifest[manifest["generator"] == r] for r in ("stylegan2", "ldm"))
+    assert (gan["frac_unlabelled"] > 0).all() and (ldm["frac_unlabelled"] == 0).all()
+    assert (gan["fidelity_all_pixels"] < gan["fidelity"]).all()
+    np.testing.assert_allclose(ldm["fidelity_all_pixels"], ldm["fidelity"], rtol=1e-6)
+    for route, rows in (("stylegan2", gan), ("ldm", ldm)):
+        whole = scores["routes"][route]["fidelity_all_pixels"]
+        assert whole == pytest.approx(rows["fidelity_all_pixels"].mean(), rel=1e-5)
+        assert meta[f"fidelity_all_pixels_{route}"].value == pytest.approx(whole)
+    assert "counted as misses" in (export / "dataset_card.md").read_text()
     assert not dropped["low_agreement"].any(), "min_agreement 0 drops nothing"
     evaluations = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert set(evaluations) == {"near_copies_rare", "label_agreement_floor"}, "the export's gates run with it"

@@ -41,6 +41,20 @@ def test_pair_dice_matches_hand_computed_values() -> None:
     assert mean == pytest.approx([(2 / 3 + 4 / 5) / 2, 1.0])
 
 
+def test_unlabelled_pixels_are_left_out_or_counted_as_misses() -> None:
+    truth = np.array([[[0, 0], [1, 1]]], np.uint8)
+    pred = np.array([[[0, 255], [1, 255]]], np.uint8)  # half the mask unlabelled, what it labels is right
+    labelled, _ = pair_dice(truth, pred, 3)
+    whole, per_class = pair_dice(truth, pred, 3, unlabelled_as_miss=True)
+    assert labelled == pytest.approx([1.0])
+    # class 0: TP 1, FN 1 (the unlabelled pixel) -> 2/3; class 1 likewise; no class gains a false positive
+    assert per_class[0, :2] == pytest.approx([2 / 3, 2 / 3]) and np.isnan(per_class[0, 2])
+    assert whole == pytest.approx([2 / 3])
+    # a fully labelled mask scores the same either way; the truth's own unlabelled pixels stay out in both
+    full = np.array([[[0, 1], [1, 255]]], np.uint8)
+    assert pair_dice(full, truth, 3, unlabelled_as_miss=True)[0] == pytest.approx(pair_dice(full, truth, 3)[0])
+
+
 def test_fidelity_is_one_for_real_pairs_and_falls_when_masks_are_corrupted(real_pairs) -> None:
     images, masks = real_pairs
     exact, _ = fidelity(images, masks, _stand_in, K)
