@@ -359,7 +359,7 @@ def paired_bootstrap(diffs: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tu
 
 @dataclass
 class CurveResult:
-    """Per-run rows, per-point summary, chosen λ per budget and route, and the check verdict."""
+    """Per-run rows, per-point summary, and the λ and pre-training share chosen per budget and route."""
 
     runs: pd.DataFrame  # one row per (budget, arm, seed, λ, pre-training share): val and test metrics, passes, steps
     summary: pd.DataFrame  # one row per (budget, arm): means, sd, gain vs real with CI
