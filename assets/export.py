@@ -831,7 +831,8 @@ def _label_score_lines(export_dir) -> str:
                     f"{k.split('/', 1)[1]} {v:.2f}" for k, v in stats.items() if k.startswith(f"{key}/") and v == v
                 )
                 whole = stats.get("fidelity_all_pixels", float("nan")) if key == "fidelity" else float("nan")
-                unlabelled = f"; {whole:.3f} with unlabelled pixels counted as misses" if whole < stats[key] else ""
+                lower = round(whole, 3) < round(stats[key], 3)  # float32 means of equal scores differ in the last bits
+                unlabelled = f"; {whole:.3f} with unlabelled pixels counted as misses" if lower else ""
                 lines.append(f"- {route}: mean {key} {stats[key]:.3f} ({per_class}){unlabelled}")
     if "judge_fidelity_correlation" in summary:
         lines.append(f"- correlation of judge agreement with fidelity: {summary['judge_fidelity_correlation']:.2f}")
