@@ -24,9 +24,10 @@ none``), then fine-tuned on the N crops. ``genseg``: trained from random weights
 (``ops.genseg.budget``; stage A learns from the validation crops). ``--export-pairs`` uses the exported pairs instead
 (their labels come from every annotated tile: an upper bound, not the protocol).
 
-Last line: ``fidelity_<route>=<x> judge_<route>=<x> budget_fidelity_<route>=<x> ... gain_at_4=<x> ci_low_at_4=<x>
-best_arm_at_4=<name> gain_at_max=<x>``. fidelity and judge score the export's pairs; budget_fidelity is the
-stand-in's Dice on the pairs the routes made under the equal label budget; gain = best synthetic arm - real only,
+Last line: ``fidelity_<route>=<x> [fidelity_all_pixels_<route>=<x>] judge_<route>=<x> budget_fidelity_<route>=<x> ...
+gain_at_4=<x> ci_low_at_4=<x> best_arm_at_4=<name> gain_at_max=<x>``. fidelity and judge score the export's pairs
+(fidelity_all_pixels: unlabelled mask pixels counted as misses); budget_fidelity is the stand-in's Dice on the
+labelled pixels of the pairs the routes made under the equal label budget; gain = best synthetic arm - real only,
 mean test Dice, paired over seeds, with a 95 % bootstrap CI.
 """
 
@@ -256,6 +257,8 @@ def main() -> None:
     for route in result.routes:
         stats = result.label_scores.get("routes", {}).get(route, {})
         scores.append(f"fidelity_{route}={stats.get('fidelity', float('nan')):.3f}")
+        if "fidelity_all_pixels" in stats:  # exports since the every-pixel score
+            scores.append(f"fidelity_all_pixels_{route}={stats['fidelity_all_pixels']:.3f}")
         scores.append(f"judge_{route}={stats.get('judge_agreement', float('nan')):.3f}")
         scores.append(f"budget_fidelity_{route}={headline.get(f'budget_fidelity_{route}', float('nan')):.3f}")
     scores += [f"gain_at_{n}={v['gain_small']:.3f}", f"ci_low_at_{n}={v['ci_low_small']:.3f}"]
