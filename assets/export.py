@@ -782,8 +782,9 @@ def _write_label_scores(export_dir, manifest: pd.DataFrame, class_map, config: E
         for route, stats in route_summary(manifest, per_class, class_map.classes, column).items():
             summary["routes"].setdefault(route, {}).update(stats)
     if "fidelity_all_pixels" in manifest and manifest["fidelity_all_pixels"].notna().any():
-        for route, whole in manifest.groupby("generator")["fidelity_all_pixels"].mean().items():
-            summary["routes"].setdefault(route, {})["fidelity_all_pixels"] = float(whole)
+        no_classes = np.empty((len(manifest), 0))  # the per-route mean only: the per-class Dice is fidelity's
+        for route, stats in route_summary(manifest, no_classes, [], "fidelity_all_pixels").items():
+            summary["routes"].setdefault(route, {}).update(stats)
     report = storage.label_judge_path.with_suffix(".json")
     if report.exists():
         summary["judge_dice_held_out"] = json.loads(report.read_text())["held_out"]["mean_dice"]
@@ -831,8 +832,7 @@ def _label_score_lines(export_dir) -> str:
                     f"{k.split('/', 1)[1]} {v:.2f}" for k, v in stats.items() if k.startswith(f"{key}/") and v == v
                 )
                 whole = stats.get("fidelity_all_pixels", float("nan")) if key == "fidelity" else float("nan")
-                lower = round(whole, 3) < round(stats[key], 3)  # float32 means of equal scores differ in the last bits
-                unlabelled = f"; {whole:.3f} with unlabelled pixels counted as misses" if lower else ""
+                unlabelled = f"; {whole:.3f} with unlabelled pixels counted as misses" if whole < stats[key] else ""
                 lines.append(f"- {route}: mean {key} {stats[key]:.3f} ({per_class}){unlabelled}")
     if "judge_fidelity_correlation" in summary:
         lines.append(f"- correlation of judge agreement with fidelity: {summary['judge_fidelity_correlation']:.2f}")
